@@ -1,0 +1,120 @@
+"""A session with one board: push the agent and artifacts, run jobs, bring results back.
+
+The agent is pushed once under its content-hash name (like labgrid's agent) and artifacts
+under their sha256, into a cache on the board; a job's work directory holds only job.json and
+result.json, and points at the cached files. The agent checks every sha256 before it loads
+anything, so a corrupted or stale file is refused on the board itself.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.protocol import PROTOCOL_VERSION, failed
+from controller.inventory import Board
+from controller.transports import CommandTimeout, Transport, TransportError, open_transport
+
+PROBE_TIMEOUT = 120.0
+SMALL_TIMEOUT = 60.0
+
+
+class BoardSession:
+    def __init__(self, board: Board, bundle: Path) -> None:
+        self.board = board
+        self.bundle = bundle
+        self.transport: Transport = open_transport(board)
+        self.root = self.transport.resolve(board.workdir or posixpath.join(self.transport.default_workdir, board.name))
+        self.agent = posixpath.join(self.root, "agent", bundle.name)
+        self.python = board.python or (sys.executable if board.transport == "local" else "python3")
+        self._cached: set[str] | None = None
+
+    # -- agent commands --------------------------------------------------------------------
+
+    def _agent(self, *args: str, timeout: float = SMALL_TIMEOUT, cwd: str | None = None) -> str:
+        done = self.transport.run([self.python, self.agent, *args], timeout=timeout, cwd=cwd)
+        if done.exit_code != 0:
+            raise TransportError(f"agent {args[0]} exited {done.exit_code}: {_tail(done.stderr, 300)}")
+        return done.stdout
+
+    def start(self) -> dict[str, Any]:
+        """Push the agent if the board lacks it and return what the agent finds on the board."""
+        if not self._exists(self.agent):
+            self.transport.put(self.bundle, self.agent)
+        probe = json.loads(self._agent("probe", timeout=PROBE_TIMEOUT))
+        if probe.get("protocol") != PROTOCOL_VERSION:
+            raise TransportError(f"agent speaks protocol {probe.get('protocol')}, not {PROTOCOL_VERSION}")
+        return probe
+
+    def _exists(self, remote: str) -> bool:
+        done = self.transport.run([self.python, "-c", _EXISTS, remote], timeout=SMALL_TIMEOUT)
+        return done.exit_code == 0
+
+    def push(self, local: Path, sha256: str) -> str:
+        """The artifact's path in the board's cache, pushing it only when it is not there."""
+        if self._cached is None:
+            self._cached = set(json.loads(self._agent("ls", posixpath.join(self.root, "cache"))))
+        remote = posixpath.join(self.root, "cache", sha256)
+        if sha256 not in self._cached:
+            self.transport.put(local, remote)
+            self._cached.add(sha256)
+        return remote
+
+    def forget(self, sha256: str) -> None:
+        """Push this artifact again next time (the board's copy did not match its hash)."""
+        if self._cached is not None:
+            self._cached.discard(sha256)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+        """Run one job; every failure comes back as a failed result, never as an exception."""
+        job_id = job["job_id"]
+        workdir = posixpath.join(self.root, "jobs", job_id)
+        try:
+            job = dict(job, artifacts={
+                role: {"file": posixpath.relpath(self.push(path, sha), workdir), "sha256": sha}
+                for role, (path, sha) in files.items()
+            })
+            with tempfile.TemporaryDirectory(prefix="edgefarm-job-") as tmp:
+                local_job = Path(tmp) / "job.json"
+                local_job.write_text(json.dumps(job))
+                self.transport.put(local_job, posixpath.join(workdir, "job.json"))
+                done = self.transport.run(
+                    [self.python, self.agent, "run", "job.json", "--out", "result.json"], timeout=timeout, cwd=workdir
+                )
+                local_result = Path(tmp) / "result.json"
+                try:
+                    self.transport.get(posixpath.join(workdir, "result.json"), local_result)
+                    result = json.loads(local_result.read_text())
+                except (TransportError, ValueError):
+                    return failed(job_id, "agent", f"the agent exited {done.exit_code} without a result",
+                                  _tail(done.stderr))
+            return result
+        except CommandTimeout as exc:
+            return failed(job_id, "agent", f"killed after {timeout:g} s without finishing", exc.stderr)
+        except TransportError as exc:
+            return failed(job_id, "transport", str(exc))
+        finally:
+            self._clean(workdir)
+
+    def _clean(self, workdir: str) -> None:
+        try:
+            self._agent("clean", workdir)
+        except TransportError:
+            pass  # a board that is gone cannot be cleaned; the next session's clean covers it
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+# Runs on the board with its own interpreter; the path arrives as argv, never in the code.
+_EXISTS = "import os,sys; sys.exit(0 if os.path.isfile(os.path.expanduser(sys.argv[1])) else 1)"
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    return text[-limit:]

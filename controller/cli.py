@@ -1,0 +1,159 @@
+"""The ``edgefarm`` command line.
+
+    edgefarm run SPEC.yaml | --model M.onnx   measure every variant x engine x board, store it
+    edgefarm boards                          what each board is and which engines it has
+    edgefarm select                          the best engine + variant per (model, chip)
+    edgefarm nightly SPEC.yaml --report DIR  run, compare with the previous run, exit 1 on regression
+    edgefarm dashboard                       the Streamlit app over the database
+
+A user's mistake (a bad spec, a missing model) is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from controller.errors import EdgeFarmError
+
+EXIT_USAGE = 2
+EXIT_REGRESSION = 1
+
+
+def _db_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default: $EDGEFARM_DB, else sqlite:///edgefarm.db)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgefarm", description="Benchmark and deploy AI models on a farm of edge boards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the job a spec describes, or one ONNX model with no spec")
+    run.add_argument("spec", nargs="?", type=Path, help="spec YAML (see examples/ppocr.yaml)")
+    run.add_argument("--model", type=Path, help="an ONNX model to measure without writing a spec")
+    run.add_argument("--input", action="append", default=[], metavar="NAME=DIMS",
+                     help="fixed shape of a dynamic input, e.g. x=1x3x224x224 (repeatable)")
+    run.add_argument("--variants", help="comma-separated, e.g. fp32,fp16,int8")
+    run.add_argument("--engines", help="comma-separated, e.g. onnxruntime,openvino")
+    run.add_argument("--inventory", type=Path, help="inventory YAML (default: the local board)")
+    run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local Ray")
+    _db_flag(run)
+
+    boards = sub.add_parser("boards", help="list boards, their chips, reachability and engines")
+    boards.add_argument("--inventory", type=Path)
+
+    sel = sub.add_parser("select", help="print the engine-selection table")
+    sel.add_argument("--budget", type=float, default=0.01, help="largest accepted accuracy drop against fp32")
+    sel.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    _db_flag(sel)
+
+    nightly = sub.add_parser("nightly", help="run a spec and report regressions against the previous run")
+    nightly.add_argument("spec", type=Path)
+    nightly.add_argument("--report", type=Path, required=True, metavar="DIR", help="writes DIR/report.md and DIR/junit.xml")
+    nightly.add_argument("--inventory", type=Path)
+    nightly.add_argument("--ray-address")
+    _db_flag(nightly)
+
+    dash = sub.add_parser("dashboard", help="start the Streamlit dashboard")
+    dash.add_argument("--port", type=int, default=8501)
+    _db_flag(dash)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeFarmError as exc:
+        print(f"edgefarm: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("edgefarm: interrupted; results measured so far are stored", file=sys.stderr)
+        return 130
+
+
+def _load(args: argparse.Namespace):  # -> LoadedSpec
+    from controller.spec import load_spec, spec_from_model
+
+    if getattr(args, "model", None):
+        if args.spec:
+            raise EdgeFarmError("give a spec file or --model, not both")
+        split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+        return spec_from_model(args.model, args.input, split(args.variants), split(args.engines))
+    if not args.spec:
+        raise EdgeFarmError("give a spec file (edgefarm run examples/ppocr.yaml) or --model MODEL.onnx")
+    if getattr(args, "input", None) or getattr(args, "variants", None) or getattr(args, "engines", None):
+        raise EdgeFarmError("--input, --variants and --engines go with --model; a spec file says them itself")
+    return load_spec(args.spec)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from controller.inventory import load_inventory
+    from controller.runner import execute
+
+    loaded = _load(args)
+    inventory, source = load_inventory(args.inventory)
+    outcome = execute(loaded, inventory, source, args.db, args.ray_address)
+    _finish(args.db, outcome, [m.name for m in loaded.spec.models], loaded.spec.selection.budget)
+    return 0
+
+
+def _finish(db: str | None, outcome, models: list[str], budget: float) -> None:
+    from controller.selection import latest_candidates, render, select_best
+    from controller.store import describe, open_db
+
+    with open_db(db)() as session:
+        chosen = select_best([c for c in latest_candidates(session) if c.model in models], budget)
+    print(f"\nrun {outcome.run_id}: {outcome.ok} jobs ok, {outcome.failed} failed")
+    for board, why in outcome.unreachable.items():
+        print(f"board {board} unreachable: {why}")
+    print(f"\nengine selection (accuracy budget {budget:g}):\n{render(chosen, 'table')}\n")
+    print(f"database:  {describe(db)}")
+    print(f"dashboard: edgefarm dashboard --db {describe(db)}")
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    from controller.boards import list_boards
+
+    print(list_boards(args.inventory))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from controller.selection import render, selections
+    from controller.store import open_db
+
+    with open_db(args.db)() as session:
+        print(render(selections(session, args.budget), args.format))
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from controller.inventory import load_inventory
+    from controller.nightly import nightly
+
+    loaded = _load(args)
+    inventory, source = load_inventory(args.inventory)
+    regressed = nightly(loaded, inventory, source, args.db, args.report, args.ray_address)
+    return EXIT_REGRESSION if regressed else 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import dashboard
+    from controller.store import database_url
+
+    app = Path(dashboard.__file__).parent / "app.py"
+    env = dict(os.environ, EDGEFARM_DB=database_url(args.db))
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    os.execvpe(argv[0], argv, env)
+    return 0  # not reached: the process is now Streamlit
+
+
+COMMANDS = {"run": cmd_run, "boards": cmd_boards, "select": cmd_select, "nightly": cmd_nightly,
+            "dashboard": cmd_dashboard}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Build every artifact a run needs: prepared sources, datasets, and variants, cached by content.
+
+Compilation and data rendering are Ray tasks that take and return bytes, so they run on any
+node of a cluster; the driver alone reads and writes the cache. A variant that fails to
+compile is recorded (its jobs become failed rows), it does not stop the run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from controller.errors import one_line
+from controller.cache import Cache, key_of
+from controller.source import Prepared, prepare, sha256_file
+from controller.spec import LoadedSpec, ModelSpec
+from controller.variants import PRECISION, RECIPE_VERSION, RECIPES, STARTS_FROM
+
+PREPARE_VERSION = 1
+CALIBRATION_SEED_OFFSET = 1_000_003  # calibration never sees an evaluation sample
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    sha256: str
+    size: int
+    meta: dict[str, Any]
+
+
+@dataclass
+class ModelBuild:
+    spec: ModelSpec
+    prepared: Prepared
+    task: str
+    dataset: Artifact
+    inputs: Artifact  # the first samples of the dataset, for latency and throughput
+    variants: dict[str, Artifact] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # variant -> why it did not compile
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _artifact(path: Path, meta: dict[str, Any]) -> Artifact:
+    return Artifact(path, sha256_file(path), path.stat().st_size, meta)
+
+
+# --- Ray tasks: bytes in, bytes out -------------------------------------------------------
+
+def _task_recipe(name: str, source: bytes, fp32: bytes | None, calibration: bytes | None,
+                 options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    from controller.variants import RecipeInput
+
+    with tempfile.TemporaryDirectory(prefix="edgefarm-compile-") as tmp:
+        d = Path(tmp)
+        (d / "source.onnx").write_bytes(source)
+        if fp32 is not None:
+            (d / "fp32.onnx").write_bytes(fp32)
+        if calibration is not None:
+            (d / "calibration.npz").write_bytes(calibration)
+        out = d / "out.onnx"
+        meta = RECIPES[name](
+            RecipeInput(d / "source.onnx", d / "fp32.onnx" if fp32 is not None else None,
+                        d / "calibration.npz" if calibration is not None else None, options),
+            out,
+        )
+        return out.read_bytes(), meta
+
+
+def _task_dataset(kind: str, inputs: dict[str, tuple[tuple[int, ...], str]], samples: int, seed: int,
+                  model: bytes) -> tuple[bytes, dict[str, Any]]:
+    from controller.datasets import make_dataset
+
+    with tempfile.TemporaryDirectory(prefix="edgefarm-data-") as tmp:
+        d = Path(tmp)
+        (d / "model.onnx").write_bytes(model)
+        meta = make_dataset(kind, inputs, samples, seed, d / "data.npz", model_path=d / "model.onnx")
+        return (d / "data.npz").read_bytes(), meta
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+def prepare_sources(loaded: LoadedSpec, cache: Cache) -> dict[str, Prepared]:
+    """Check and prepare every model first, so a bad model fails the run before any work."""
+    out = {}
+    for m in loaded.spec.models:
+        path = m.resolve_path(loaded.base)
+        label = f"{loaded.source}: model {m.name}"
+        from controller.source import load_checked
+
+        load_checked(path, label)
+        shapes = {n: i.shape for n, i in m.inputs.items()}
+        key = key_of(kind="source", sha=sha256_file(path), shapes=shapes, v=PREPARE_VERSION, **_versions())
+        target = cache.path("sources", key, ".onnx")
+        out[m.name] = prepare(path, label, shapes, target)
+    return out
+
+
+def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
+              on_step: Callable[[str], None] = lambda _msg: None) -> list[ModelBuild]:
+    import ray
+
+    from controller.datasets import DATASET_VERSION, TASK_OF_KIND, write_subset
+
+    spec = loaded.spec
+    versions = _versions()
+    recipe_task = ray.remote(_task_recipe)
+    dataset_task = ray.remote(_task_dataset)
+    builds: list[ModelBuild] = []
+    # ObjectRef -> (cache kind, key, suffix, what to do with the artifact)
+    pending: dict[Any, tuple[str, str, str, Callable[[Artifact], None]]] = {}
+
+    def cached_or_submit(kind: str, key: str, suffix: str, submit: Callable[[], Any],
+                         done: Callable[[Artifact], None]) -> None:
+        hit = cache.lookup(kind, key, suffix)
+        if hit:
+            done(_artifact(*hit))
+            on_step(f"{kind} (cached)")
+        else:
+            pending[submit()] = (kind, key, suffix, done)
+
+    def wait_all() -> None:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            kind, key, suffix, done = pending.pop(ready[0])
+            try:
+                data, meta = ray.get(ready[0])
+            except Exception as exc:  # recorded on its variant, and never cached
+                done(Artifact(Path(), "", 0, {"error": one_line(exc)}))
+            else:
+                done(_artifact(cache.store(kind, key, suffix, data, meta), meta))
+            on_step(kind)
+
+    # Wave 1: datasets (evaluation + calibration) and the fused fp32 variant of every model.
+    calibration: dict[str, Artifact] = {}
+    for m in spec.models:
+        p = prepared[m.name]
+        source_bytes = p.path.read_bytes()
+        shapes = {i.name: (i.shape, i.dtype) for i in p.inputs}
+        build = ModelBuild(m, p, TASK_OF_KIND[m.dataset.kind], dataset=None, inputs=None)  # type: ignore[arg-type]
+        builds.append(build)
+        data_key = dict(kind=m.dataset.kind, shapes=shapes, v=DATASET_VERSION, model=p.sha256)
+        ref = ray.put(source_bytes)
+        cached_or_submit(
+            "datasets", key_of(samples=m.dataset.samples, seed=m.dataset.seed, **data_key), ".npz",
+            lambda m=m, ref=ref, shapes=shapes: dataset_task.remote(m.dataset.kind, shapes, m.dataset.samples, m.dataset.seed, ref),
+            lambda a, b=build: setattr(b, "dataset", a),
+        )
+        if "int8" in spec.variants:
+            q = spec.quantization
+            seed = m.dataset.seed + CALIBRATION_SEED_OFFSET
+            cached_or_submit(
+                "datasets", key_of(samples=q.samples, seed=seed, **data_key), ".npz",
+                lambda m=m, ref=ref, shapes=shapes, q=q, seed=seed: dataset_task.remote(m.dataset.kind, shapes, q.samples, seed, ref),
+                lambda a, name=m.name: calibration.__setitem__(name, a),
+            )
+        cached_or_submit(
+            "variants", _variant_key("fp32", p.sha256, None, {}, versions), ".onnx",
+            lambda ref=ref: recipe_task.remote("fp32", ref, None, None, {}),
+            lambda a, b=build: _record(b, "fp32", a),
+        )
+    wait_all()
+
+    # Wave 2: variants built from the fused fp32 artifact.
+    for build in builds:
+        if build.dataset.size == 0:
+            raise RuntimeError(f"model {build.spec.name}: rendering its dataset failed: {build.dataset.meta.get('error')}")
+        fp32 = build.variants.get("fp32")
+        for name in spec.variants:
+            if name == "fp32" or STARTS_FROM[name] != "fp32":
+                continue
+            if fp32 is None:
+                build.failures[name] = "fp32 did not compile"
+                continue
+            options = spec.quantization.model_dump() if name == "int8" else {}
+            calib = calibration.get(build.spec.name) if name == "int8" else None
+            if name == "int8" and (calib is None or calib.size == 0):
+                build.failures[name] = "no calibration data"
+                continue
+            cached_or_submit(
+                "variants",
+                _variant_key(name, fp32.sha256, calib.sha256 if calib else None, options, versions), ".onnx",
+                lambda name=name, fp32=fp32, calib=calib, options=options: recipe_task.remote(
+                    name, b"", fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options),
+                lambda a, b=build, name=name: _record(b, name, a),
+            )
+    wait_all()
+
+    for build in builds:
+        count = max(spec.measure.batch_sizes)
+        key = key_of(kind="inputs", dataset=build.dataset.sha256, count=count)
+        hit = cache.lookup("inputs", key, ".npz")
+        if hit is None:
+            target = cache.path("inputs", key, ".npz")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_subset(build.dataset.path, count, target)
+            target.with_suffix(".npz.json").write_text("{}")
+            hit = (target, {})
+        build.inputs = _artifact(*hit)
+    return builds
+
+
+def _variant_key(name: str, input_sha: str, calib_sha: str | None, options: dict[str, Any],
+                 versions: dict[str, str]) -> str:
+    return key_of(kind="variant", recipe=name, v=RECIPE_VERSION, input=input_sha, calibration=calib_sha,
+                  options=options, precision=PRECISION[name], **versions)
+
+
+def _record(build: ModelBuild, name: str, artifact: Artifact) -> None:
+    if artifact.size == 0 or "error" in artifact.meta:
+        build.failures[name] = str(artifact.meta.get("error", "empty artifact"))
+    else:
+        build.variants[name] = artifact
+

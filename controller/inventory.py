@@ -1,0 +1,68 @@
+"""Board inventory: what boards exist, what chip each carries and how to reach it.
+
+Like labgrid's resources: a board is described once, in YAML, and the transport named here
+is looked up in the transport registry at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from controller.errors import ConfigError
+from controller.validation import Name, Strict, load_yaml, parse
+
+
+class Board(Strict):
+    name: Name
+    chip: str = Field("auto", description="chip name used to group results; 'auto' = the CPU the agent reports")
+    transport: str = Field("local", description="a registered transport: local")
+    python: str | None = Field(None, description="interpreter that runs the agent; default: the controller's own")
+    workdir: str | None = Field(None, description="agent work directory on the board")
+    engines: list[Name] | None = Field(None, description="engines allowed on this board; default: all found")
+    threads: int | None = Field(None, ge=1, description="engine threads; default: the engine's own")
+    tags: list[Name] = Field(default_factory=list)
+    concurrency: int = Field(1, ge=1, description="jobs at once on this board; 1 keeps measurements clean")
+
+    @model_validator(mode="after")
+    def _known_transport(self) -> "Board":
+        from controller.transports import TRANSPORTS
+
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {self.transport!r}; known: {', '.join(TRANSPORTS)}")
+        return self
+
+
+class Inventory(Strict):
+    boards: list[Board] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Inventory":
+        names = [b.name for b in self.boards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"board names must be unique, got {names}")
+        return self
+
+    def board(self, name: str, source: str) -> Board:
+        for b in self.boards:
+            if b.name == name:
+                return b
+        known = ", ".join(b.name for b in self.boards)
+        raise ConfigError(f"{source}: boards: unknown board {name!r}; the inventory has: {known}")
+
+
+# The embedded default: this machine, reached without a network. inventory/local.yaml says the same.
+DEFAULT = Inventory(boards=[Board(name="local")])
+
+
+def load_inventory(path: Path | None) -> tuple[Inventory, str]:
+    """The inventory from ``path``, else $EDGEFARM_INVENTORY, else the embedded local board."""
+    chosen = path or (Path(os.environ["EDGEFARM_INVENTORY"]) if os.environ.get("EDGEFARM_INVENTORY") else None)
+    if chosen is None:
+        return DEFAULT, "the embedded inventory"
+    data = load_yaml(chosen)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{chosen}: an inventory is a YAML mapping with a 'boards' list")
+    return parse(Inventory, data, str(chosen)), str(chosen)

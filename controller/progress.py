@@ -1,0 +1,59 @@
+"""Progress for long runs: a bar per stage and per board on a terminal, one line per job in logs."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+
+class RunProgress:
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.live = self.console.is_terminal
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=self.console,
+        ) if self.live else None
+        self._boards: dict[str, int] = {}
+        if self._progress:
+            self._progress.start()
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int | None) -> Iterator[Callable[[str], None]]:
+        if not self.live:
+            self.console.print(f"[bold]{name}[/bold]")
+        task = self._progress.add_task(name, total=total, status="") if self._progress else None
+        done = 0
+
+        def step(what: str) -> None:
+            nonlocal done
+            done += 1
+            if self._progress and task is not None:
+                self._progress.update(task, advance=1, status=what)
+
+        yield step
+        if self._progress and task is not None:
+            self._progress.update(task, total=done, completed=done, status="done")
+        else:
+            self.console.print(f"  {done} steps done")
+
+    def boards(self, jobs_per_board: dict[str, int]) -> None:
+        for board, total in jobs_per_board.items():
+            if self._progress:
+                self._boards[board] = self._progress.add_task(f"board {board}", total=total, status="")
+            else:
+                self.console.print(f"board {board}: {total} jobs")
+
+    def job_done(self, board: str, what: str, ok: bool, detail: str) -> None:
+        mark = "ok" if ok else "FAILED"
+        if self._progress and board in self._boards:
+            self._progress.update(self._boards[board], advance=1, status=f"{what}: {mark} {detail}"[:70])
+        else:
+            self.console.print(f"  [{board}] {what}: {mark} {detail}", highlight=False, markup=False)
+
+    def close(self) -> None:
+        if self._progress:
+            self._progress.stop()

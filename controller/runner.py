@@ -1,0 +1,312 @@
+"""A run: validate, compile, plan jobs, run them on boards through Ray, store every result.
+
+One Ray actor per board runs that board's jobs one at a time (a board measures one job at a
+time, or the figures lie); boards run in parallel. The driver alone writes the database and
+commits after every job, so whatever was measured before an interruption stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.errors import one_line
+from controller.compile import Artifact, ModelBuild, build_all, prepare_sources
+from controller.inventory import Board, Inventory
+from controller.progress import RunProgress
+from controller.spec import LoadedSpec
+from controller.store import Board as BoardRow
+from controller.store import Job, Model, Result, Run, Variant, now, open_db
+from controller.variants import PRECISION
+from controller.workspace import cache_dir, workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Planned:
+    board: str
+    model: ModelBuild
+    variant: str
+    engine: str
+    options: dict[str, Any]
+    label: str
+    row_id: int = 0
+    failure: tuple[str, str] | None = None  # (stage, message) when it cannot even be sent
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    ok: int = 0
+    failed: int = 0
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+
+def ensure_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # "local" starts a private Ray instead of joining whatever RAY_ADDRESS points at.
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, configure_logging=False)
+
+
+def _actor_class() -> Any:
+    import ray
+
+    from controller.board import BoardSession
+
+    # num_cpus=0: an actor mostly waits on its board; it must not take a compile task's core.
+    @ray.remote(num_cpus=0)
+    class BoardActor:
+        def __init__(self, board: Board, bundle: Path) -> None:
+            self.session = BoardSession(board, bundle)
+
+        def start(self) -> dict[str, Any]:
+            return self.session.start()
+
+        def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+            return self.session.run_job(job, files, timeout)
+
+    return BoardActor
+
+
+def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_url: str | None,
+            ray_address: str | None = None, kind: str = "run") -> RunOutcome:
+    import ray
+
+    from controller.agent_bundle import build_agent_bundle
+
+    spec = loaded.spec
+    boards = [inventory.board(name, inventory_source) for name in spec.boards]
+    cache_root = cache_dir()
+    from controller.cache import Cache
+
+    cache = Cache(cache_root)
+    prepared = prepare_sources(loaded, cache)  # a bad model stops here, before any run row exists
+
+    sessions = open_db(db_url)
+    with sessions() as db:
+        run = Run(spec_name=spec.name, spec_sha256=spec.digest(), spec=spec.model_dump(mode="json"), kind=kind)
+        db.add(run)
+        db.commit()
+        outcome = RunOutcome(run.id)
+
+    progress = RunProgress()
+    try:
+        ensure_ray(ray_address)
+        with progress.stage("compile variants and render data", total=None) as step:
+            builds = build_all(loaded, cache, prepared, on_step=step)
+        bundle = build_agent_bundle(workspace() / "agent")
+
+        actor_cls = _actor_class()
+        actors = {b.name: actor_cls.remote(b, bundle) for b in boards}
+        probes: dict[str, dict[str, Any]] = {}
+        starts = {b.name: actors[b.name].start.remote() for b in boards}
+        with sessions() as db:
+            for b in boards:
+                try:
+                    probes[b.name] = ray.get(starts[b.name])
+                except Exception as exc:  # an unreachable board is recorded, the run goes on
+                    outcome.unreachable[b.name] = one_line(exc)
+                _upsert_board(db, b, probes.get(b.name), outcome.unreachable.get(b.name))
+            db.commit()
+
+        plan = [p for b in boards if b.name in probes for p in _plan_board(b, probes[b.name], builds, spec)]
+        with sessions() as db:
+            _store_plan(db, run.id, plan)
+            db.commit()
+
+        futures: dict[Any, Planned] = {}
+        progress.boards({b: sum(1 for p in plan if p.board == b) for b in probes})
+        with sessions() as db:
+            for p in plan:
+                job = db.get(Job, p.row_id)
+                if p.failure:
+                    _store_result(db, job, {"status": "failed", "failure": {"stage": p.failure[0], "message": p.failure[1]}})
+                    db.commit()
+                    _count(outcome, job, progress, p)
+                    continue
+                futures[actors[p.board].run_job.remote(_job_payload(p, spec), _files(p), spec.measure.job_timeout)] = p
+            while futures:
+                ready, _ = ray.wait(list(futures), num_returns=1)
+                p = futures.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except Exception as exc:  # the actor itself died: still a stored failure
+                    result = {"status": "failed", "failure": {"stage": "transport", "message": one_line(exc)}}
+                job = db.get(Job, p.row_id)
+                _store_result(db, job, result)
+                db.commit()
+                _count(outcome, job, progress, p)
+        status = "done"
+    except BaseException:
+        status = "interrupted"
+        raise
+    finally:
+        progress.close()
+        with sessions() as db:
+            run = db.get(Run, outcome.run_id)
+            run.status = status
+            run.finished_at = now()
+            run.summary = {"ok": outcome.ok, "failed": outcome.failed, "unreachable": outcome.unreachable}
+            db.commit()
+    return outcome
+
+
+def _count(outcome: RunOutcome, job: Job, progress: RunProgress, p: Planned) -> None:
+    if job.status == "ok":
+        outcome.ok += 1
+        detail = f"{job.result.p50_ms:.2f} ms p50" if job.result else ""
+    else:
+        outcome.failed += 1
+        detail = f"failed at {job.stage}: {job.message}"
+    progress.job_done(p.board, f"{p.model.spec.name} {p.label} {p.engine}", job.status == "ok", detail)
+
+
+# --- planning -----------------------------------------------------------------------------
+
+def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], spec: Any) -> list[Planned]:
+    engines_found = probe.get("engines", {})
+    plan = []
+    for build in builds:
+        for variant in spec.variants:
+            for eng in spec.engines:
+                if board.engines is not None and eng.name not in board.engines:
+                    continue
+                base = {"model_precision": PRECISION[variant], **eng.options}
+                if board.threads and "threads" not in eng.options:
+                    base["threads"] = board.threads
+                info = engines_found.get(eng.name, {})
+                for label, options in _configs(eng.name, variant, info, base):
+                    p = Planned(board.name, build, variant, eng.name, options, label)
+                    if variant in build.failures:
+                        p.failure = ("convert", f"variant {variant} did not compile: {build.failures[variant]}")
+                    elif not info.get("available"):
+                        p.failure = ("load", f"engine {eng.name} is not available on board {board.name}: "
+                                             f"{info.get('reason') or 'not found'}")
+                    plan.append(p)
+    return plan
+
+
+def _configs(engine: str, variant: str, info: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The configurations one (variant, engine) pair is measured in.
+
+    OpenVINO on a CPU with bf16 support computes an fp32 model in bf16 unless told f32: that
+    changes speed and accuracy, so it is its own configuration, measured and judged like any.
+    """
+    if engine != "openvino" or "precision" in base:
+        return [(variant, base)]
+    configs = [(variant, {**base, "precision": "fp32"})]
+    default = info.get("default_precision")
+    if variant == "fp32" and default and default != "fp32":
+        configs.append((f"fp32@{default}", {**base, "precision": None}))
+    return configs
+
+
+def _store_plan(db: Any, run_id: int, plan: list[Planned]) -> None:
+    model_rows: dict[str, Model] = {}
+    variant_rows: dict[tuple[str, str], Variant] = {}
+    board_rows = {b.name: b for b in db.query(BoardRow).all()}
+    for p in plan:
+        m = p.model
+        if m.spec.name not in model_rows:
+            model_rows[m.spec.name] = _get_or_add(
+                db, Model, name=m.spec.name, sha256=m.prepared.sha256,
+                defaults=dict(source=m.spec.path, task=m.task,
+                              inputs=[{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in m.prepared.inputs]),
+            )
+        key = (m.spec.name, p.variant)
+        if key not in variant_rows:
+            art: Artifact | None = m.variants.get(p.variant)
+            variant_rows[key] = _get_or_add(
+                db, Variant, model_id=model_rows[m.spec.name].id, name=p.variant,
+                sha256=art.sha256 if art else "",
+                defaults=dict(size_bytes=art.size if art else 0, recipe=art.meta if art else {"error": m.failures.get(p.variant)}),
+            )
+        job = Job(run_id=run_id, board_id=board_rows[p.board].id, variant_id=variant_rows[key].id,
+                  engine=p.engine, options=p.options, label=p.label)
+        db.add(job)
+        db.flush()
+        p.row_id = job.id
+
+
+def _get_or_add(db: Any, cls: Any, defaults: dict[str, Any], **keys: Any) -> Any:
+    row = db.query(cls).filter_by(**keys).one_or_none()
+    if row is None:
+        row = cls(**keys, **defaults)
+        db.add(row)
+        db.flush()
+    return row
+
+
+def _upsert_board(db: Any, board: Board, probe: dict[str, Any] | None, error: str | None) -> None:
+    row = db.query(BoardRow).filter_by(name=board.name).one_or_none()
+    if row is None:
+        row = BoardRow(name=board.name, chip=board.chip, transport=board.transport)
+        db.add(row)
+    row.transport = board.transport
+    row.last_error = error
+    if probe:
+        fp = probe.get("fingerprint", {})
+        row.chip = board.chip if board.chip != "auto" else f"{fp.get('arch', '?')} {fp.get('cpu_model', '?')}"
+        row.fingerprint = fp
+        row.engines = probe.get("engines")
+        row.last_seen = now()
+    db.flush()
+
+
+# --- jobs and results ---------------------------------------------------------------------
+
+def _job_payload(p: Planned, spec: Any) -> dict[str, Any]:
+    from agent.protocol import PROTOCOL_VERSION
+
+    m = spec.measure
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "job_id": f"job-{p.row_id}",
+        "engine": {"name": p.engine, "options": p.options},
+        "artifacts": {},  # filled by the board session with paths in the board's cache
+        "measure": {"warmup": m.warmup, "min_iterations": m.min_iterations, "min_seconds": m.min_seconds,
+                    "max_seconds": m.max_seconds, "batch_sizes": m.batch_sizes,
+                    "throughput_seconds": m.throughput_seconds},
+    }
+
+
+def _files(p: Planned) -> dict[str, tuple[Path, str]]:
+    art = p.model.variants[p.variant]
+    return {
+        "model": (art.path, art.sha256),
+        "inputs": (p.model.inputs.path, p.model.inputs.sha256),
+        "dataset": (p.model.dataset.path, p.model.dataset.sha256),
+    }
+
+
+def _store_result(db: Any, job: Job, result: dict[str, Any]) -> None:
+    job.attempts += 1
+    job.finished_at = now()
+    if result.get("status") != "ok":
+        failure = result.get("failure") or {}
+        job.status = "failed"
+        job.stage = failure.get("stage", "agent")
+        job.message = failure.get("message", "no message")
+        job.stderr_tail = failure.get("stderr_tail")
+        return
+    lat = result["latency"]
+    acc = result.get("accuracy") or {}
+    job.status = "ok"
+    db.add(Result(
+        job_id=job.id, engine_version=result["engine"]["version"], precision=result["engine"]["precision"],
+        load_ms=result["phases"]["load_ms"], first_inference_ms=result["phases"]["first_inference_ms"],
+        p50_ms=lat["p50"], p90_ms=lat["p90"], p99_ms=lat["p99"], mean_ms=lat["mean"], std_ms=lat["std"],
+        min_ms=lat["min"], max_ms=lat["max"], n=lat["n"], cv=lat["cv"], samples_ms=lat["samples_ms"],
+        throughput=result.get("throughput", []), peak_rss_mb=(result.get("memory") or {}).get("peak_rss_mb"),
+        accuracy_metric=acc.get("metric"), accuracy=acc.get("value"), accuracy_detail=acc or None,
+        fingerprint=result.get("fingerprint", {}), raw={k: v for k, v in result.items() if k != "latency"},
+    ))
+    db.flush()
+

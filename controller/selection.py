@@ -1,0 +1,173 @@
+"""Engine selection: for each (model, chip), the fastest configuration within the accuracy budget.
+
+Selection decides on measurements only. The accuracy reference on a chip is ONNX Runtime
+running the fp32 variant at its default settings (falling back to the best fp32 figure of any
+engine when ONNX Runtime did not run there), and the speed-up is against that same baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.store import Board, Job, Model, Result, Variant
+
+BASELINE_ENGINE = "onnxruntime"
+BASELINE_LABEL = "fp32"
+
+
+@dataclass
+class Candidate:
+    model: str
+    chip: str
+    board: str
+    engine: str
+    variant: str  # the configuration's label: artifact variant plus computed precision if different
+    artifact: str  # the variant artifact to deploy
+    precision: str
+    engine_options: dict
+    engine_version: str
+    p50_ms: float
+    p90_ms: float
+    peak_rss_mb: float | None
+    size_bytes: int
+    accuracy_metric: str | None
+    accuracy: float | None
+    run_id: int
+    job_id: int
+    accuracy_drop: float | None = None
+    speedup_vs_baseline: float | None = None
+
+
+@dataclass
+class Selection:
+    model: str
+    chip: str
+    budget: float
+    best: Candidate | None
+    nearest: list[Candidate] = field(default_factory=list)  # shown when nothing meets the budget
+
+
+def latest_candidates(session: Session) -> list[Candidate]:
+    """The newest successful result per (model, chip, engine, configuration), newest model file only."""
+    rows = session.execute(
+        select(Job, Result, Board, Variant, Model)
+        .join(Result, Result.job_id == Job.id)
+        .join(Board, Board.id == Job.board_id)
+        .join(Variant, Variant.id == Job.variant_id)
+        .join(Model, Model.id == Variant.model_id)
+        .where(Job.status == "ok")
+        .order_by(Job.id)
+    ).all()
+    newest_model: dict[str, str] = {}
+    for job, _r, _b, _v, model in rows:
+        newest_model[model.name] = model.sha256
+    latest: dict[tuple, Candidate] = {}
+    for job, res, board, variant, model in rows:
+        if newest_model[model.name] != model.sha256:
+            continue
+        latest[(model.name, board.chip, job.engine, job.label)] = Candidate(
+            model=model.name, chip=board.chip, board=board.name, engine=job.engine, variant=job.label,
+            artifact=variant.name, precision=res.precision, engine_options=job.options,
+            engine_version=res.engine_version, p50_ms=res.p50_ms, p90_ms=res.p90_ms,
+            peak_rss_mb=res.peak_rss_mb, size_bytes=variant.size_bytes,
+            accuracy_metric=res.accuracy_metric, accuracy=res.accuracy, run_id=job.run_id, job_id=job.id,
+        )
+    return list(latest.values())
+
+
+def select_best(candidates: list[Candidate], budget: float) -> list[Selection]:
+    groups: dict[tuple[str, str], list[Candidate]] = {}
+    for c in candidates:
+        groups.setdefault((c.model, c.chip), []).append(c)
+    out = []
+    for (model, chip), group in sorted(groups.items()):
+        baseline = next((c for c in group if c.engine == BASELINE_ENGINE and c.variant == BASELINE_LABEL), None)
+        fp32 = [c for c in group if c.variant == BASELINE_LABEL and c.accuracy is not None]
+        reference = baseline.accuracy if baseline and baseline.accuracy is not None else (
+            max(c.accuracy for c in fp32) if fp32 else None  # type: ignore[type-var]
+        )
+        for c in group:
+            c.accuracy_drop = None if reference is None or c.accuracy is None else reference - c.accuracy
+            c.speedup_vs_baseline = baseline.p50_ms / c.p50_ms if baseline and c.p50_ms > 0 else None
+        eligible = [c for c in group if c.accuracy_drop is not None and c.accuracy_drop <= budget + 1e-12]
+        best = min(eligible, key=lambda c: c.p50_ms) if eligible else None
+        nearest = [] if best else sorted(
+            group, key=lambda c: (c.accuracy_drop is None, c.accuracy_drop or 0.0, c.p50_ms)
+        )[:3]
+        out.append(Selection(model, chip, budget, best, nearest))
+    return out
+
+
+def selections(session: Session, budget: float) -> list[Selection]:
+    return select_best(latest_candidates(session), budget)
+
+
+# --- output formats ---------------------------------------------------------------------
+
+COLUMNS = ("model", "chip", "engine", "variant", "precision", "p50_ms", "p90_ms", "peak_rss_mb",
+           "size_mb", "accuracy_metric", "accuracy", "accuracy_drop", "speedup_vs_baseline")
+
+
+def _row(sel: Selection, c: Candidate | None) -> dict:
+    if c is None:
+        return {"model": sel.model, "chip": sel.chip, "engine": None, "variant": None, "within_budget": False}
+    row = asdict(c)
+    row["size_mb"] = c.size_bytes / 1e6
+    row["within_budget"] = sel.best is c
+    return row
+
+
+def as_records(sels: list[Selection]) -> list[dict]:
+    records = []
+    for s in sels:
+        rec = _row(s, s.best)
+        rec["budget"] = s.budget
+        if s.best is None:
+            rec["nearest"] = [_row(s, c) for c in s.nearest]
+        records.append(rec)
+    return records
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def render(sels: list[Selection], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(as_records(sels), indent=2, default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "within_budget"], extrasaction="ignore")
+        writer.writeheader()
+        for rec in as_records(sels):
+            writer.writerow(rec)
+        return buf.getvalue()
+    lines = []
+    rows = []
+    for s in sels:
+        if s.best:
+            rows.append([_fmt(_row(s, s.best).get(k)) for k in COLUMNS])
+        else:
+            lines.append(f"{s.model} on {s.chip}: nothing within the accuracy budget {s.budget:g}; nearest:")
+            for c in s.nearest:
+                lines.append(f"  {c.engine} {c.variant}: drop {_fmt(c.accuracy_drop)}, p50 {_fmt(c.p50_ms)} ms")
+    if not sels:
+        return "no results yet: run `edgefarm run` first"
+    if fmt == "md":
+        head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+        table = head + "".join("| " + " | ".join(r) + " |\n" for r in rows)
+        return table + ("\n" + "\n".join(lines) if lines else "")
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(COLUMNS)]
+    fmt_line = "  ".join(f"{{:{w}}}" for w in widths)
+    table = "\n".join([fmt_line.format(*COLUMNS), *(fmt_line.format(*r) for r in rows)])
+    return table + ("\n" + "\n".join(lines) if lines else "")

@@ -1,0 +1,163 @@
+"""The results database (SQLAlchemy 2.x ORM): SQLite file by default, any SQLAlchemy URL works.
+
+    runs ──< jobs >── boards          one row per job, failed or not: a failure is data
+              │  └─── variants >── models
+              └── results          measurements, raw latency samples, accuracy, fingerprint
+
+Only figures and descriptions are stored: never a password, key or token from an inventory.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+DEFAULT_DB = "sqlite:///edgefarm.db"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    spec_name: Mapped[str] = mapped_column(String(64), index=True)
+    spec_sha256: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict] = mapped_column(JSON)
+    kind: Mapped[str] = mapped_column(String(16), default="run")  # run | nightly
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed | interrupted
+    verdict: Mapped[str | None] = mapped_column(String(16))  # nightly: pass | regression
+    summary: Mapped[dict | None] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    jobs: Mapped[list["Job"]] = relationship(back_populates="run")
+
+
+class Board(Base):
+    __tablename__ = "boards"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    chip: Mapped[str] = mapped_column(String(128))
+    transport: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[dict | None] = mapped_column(JSON)
+    engines: Mapped[dict | None] = mapped_column(JSON)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "sha256"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(Text)
+    inputs: Mapped[list] = mapped_column(JSON)
+    task: Mapped[str] = mapped_column(String(16))
+
+
+class Variant(Base):
+    __tablename__ = "variants"
+    __table_args__ = (UniqueConstraint("model_id", "name", "sha256"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    name: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    recipe: Mapped[dict] = mapped_column(JSON)
+    model: Mapped[Model] = relationship()
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    board_id: Mapped[int] = mapped_column(ForeignKey("boards.id"))
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id"))
+    engine: Mapped[str] = mapped_column(String(32))
+    options: Mapped[dict] = mapped_column(JSON)
+    label: Mapped[str] = mapped_column(String(64))  # what selection calls this config, e.g. fp32@bf16
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | ok | failed
+    stage: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    stderr_tail: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    run: Mapped[Run] = relationship(back_populates="jobs")
+    board: Mapped[Board] = relationship()
+    variant: Mapped[Variant] = relationship()
+    result: Mapped["Result | None"] = relationship(back_populates="job", uselist=False)
+
+
+class Result(Base):
+    __tablename__ = "results"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    engine_version: Mapped[str] = mapped_column(String(64))
+    precision: Mapped[str] = mapped_column(String(16))
+    load_ms: Mapped[float] = mapped_column(Float)
+    first_inference_ms: Mapped[float] = mapped_column(Float)
+    p50_ms: Mapped[float] = mapped_column(Float)
+    p90_ms: Mapped[float] = mapped_column(Float)
+    p99_ms: Mapped[float] = mapped_column(Float)
+    mean_ms: Mapped[float] = mapped_column(Float)
+    std_ms: Mapped[float] = mapped_column(Float)
+    min_ms: Mapped[float] = mapped_column(Float)
+    max_ms: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    cv: Mapped[float] = mapped_column(Float)
+    samples_ms: Mapped[list] = mapped_column(JSON)
+    throughput: Mapped[list] = mapped_column(JSON)
+    peak_rss_mb: Mapped[float | None] = mapped_column(Float)
+    accuracy_metric: Mapped[str | None] = mapped_column(String(32))
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    accuracy_detail: Mapped[dict | None] = mapped_column(JSON)
+    fingerprint: Mapped[dict] = mapped_column(JSON)
+    raw: Mapped[dict] = mapped_column(JSON)  # the agent's whole result record, for later questions
+    job: Mapped[Job] = relationship(back_populates="result")
+
+
+def database_url(url: str | None) -> str:
+    return url or os.environ.get("EDGEFARM_DB") or DEFAULT_DB
+
+
+def open_db(url: str | None = None) -> sessionmaker[Session]:
+    """Connect, create missing tables, and return a session factory."""
+    url = database_url(url)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _sqlite_pragmas(engine)
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def describe(url: str | None) -> str:
+    """The URL as it is safe to print: a password never reaches a log."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(database_url(url))
+    if parsed.drivername.startswith("sqlite") and parsed.database:
+        return f"sqlite:///{Path(parsed.database).resolve()}"
+    return parsed.render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    # WAL lets the dashboard read while a run writes; foreign keys are off by default in SQLite.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()

@@ -1,0 +1,96 @@
+"""Transports: how the controller reaches a board.
+
+One small interface (run, put, get, close) in the manner of httpx's transports, and a
+registry in the manner of labgrid's drivers: a backend registers under a name, duplicates are
+refused, and the table below is lazy so that importing it loads no SSH or ADB library.
+
+Each backend maps its library's errors onto this tree, with ``raise ... from exc``:
+
+    TransportError
+    ├── BoardUnreachable   the board cannot be reached or was lost
+    └── CommandTimeout     a command ran past its timeout and was killed
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from controller.inventory import Board
+
+
+class TransportError(Exception):
+    pass
+
+
+class BoardUnreachable(TransportError):
+    pass
+
+
+class CommandTimeout(TransportError):
+    def __init__(self, argv: Sequence[str], timeout: float, stderr: str = "") -> None:
+        super().__init__(f"{argv[0]} ran past its {timeout:g} s timeout and was killed")
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class Completed:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class Transport(ABC):
+    """A way to run commands on a board and move files to and from it."""
+
+    # Where the agent lives on the board when the inventory names no workdir.
+    default_workdir = "~/.edgefarm"
+
+    def __init__(self, board: "Board") -> None:
+        self.board = board
+
+    @abstractmethod
+    def run(self, argv: Sequence[str], timeout: float, cwd: str | None = None) -> Completed:
+        """Run argv (a list, never a shell string) and wait at most ``timeout`` seconds."""
+
+    @abstractmethod
+    def put(self, local: Path, remote: str) -> None: ...
+
+    @abstractmethod
+    def get(self, remote: str, local: Path) -> None: ...
+
+    def resolve(self, path: str) -> str:
+        """The absolute form of a board path (agent commands run with another cwd)."""
+        return path
+
+    def close(self) -> None:
+        return None
+
+
+# name -> "module:Class"; imported on first use.
+TRANSPORTS: dict[str, str] = {
+    "local": "controller.transports.local:LocalTransport",
+}
+_loaded: dict[str, type[Transport]] = {}
+
+
+def register(name: str) -> Callable[[type[Transport]], type[Transport]]:
+    def deco(cls: type[Transport]) -> type[Transport]:
+        if name in _loaded:
+            raise ValueError(f"transport {name!r} is already registered by {_loaded[name].__qualname__}")
+        _loaded[name] = cls
+        TRANSPORTS.setdefault(name, f"{cls.__module__}:{cls.__qualname__}")
+        return cls
+
+    return deco
+
+
+def open_transport(board: "Board") -> Transport:
+    if board.transport not in _loaded:
+        module, _, _cls = TRANSPORTS[board.transport].partition(":")
+        importlib.import_module(module)  # the module registers itself
+    return _loaded[board.transport](board)

@@ -1,0 +1,140 @@
+"""Variant recipes: how one prepared fp32 model becomes fp32-fused, fp16 and int8 artifacts.
+
+A registry in the manner of Olive's passes: each recipe registers under its variant name and
+imports its heavy libraries inside the function. Recipes are pure functions of their inputs,
+so the controller caches their outputs by content hash (see ``controller.compile``).
+A new variant (pruned, for example) is one more decorated function here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+# Bump a recipe's version when its output would change for the same input: it is part of
+# the cache key.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RecipeInput:
+    source: Path  # the prepared model (shapes fixed, opset >= 13)
+    fp32: Path | None  # the fused fp32 artifact, for recipes that start from it
+    calibration: Path | None  # a dataset .npz, never the evaluation samples
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+Recipe = Callable[[RecipeInput, Path], dict[str, Any]]
+RECIPES: dict[str, Recipe] = {}
+# Which artifact a recipe reads: "source" or "fp32".
+STARTS_FROM: dict[str, str] = {}
+PRECISION: dict[str, str] = {}
+
+
+def recipe(name: str, *, starts_from: str, precision: str) -> Callable[[Recipe], Recipe]:
+    def deco(fn: Recipe) -> Recipe:
+        if name in RECIPES:
+            raise ValueError(f"variant recipe {name!r} is already registered")
+        RECIPES[name] = fn
+        STARTS_FROM[name] = starts_from
+        PRECISION[name] = precision
+        return fn
+
+    return deco
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(Counter(n.op_type for n in model.graph.node))
+
+
+@recipe("fp32", starts_from="source", precision="fp32")
+def fp32_fused(inp: RecipeInput, out: Path) -> dict[str, Any]:
+    """Offline graph optimisation at ONNX Runtime's *basic* level.
+
+    Basic is the portable level: constant folding and semantics-preserving fusions (Conv+BN,
+    Conv+Add, Conv+Mul, Relu+Clip) that leave standard ONNX ops, so OpenVINO and every other
+    engine still load the result. The extended level would emit ORT-only ops (FusedConv).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(inp.source), opts, providers=["CPUExecutionProvider"])
+    return _fusion_report(inp.source, out)
+
+
+@recipe("fp16", starts_from="fp32", precision="fp16")
+def fp16(inp: RecipeInput, out: Path) -> dict[str, Any]:
+    """Weights and compute in float16; inputs and outputs stay float32 for the caller."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    assert inp.fp32 is not None
+    model = convert_float_to_float16(onnx.load(str(inp.fp32)), keep_io_types=True)
+    onnx.save(model, str(out))
+    return {"ops": op_counts(out)}
+
+
+@recipe("int8", starts_from="fp32", precision="int8")
+def int8(inp: RecipeInput, out: Path) -> dict[str, Any]:
+    """ONNX Runtime static post-training quantization: QDQ, int8 weights, real calibration data.
+
+    Activations are uint8 and weights int8 (the U8S8 pair that x86 VNNI kernels and OpenVINO's
+    QDQ import both run fastest); weights per channel unless the spec turns it off.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    assert inp.fp32 is not None and inp.calibration is not None
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[inp.options.get("calibration", "entropy")]
+    reader = _CalibrationReader(inp.calibration)
+    quantize_static(
+        str(inp.fp32),
+        str(out),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=bool(inp.options.get("per_channel", True)),
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        # Percentile's default (99.999) suits large sets; keep ORT's defaults otherwise.
+        extra_options={"CalibMovingAverage": False},
+    )
+    return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"),
+            "calibration_samples": reader.count, "per_channel": bool(inp.options.get("per_channel", True))}
+
+
+class _CalibrationReader:
+    """Feeds ONNX Runtime's calibrator one real sample at a time."""
+
+    def __init__(self, path: Path) -> None:
+        from agent.dataset import load_dataset
+
+        self._data = load_dataset(str(path))
+        self.count = self._data.count
+        self._next = 0
+
+    def get_next(self) -> dict | None:
+        if self._next >= self.count:
+            return None
+        batch = self._data.batch([self._next])
+        self._next += 1
+        return batch
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def _fusion_report(before: Path, after: Path) -> dict[str, Any]:
+    b, a = op_counts(before), op_counts(after)
+    removed = {op: b[op] - a.get(op, 0) for op in b if b[op] > a.get(op, 0)}
+    return {"ops": a, "ops_removed": removed, "nodes_before": sum(b.values()), "nodes_after": sum(a.values())}
