@@ -58,16 +58,13 @@ class BoardSession:
         """The artifact's path in the board's cache, pushing it only when it is not there."""
         if self._cached is None:
             self._cached = set(json.loads(self._agent("ls", posixpath.join(self.root, "cache"))))
-        remote = posixpath.join(self.root, "cache", sha256)
-        if sha256 not in self._cached:
+        # The suffix stays: engines pick their loader by it (.onnx, .xml, .nb).
+        name = sha256 + local.suffix
+        remote = posixpath.join(self.root, "cache", name)
+        if name not in self._cached:
             self.transport.put(local, remote)
-            self._cached.add(sha256)
+            self._cached.add(name)
         return remote
-
-    def forget(self, sha256: str) -> None:
-        """Push this artifact again next time (the board's copy did not match its hash)."""
-        if self._cached is not None:
-            self._cached.discard(sha256)
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ class RunProgress:
         if self._progress and board in self._boards:
             self._progress.update(self._boards[board], advance=1, status=f"{what}: {mark} {detail}"[:70])
         else:
-            self.console.print(f"  [{board}] {what}: {mark} {detail}", highlight=False, markup=False)
+            self.console.print(f"  [{board}] {what}: {mark} {detail}", highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._progress:

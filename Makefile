@@ -1,0 +1,17 @@
+# The two quick-start commands (see README.md); both set everything up first.
+.PHONY: setup demo test test-fast bench
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	.venv/bin/edgefarm run examples/ppocr.yaml
+
+test: setup
+	.venv/bin/pytest -q
+
+test-fast: setup
+	.venv/bin/pytest -m "not slow" -q
+
+bench: setup
+	.venv/bin/python bench/selection.py

@@ -1,0 +1,135 @@
+"""Command line of the agent on a board.
+
+    python agent-<hash>.pyz run job.json --out result.json
+    python agent-<hash>.pyz probe
+    python agent-<hash>.pyz ls DIR          # file names in DIR as JSON ([] when DIR is absent)
+    python agent-<hash>.pyz clean JOBDIR    # remove a finished job's work directory
+
+``run`` exits 0 whenever a result (ok or failed) was written, non-zero only when even the
+result could not be written. ``probe`` prints the protocol, fingerprint and engines as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Any, Dict, List, Optional
+
+from agent.protocol import PROTOCOL_VERSION, ProtocolError, failed, read_job
+
+EXIT_OK = 0
+EXIT_NO_RESULT = 3
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays (from an evaluator, say) as plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError("%s is not JSON serializable" % type(value).__name__)
+
+
+def _write_json(data: Dict[str, Any], path: str) -> None:
+    """Write via a temporary file, so a reader never sees half a result."""
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, default=_json_default)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _job_id_of(path: str) -> str:
+    """The job id of a job file that failed validation, when it can still be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return str(json.load(fh).get("job_id", ""))
+    except Exception:
+        return ""
+
+
+def cmd_run(job_path: str, out_path: str) -> int:
+    try:
+        try:
+            job = read_job(job_path)
+        except (OSError, ValueError, ProtocolError, AttributeError) as exc:
+            result = failed(_job_id_of(job_path), "agent", "cannot read job %s: %s" % (job_path, exc),
+                            traceback.format_exc()[-4000:])
+        else:
+            from agent.job import run_job  # after the job is read: numpy is imported only now
+
+            workdir = os.path.dirname(os.path.abspath(job_path))  # artifacts sit beside the job
+            result = run_job(job, workdir)
+    except Exception as exc:  # the last line of defence: still try to write a failed result
+        result = failed("", "agent", "agent error: %s" % exc, traceback.format_exc()[-4000:])
+    try:
+        _write_json(result, out_path)
+    except Exception as exc:
+        print("agent: cannot write result %s: %s" % (out_path, exc), file=sys.stderr)
+        return EXIT_NO_RESULT
+    failure = result.get("failure") or {}
+    try:  # a summary for a person reading the log; the result file is what counts
+        print("job %s: %s%s" % (result.get("job_id"), result.get("status"),
+                                " at %s: %s" % (failure.get("stage"), failure.get("message")) if failure else ""))
+    except Exception:
+        pass
+    return EXIT_OK
+
+
+def cmd_probe() -> int:
+    from agent.engines import probe_engines
+    from agent.fingerprint import collect
+
+    report = {"protocol": PROTOCOL_VERSION, "fingerprint": collect(), "engines": probe_engines()}
+    json.dump(report, sys.stdout, indent=1, default=_json_default)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_ls(directory: str) -> int:
+    path = os.path.expanduser(directory)
+    names = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    json.dump(names, sys.stdout)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_clean(directory: str) -> int:
+    import shutil
+
+    path = os.path.abspath(os.path.expanduser(directory))
+    # Only ever a job directory (<root>/jobs/<job id>): a wrong argument must not wipe a board.
+    if os.path.basename(os.path.dirname(path)) != "jobs":
+        print("agent: refusing to clean %s: not a job work directory" % path, file=sys.stderr)
+        return 2
+    shutil.rmtree(path, ignore_errors=True)
+    return EXIT_OK
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="agent", description="EdgeFarm agent: runs benchmark jobs on a board.")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run one job file and write its result")
+    run.add_argument("job", help="job.json; its artifact files sit in the same folder")
+    run.add_argument("--out", default="result.json", help="where to write the result JSON")
+    sub.add_parser("probe", help="print this board's fingerprint and engines as JSON")
+    sub.add_parser("ls", help="list a directory's file names as JSON").add_argument("dir")
+    sub.add_parser("clean", help="remove a job work directory").add_argument("dir")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args.job, args.out)
+    if args.command == "probe":
+        return cmd_probe()
+    if args.command == "ls":
+        return cmd_ls(args.dir)
+    if args.command == "clean":
+        return cmd_clean(args.dir)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

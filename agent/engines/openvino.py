@@ -1,0 +1,149 @@
+"""OpenVINO engine: openvino.Core compiling for "CPU" by default, one InferRequest.
+
+Options: ``threads`` -> INFERENCE_NUM_THREADS, ``precision`` -> INFERENCE_PRECISION_HINT
+("fp32"/"f32", "bf16", "fp16"/"f16"; None = the device's default, which on a CPU with
+AVX512_BF16 or AMX computes an fp32 model in bfloat16), ``device`` (default "CPU"),
+``model_precision`` (the artifact's precision, told by the controller; "int8" is reported as
+such because the hint only governs the layers that stay in floating point).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from agent.engines import register
+from agent.engines.base import Engine, EngineError, EngineUnavailable, canonical_precision
+
+# The agent's precision names <-> OpenVINO element type names.
+_TO_OV = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_FROM_OV = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+# OPTIMIZATION_CAPABILITIES entries that are precisions, in the order they are reported.
+_CAPABILITIES = (("FP32", "fp32"), ("FP16", "fp16"), ("BF16", "bf16"), ("INT8", "int8"))
+
+
+def _ov() -> Any:
+    """The openvino module, imported here so the agent starts without it."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise EngineUnavailable("openvino cannot be imported: %s" % exc) from exc
+    if not hasattr(openvino, "Core"):  # releases before 2023 kept it in openvino.runtime
+        try:
+            import openvino.runtime as openvino
+        except ImportError as exc:
+            raise EngineUnavailable("openvino has no Core: %s" % exc) from exc
+    return openvino
+
+
+def _type_name(value: Any) -> str:
+    """An openvino Type (or the string older releases return) as "f32", "bf16"..."""
+    getter = getattr(value, "get_type_name", None)
+    return str(getter() if getter is not None else value).lower()
+
+
+def _precision_of(value: Any) -> str:
+    name = _type_name(value)
+    return _FROM_OV.get(name, name)
+
+
+@register("openvino")
+class OpenVinoEngine(Engine):
+    """OpenVINO compiled model with a single synchronous InferRequest."""
+
+    formats = (".onnx", ".xml")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._compiled: Any = None
+        self._request: Any = None
+        self._outputs: List[Any] = []
+        self._device = "CPU"
+        self._share_inputs = True
+
+    @classmethod
+    def version(cls) -> str:
+        return str(_ov().get_version())
+
+    @classmethod
+    def probe(cls) -> Dict[str, Any]:
+        ov = _ov()
+        core = ov.Core()
+        facts: Dict[str, Any] = {
+            "version": str(ov.get_version()),
+            "devices": list(core.available_devices),
+        }
+        facts["default_precision"] = _precision_of(
+            core.get_property("CPU", "INFERENCE_PRECISION_HINT")
+        )
+        caps = {str(c).upper() for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")}
+        facts["precisions"] = [ours for theirs, ours in _CAPABILITIES if theirs in caps]
+        return facts
+
+    def load(self, model_path: str, options: Dict[str, Any]) -> None:
+        ov = _ov()
+        self.check_format(model_path)
+        self.options = dict(options)
+        self.model_path = model_path
+        self._device = str(options.get("device") or "CPU")
+        config: Dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if options.get("threads") is not None:
+            config["INFERENCE_NUM_THREADS"] = int(options["threads"])
+        wanted = canonical_precision(options.get("precision"))
+        if wanted is not None:
+            if wanted not in _TO_OV:
+                raise EngineError(
+                    "openvino precision hint %r is not one of %s" % (wanted, ", ".join(_TO_OV))
+                )
+            config["INFERENCE_PRECISION_HINT"] = _TO_OV[wanted]
+        core = ov.Core()
+        model = core.read_model(model_path)
+        self._compiled = core.compile_model(model, self._device, config)
+        self._request = self._compiled.create_infer_request()
+        self._outputs = list(self._compiled.outputs)
+
+    def _require(self) -> Any:
+        if self._compiled is None:
+            raise EngineError("openvino engine has no model loaded")
+        return self._compiled
+
+    def run(self, inputs: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        self._require()
+        if self._share_inputs:
+            # Sharing skips a copy of every input per call (ONNX Runtime does not copy either),
+            # so the two engines are timed on the same work.
+            try:
+                result = self._request.infer(inputs, share_inputs=True)
+            except TypeError:  # releases before 2023.1 have no share_inputs
+                self._share_inputs = False
+                result = self._request.infer(inputs)
+        else:
+            result = self._request.infer(inputs)
+        # Outputs are copies (share_outputs is off), so the next call cannot overwrite them.
+        return [result[port] for port in self._outputs]
+
+    def precision(self) -> str:
+        if canonical_precision(self.options.get("model_precision")) == "int8":
+            return "int8"
+        return _precision_of(self._require().get_property("INFERENCE_PRECISION_HINT"))
+
+    def device(self) -> str:
+        return self._device
+
+    def input_names(self) -> List[str]:
+        # The Parameter's friendly name is the model's own input name; get_any_name() may
+        # return an alias (an fp16 model's input also carries its Cast's tensor name).
+        return [port.get_node().get_friendly_name() for port in self._require().inputs]
+
+    def input_shapes(self) -> Dict[str, List[Optional[int]]]:
+        shapes: Dict[str, List[Optional[int]]] = {}
+        for port in self._require().inputs:
+            dims = port.get_partial_shape()
+            shapes[port.get_node().get_friendly_name()] = [d.get_length() if d.is_static else None for d in dims]
+        return shapes
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
+        self._outputs = []

@@ -1,0 +1,206 @@
+"""One benchmark job, start to finish: verify -> load -> measure -> accuracy -> Result.
+
+Every exception becomes a failed Result naming the stage it happened in; the agent never
+crashes on a bad job, because a failed measurement is data the controller stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from agent import fingerprint
+from agent.dataset import Dataset, load_dataset
+from agent.engines import Engine, get_engine
+from agent.measure import measure_latency, measure_throughput, memory_mb, one_line
+from agent.protocol import PROTOCOL_VERSION, ProtocolError, failed
+
+MEASURE_DEFAULTS: Dict[str, Any] = {
+    "warmup": 5, "min_iterations": 64, "min_seconds": 2.0, "max_seconds": 60.0,
+    "batch_sizes": [1], "throughput_seconds": 1.0,
+}
+# Latency cycles over at most this many pre-built samples: enough variety, bounded memory.
+LATENCY_SAMPLE_POOL = 32
+STDERR_TAIL_CHARS = 4000
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_artifacts(artifacts: Dict[str, Any], workdir: str) -> Dict[str, str]:
+    """Check every artifact against its sha256; returns {artifact name: path}."""
+    if not isinstance(artifacts, dict) or not artifacts.get("model"):
+        raise ProtocolError("job artifacts must name a 'model'")
+    paths: Dict[str, str] = {}
+    for name in sorted(artifacts):
+        spec = artifacts[name]
+        if spec is None:  # e.g. "dataset": null when there is no accuracy step
+            continue
+        if not isinstance(spec, dict) or "file" not in spec or "sha256" not in spec:
+            raise ProtocolError("artifact %r needs a 'file' and a 'sha256', got %r" % (name, spec))
+        path = os.path.join(workdir, str(spec["file"]))
+        expected = str(spec["sha256"]).lower()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                "artifact %r: file %s is missing (expected sha256 %s)" % (name, spec["file"], expected)
+            )
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ValueError(
+                "artifact %r: %s has sha256 %s, but the job expects %s"
+                % (name, spec["file"], actual, expected)
+            )
+        paths[name] = path
+    return paths
+
+
+def _feeds_for(engine: Engine, data: Dataset, what: str) -> Callable[[List[int]], Dict[str, np.ndarray]]:
+    """A function indices -> the model's inputs only, after checking the file has them all."""
+    names = engine.input_names()
+    missing = [n for n in names if n not in data.input_names]
+    if missing:
+        raise ValueError(
+            "model input(s) %s not in the %s file (it has %s)"
+            % (", ".join(missing), what, ", ".join(data.input_names) or "no inputs")
+        )
+
+    def feed(indices: List[int]) -> Dict[str, np.ndarray]:
+        tensors = data.batch(indices)
+        return {n: tensors[n] for n in names}
+
+    return feed
+
+
+def _fixed_batch(engine: Engine) -> Optional[int]:
+    """The batch size the model's first input is fixed at, or None when it is dynamic."""
+    for shape in engine.input_shapes().values():
+        return shape[0] if shape and shape[0] is not None else None
+    return None
+
+
+class _JobRun:
+    """The state of one job while it runs, so a failure can say how far it got."""
+
+    def __init__(self, job: Dict[str, Any], workdir: str) -> None:
+        self.job = job
+        self.workdir = workdir
+        self.stage = "agent"
+        self.engine: Optional[Engine] = None
+        self.result: Dict[str, Any] = {
+            "protocol": PROTOCOL_VERSION, "job_id": str(job.get("job_id", "")),
+            "status": "ok", "failure": None, "fingerprint": None, "engine": None,
+            "phases": {}, "latency": None, "throughput": [], "memory": {},
+            "accuracy": None, "temperature_after_c": None,
+        }
+
+    def run(self) -> Dict[str, Any]:
+        try:
+            self.result["fingerprint"] = fingerprint.collect()
+            self._stages()
+        except Exception as exc:
+            tail = traceback.format_exc()[-STDERR_TAIL_CHARS:]
+            self.result.update(failed(self.result["job_id"], self.stage, one_line(exc), tail))
+        finally:
+            if self.engine is not None:
+                try:
+                    self.engine.close()
+                except Exception:  # the result is what matters now
+                    pass
+            try:
+                self.result["temperature_after_c"] = fingerprint.temperature_c()
+            except Exception:
+                pass
+        return self.result
+
+    def _stages(self) -> None:
+        job, result = self.job, self.result
+        if job.get("protocol") != PROTOCOL_VERSION:
+            raise ProtocolError("job protocol %r is not the agent's %d" % (job.get("protocol"), PROTOCOL_VERSION))
+        measure = dict(MEASURE_DEFAULTS)
+        measure.update(job.get("measure") or {})
+        engine_spec = job.get("engine") or {}
+        name = str(engine_spec.get("name"))
+        options = dict(engine_spec.get("options") or {})
+        result["engine"] = {"name": name, "version": None, "precision": None, "device": None}
+
+        self.stage = "verify"
+        paths = verify_artifacts(job.get("artifacts"), self.workdir)
+
+        self.stage = "load"
+        inputs_path = paths.get("inputs") or paths.get("dataset")
+        if inputs_path is None:
+            raise ProtocolError("job has neither an 'inputs' nor a 'dataset' artifact to measure on")
+        inputs = load_dataset(inputs_path, require_task=False)
+        if inputs.count < 1:
+            raise ValueError("the measurement inputs file holds no sample")
+        rss_before = memory_mb()["rss_mb"]
+        engine = self.engine = get_engine(name)
+        result["engine"]["version"] = engine.version()
+        t0 = time.perf_counter()
+        engine.load(paths["model"], options)
+        result["phases"]["load_ms"] = (time.perf_counter() - t0) * 1000.0
+        result["engine"].update({"precision": engine.precision(), "device": engine.device()})
+
+        self.stage = "measure"
+        feed = _feeds_for(engine, inputs, "measurement inputs")
+        pool = [feed([i]) for i in range(min(inputs.count, LATENCY_SAMPLE_POOL))]
+        t0 = time.perf_counter()
+        engine.run(pool[0])
+        result["phases"]["first_inference_ms"] = (time.perf_counter() - t0) * 1000.0
+        result["latency"] = measure_latency(
+            lambda i: engine.run(pool[i % len(pool)]),
+            warmup=int(measure["warmup"]),
+            min_iterations=int(measure["min_iterations"]),
+            min_seconds=float(measure["min_seconds"]),
+            max_seconds=None if measure["max_seconds"] is None else float(measure["max_seconds"]),
+        )
+        del pool
+        result["throughput"] = measure_throughput(
+            engine.run,
+            lambda b: feed([i % inputs.count for i in range(b)]),
+            batch_sizes=list(measure["batch_sizes"] or []),
+            seconds=float(measure["throughput_seconds"]),
+            max_seconds=None if measure["max_seconds"] is None else float(measure["max_seconds"]),
+            fixed_batch=_fixed_batch(engine),
+        )
+        # Right after measuring, so the accuracy dataset does not count in the peak.
+        after = memory_mb()
+        result["memory"] = {
+            "rss_before_load_mb": rss_before,
+            "peak_rss_mb": after["peak_rss_mb"],
+            "rss_after_measure_mb": after["rss_mb"],
+        }
+
+        if paths.get("dataset"):
+            self.stage = "accuracy"
+            result["accuracy"] = self._accuracy(engine, paths["dataset"])
+
+    def _accuracy(self, engine: Engine, path: str) -> Dict[str, Any]:
+        """Feed the dataset one sample at a time (batch 1) to the task's evaluator."""
+        from agent.metrics import evaluator_for  # here: a metrics problem fails only this stage
+
+        data = load_dataset(path)
+        evaluator = evaluator_for(data)
+        feed = _feeds_for(engine, data, "dataset")
+        t0 = time.perf_counter()
+        for i in range(data.count):
+            evaluator.add(i, engine.run(feed([i])))
+        self.result["phases"]["accuracy_ms"] = (time.perf_counter() - t0) * 1000.0
+        return dict(evaluator.result())
+
+
+def run_job(job: Dict[str, Any], workdir: str) -> Dict[str, Any]:
+    """Run one job whose artifact files sit in ``workdir``; always returns a Result dict."""
+    if not isinstance(job, dict):
+        return failed("", "agent", "a job must be a JSON object, not %s" % type(job).__name__)
+    return _JobRun(job, workdir).run()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up everything EdgeFarm needs on a fresh Debian machine, idempotently:
+# Debian packages (font for rendered data, browser for the dashboard test, PostgreSQL),
+# a virtual environment with EdgeFarm and its Python packages, and the bundled models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+# fonts-dejavu-core: the font text is rendered with for labelled OCR data.
+# chromium: the real browser the dashboard test drives. postgresql: the team database test.
+DEBS=(fonts-dejavu-core chromium postgresql)
+
+missing=()
+for pkg in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.edgefarm-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing Python packages (a few minutes the first time)"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e ".[test]"
+  # The PaddleOCR models ship as ONNX files inside this package; its own dependencies
+  # (OpenCV and friends) are not needed, only the files.
+  "$VENV/bin/pip" install -q --no-deps "rapidocr-onnxruntime==1.4.4"
+  touch "$stamp"
+fi
+echo "setup: ready ($("$VENV/bin/python" --version), $VENV)"

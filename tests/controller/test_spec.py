@@ -1,0 +1,92 @@
+"""Spec and inventory files are validated at the boundary, with errors naming file, key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.errors import ConfigError
+from controller.inventory import DEFAULT, load_inventory
+from controller.spec import load_spec, parse_input_flag
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, data: object, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def example() -> dict:
+    return yaml.safe_load((ROOT / "examples" / "ppocr.yaml").read_text())
+
+
+def test_example_spec_loads_and_resolves_bundled_models() -> None:
+    loaded = load_spec(ROOT / "examples" / "ppocr.yaml")
+    spec = loaded.spec
+    assert [m.name for m in spec.models] == ["ppocr-det", "ppocr-rec", "ppocr-cls"]
+    assert spec.variants == ["fp32", "fp16", "int8"]
+    assert [e.name for e in spec.engines] == ["onnxruntime", "openvino"]
+    for m in spec.models:
+        assert m.resolve_path(loaded.base).is_file(), m.path
+        assert m.dataset.samples >= 200
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda s: s.update(colour="blue"), "colour: Extra inputs are not permitted (got 'blue')"),
+        (lambda s: s["models"][0].update(pth="x.onnx"), "models.0.pth: Extra inputs are not permitted"),
+        (lambda s: s["models"][0]["inputs"]["x"].update(shape=[1, 3, -640, 640]), "models.0.inputs.x.shape"),
+        (lambda s: s.update(variants=["fp32", "fp8"]), "unknown variant 'fp8'"),
+        (lambda s: s.update(engines=["onnxruntime", "tensorrtx"]), "unknown engine 'tensorrtx'"),
+        (lambda s: s["measure"].update(min_iterations=10), "measure.min_iterations"),
+        (lambda s: s["models"][1].update(name="ppocr-det"), "model names must be unique"),
+        (lambda s: s["models"][0].update(name="../etc"), "models.0.name"),
+        (lambda s: s["models"][0]["dataset"].update(kind="imagenet"), "models.0.dataset.kind"),
+    ],
+)
+def test_bad_spec_names_file_key_and_value(tmp_path: Path, mutate, expected: str) -> None:
+    data = example()
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_malformed_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 2"):
+        load_spec(write(tmp_path, "name: x\nmodels: : bad\n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="a spec is a YAML mapping"):
+        load_spec(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_inventory_local_yaml_matches_embedded_default() -> None:
+    inv, source = load_inventory(ROOT / "inventory" / "local.yaml")
+    assert source.endswith("local.yaml")
+    assert [b.model_dump() for b in inv.boards] == [b.model_dump() for b in DEFAULT.boards]
+
+
+def test_inventory_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, {"boards": [{"name": "b1", "transport": "carrier-pigeon"}]}, "inv.yaml")
+    with pytest.raises(ConfigError, match=r"inv.yaml: boards.0: Value error|unknown transport 'carrier-pigeon'"):
+        load_inventory(path)
+    inv, src = load_inventory(write(tmp_path, {"boards": [{"name": "b1"}]}, "ok.yaml"))
+    with pytest.raises(ConfigError, match="unknown board 'b2'; the inventory has: b1"):
+        inv.board("b2", "spec.yaml")
+
+
+def test_input_flag() -> None:
+    assert parse_input_flag("x=1x3x48x320") == ("x", [1, 3, 48, 320])
+    for bad in ("x", "=1x2", "x=1xA"):
+        with pytest.raises(ConfigError, match="expected NAME=DIMS"):
+            parse_input_flag(bad)
