@@ -16,7 +16,12 @@ def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     from controller.selection import latest_candidates, render, select_best
     from controller.store import Run, open_db
 
-    report_dir.mkdir(parents=True, exist_ok=True)  # fail early, before an hour of measuring
+    from controller.errors import EdgeFarmError
+
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)  # fail early, before an hour of measuring
+    except OSError as exc:
+        raise EdgeFarmError(f"--report {report_dir}: cannot create the report folder: {exc.strerror}") from None
     outcome = execute(loaded, inventory, inventory_source, db_url, ray_address, kind="nightly")
     rules = loaded.spec.regression
     with open_db(db_url)() as db:

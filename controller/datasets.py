@@ -1,0 +1,408 @@
+"""Accuracy datasets: labelled OCR data rendered with Pillow, and seeded tensors for any model.
+
+Every file follows the "Dataset file" layout of ``agent/protocol.py``: images are stored as
+uint8 NCHW in the model's channel order (BGR, as PaddleOCR's cv2 pipeline feeds them) with a
+``normalize`` entry, so a 200-sample set stays a few megabytes. Sample ``i`` is drawn from its
+own generator seeded with ``(seed, kind, i)``: a smaller set is the prefix of a bigger one,
+and the same seed gives the same bytes (the zip members carry a fixed timestamp).
+
+Kinds and what they need:
+
+- ``ocr-det``: one float input [1, 3, H, W]; 1..4 text lines per image, boxes in input pixels.
+- ``ocr-rec``: one float input [1, 3, H, W] and ``model_path`` (the charset is in its metadata).
+- ``ocr-cls``: one float input [1, 3, H, W]; half of the lines rotated 180 degrees (label 1).
+- ``seeded``: any inputs and ``model_path``; reference outputs of the fp32 model on CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import string
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATASET_VERSION = 1  # bump on any change to rendering or layout: the controller caches on it
+KINDS = ("ocr-det", "ocr-rec", "ocr-cls", "seeded")
+TASK_OF_KIND = {"ocr-det": "det", "ocr-rec": "rec", "ocr-cls": "cls", "seeded": "agreement"}
+
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+# Only the faces Debian's fonts-dejavu-core ships, so a plain controller install has them all.
+FONT_FILES = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
+)
+# Glyphs no reader can tell apart without context (I/l/1, O/0) would cap exact match below
+# what the model really does; every other ASCII letter and digit is drawn.
+AMBIGUOUS = set("Il1O0")
+ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in AMBIGUOUS)
+
+DET_NORMALIZE = {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+LINE_NORMALIZE = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+DET_PARAMS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5, "min_size": 3, "iou": 0.5}
+# PaddleOCR pads line images with 0 after normalization; 128 is the nearest uint8 (0.004).
+LINE_PAD = 128
+
+_KIND_SALT = {kind: n for n, kind in enumerate(KINDS)}
+_ONNX_FLOAT = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def make_dataset(
+    kind: str,
+    inputs: dict[str, tuple[tuple[int, ...], str]],
+    samples: int,
+    seed: int,
+    out_path: Path,
+    *,
+    model_path: Path | None = None,
+) -> dict:
+    """Render (or draw) ``samples`` samples of ``kind``, write the .npz and return its meta."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if samples < 1:
+        raise ValueError(f"a dataset needs at least 1 sample, got {samples}")
+    if kind == "seeded":
+        arrays, input_meta, params = _seeded(inputs, samples, seed, model_path)
+    else:
+        name, (height, width) = _image_input(kind, inputs)
+        if kind == "ocr-det":
+            images, labels = _det_set(samples, seed, height, width)
+            params: dict[str, Any] = dict(DET_PARAMS)
+            normalize = DET_NORMALIZE
+        elif kind == "ocr-rec":
+            if model_path is None:
+                raise ValueError("ocr-rec needs model_path: the charset is in the model's metadata")
+            images, labels = _rec_set(samples, seed, height, width, _charset(Path(model_path)))
+            params, normalize = {}, LINE_NORMALIZE
+        else:
+            images, labels = _cls_set(samples, seed, height, width)
+            params, normalize = {}, LINE_NORMALIZE
+        arrays = {f"input:{name}": images, **labels}
+        input_meta = {name: {"normalize": normalize}}
+    meta = {
+        "task": TASK_OF_KIND[kind],
+        "count": samples,
+        "inputs": input_meta,
+        "params": params,
+        "source": {"kind": kind, "seed": seed, "dataset_version": DATASET_VERSION, "made_with": _made_with(kind)},
+    }
+    _write_npz(Path(out_path), meta, arrays)
+    return meta
+
+
+def write_subset(dataset_path: Path, count: int, out_path: Path) -> None:
+    """Write the first ``count`` samples of a dataset, inputs only (a job's measurement inputs)."""
+    with np.load(dataset_path, allow_pickle=False) as data:
+        meta = json.loads(str(data["__meta__"]))
+        if not 1 <= count <= meta["count"]:
+            raise ValueError(f"subset of {count} samples asked from {dataset_path}, which has {meta['count']}")
+        arrays = {key: data[key][:count] for key in data.files if key.startswith("input:")}
+    _write_npz(Path(out_path), {**meta, "count": count}, arrays)
+
+
+def _made_with(kind: str) -> str:
+    """The libraries whose versions decide the bytes (glyph rasters, reference outputs)."""
+    if kind == "seeded":
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+    import PIL
+    from PIL import features
+
+    return f"Pillow {PIL.__version__}, FreeType {features.version('freetype2')}"
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def _write_npz(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed, but byte-identical for identical data (fixed member timestamps)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    members = {"__meta__": np.array(json.dumps(meta, sort_keys=True)), **arrays}
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for key, value in members.items():
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
+            with zf.open(info, "w", force_zip64=True) as fh:
+                fh.write(buf.getbuffer())
+    os.replace(tmp, path)  # a killed run never leaves a half file under the cached name
+
+
+# --- inputs and models ---------------------------------------------------------------------
+
+
+def _image_input(kind: str, inputs: dict[str, tuple[tuple[int, ...], str]]) -> tuple[str, tuple[int, int]]:
+    """The one [1, 3, H, W] float input an OCR kind renders into, or a ValueError saying why not."""
+    if len(inputs) != 1:
+        raise ValueError(f"{kind} renders one image input, the model has {len(inputs)}: {sorted(inputs)}")
+    (name, (shape, dtype)), = inputs.items()
+    shape = tuple(shape)
+    if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or not _is_float(dtype):
+        raise ValueError(f"{kind} needs one 4-D float input [1, 3, H, W]; {name!r} is {dtype} {list(shape)}")
+    # Smaller images cannot hold a line of the rendered sizes.
+    low = (128, 128) if kind == "ocr-det" else (16, 32)
+    if not all(isinstance(d, (int, np.integer)) and d >= m for d, m in zip(shape[2:], low)):
+        raise ValueError(f"{kind} needs a fixed height >= {low[0]} and width >= {low[1]} for {name!r}, got {list(shape)}")
+    return name, (int(shape[2]), int(shape[3]))
+
+
+def _is_float(dtype: str) -> bool:
+    return str(dtype) in _ONNX_FLOAT or np.dtype(_numpy_dtype(dtype)).kind == "f"
+
+
+def _numpy_dtype(dtype: str) -> np.dtype:
+    try:
+        return np.dtype(_ONNX_FLOAT.get(str(dtype), str(dtype).replace("tensor(", "").rstrip(")")))
+    except TypeError:
+        raise ValueError(f"unknown input dtype {dtype!r}") from None
+
+
+def _charset(model_path: Path) -> np.ndarray:
+    """The CTC charset of a PaddleOCR rec model: metadata "character", plus the space class."""
+    import onnx
+
+    if not model_path.is_file():
+        raise ValueError(f"rec model not found: {model_path}")
+    model = onnx.load(str(model_path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if "character" not in props:
+        raise ValueError(f"{model_path} has no 'character' metadata: not a PaddleOCR rec model")
+    chars = props["character"].split("\n")
+    classes = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    # PaddleOCR's use_space_char adds " " as the last class: blank + chars + space.
+    if classes in (0, len(chars) + 2):
+        chars.append(" ")
+    missing = [c for c in ALPHABET if c not in chars]
+    if missing:
+        raise ValueError(f"{model_path} charset lacks {''.join(missing)!r}: cannot render ASCII lines for it")
+    return np.array(chars)
+
+
+def _seeded(
+    inputs: dict[str, tuple[tuple[int, ...], str]], samples: int, seed: int, model_path: Path | None
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """Seeded random inputs and the fp32 source model's outputs on them (onnxruntime CPU)."""
+    import onnxruntime as ort
+
+    if model_path is None or not Path(model_path).is_file():
+        raise ValueError(f"seeded needs the source model to compute reference outputs, got {model_path}")
+    if not inputs:
+        raise ValueError("seeded needs at least one input")
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    if sorted(names) != sorted(inputs):
+        raise ValueError(f"inputs {sorted(inputs)} do not match the model's {sorted(names)}")
+    dtypes = {}
+    for name, (shape, dtype) in inputs.items():
+        if not shape or shape[0] != 1 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+            raise ValueError(f"seeded needs a fixed shape with batch 1 for {name!r}, got {list(shape)}")
+        dtypes[name] = _numpy_dtype(dtype)
+    drawn: dict[str, list[np.ndarray]] = {name: [] for name in inputs}
+    for i in range(samples):
+        rng = np.random.default_rng((seed, _KIND_SALT["seeded"], i))
+        for name, (shape, _) in inputs.items():
+            drawn[name].append(_random_tensor(rng, tuple(shape), dtypes[name]))
+    arrays = {f"input:{name}": np.concatenate(values) for name, values in drawn.items()}
+    # Fed as the model declares its inputs (the same values either way: see _random_tensor).
+    feed_types = {i.name: _numpy_dtype(i.type) for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    results: list[list[np.ndarray]] = [[] for _ in outputs]
+    for i in range(samples):
+        feed = {n: arrays[f"input:{n}"][i : i + 1].astype(feed_types[n]) for n in inputs}
+        for k, value in enumerate(session.run(outputs, feed)):
+            results[k].append(np.asarray(value, dtype=np.float32))
+    for name, values in zip(outputs, results):
+        arrays[f"reference:{name}"] = np.stack(values)  # [N, *output shape at batch 1]
+    input_meta = {name: {"normalize": None} for name in inputs}
+    return arrays, input_meta, {"outputs": outputs}
+
+
+def _random_tensor(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    if dtype.kind == "f":
+        # Stored as float32 (the contract), but exactly the values a float16 model is fed.
+        return rng.standard_normal(shape).astype(dtype).astype(np.float32)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 10, size=shape).astype(dtype)  # small: safe as ids or indices
+    raise ValueError(f"seeded cannot draw inputs of dtype {dtype}")
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _fonts() -> list[Path]:
+    paths = [FONT_DIR / f for f in FONT_FILES]
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"font {path} not found: install Debian's fonts-dejavu-core (apt-get install fonts-dejavu-core)")
+    return paths
+
+
+def _font(path: Path, size: int):
+    from PIL import ImageFont
+
+    return ImageFont.truetype(str(path), size)
+
+
+def _text(rng: np.random.Generator, low: int, high: int) -> str:
+    n = int(rng.integers(low, high + 1))
+    return "".join(ALPHABET[i] for i in rng.integers(0, len(ALPHABET), size=n))
+
+
+def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A light, slightly tinted background and a dark ink: contrast varies, never vanishes."""
+    bg = np.clip(rng.integers(160, 256) + rng.integers(-12, 13, size=3), 0, 255)
+    fg = np.clip(rng.integers(0, 110) + rng.integers(-20, 21, size=3), 0, 255)
+    return bg.astype(np.float32), fg.astype(np.float32)
+
+
+def _text_alpha(text: str, font) -> tuple[np.ndarray, int, int, np.ndarray]:
+    """Ink coverage [h, w] in 0..1 (columns ink-tight), the cap-top and baseline rows, ink rows.
+
+    Line crops span cap top to baseline at least, so "acex" stays lower case-sized and the
+    recognizer can tell o from O as it can in a real crop.
+    """
+    from PIL import Image, ImageDraw
+
+    left, top, right, bottom = font.getbbox(text, anchor="ls")
+    cap_top = font.getbbox("H", anchor="ls")[1]
+    top = min(top, cap_top)
+    bottom = max(bottom, 0)
+    img = Image.new("L", (right - left + 4, bottom - top + 4), 0)
+    ImageDraw.Draw(img).text((2 - left, 2 - top), text, font=font, fill=255, anchor="ls")
+    alpha = np.asarray(img, dtype=np.float32) / 255.0
+    cols = np.flatnonzero(alpha.max(axis=0) > 0)
+    rows = np.flatnonzero(alpha.max(axis=1) > 0)
+    return alpha[:, cols[0] : cols[-1] + 1], 2 - top + cap_top, 2 - top, rows
+
+
+def _blend(bg: np.ndarray, fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    return bg + (fg - bg) * alpha[..., None]
+
+
+def _to_model(rgb: np.ndarray) -> np.ndarray:
+    """HWC RGB float -> CHW BGR uint8: PaddleOCR models were trained on cv2's BGR images."""
+    return np.ascontiguousarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)[..., ::-1].transpose(2, 0, 1))
+
+
+def _line_image(rng: np.random.Generator, text: str, fonts: list[Path], height: int, width: int, rotate: bool) -> np.ndarray:
+    """One text line cropped like a detector box, resized to ``height`` and padded to ``width``."""
+    from PIL import Image, ImageFilter
+
+    # Small sizes are upscaled to the model height: soft glyphs, as in low-resolution crops.
+    size = int(rng.integers(14, 49))
+    font = _font(fonts[int(rng.integers(len(fonts)))], size)
+    alpha, cap_top, baseline, rows = _text_alpha(text, font)
+    alpha = alpha[min(cap_top, rows[0]) : max(baseline, rows[-1] + 1)]
+    mx = rng.uniform(0.05, 0.35, size=2) * size
+    my = rng.uniform(0.05, 0.3, size=2) * size
+    canvas = np.zeros((alpha.shape[0] + int(my.sum()), alpha.shape[1] + int(mx.sum())), np.float32)
+    canvas[int(my[0]) : int(my[0]) + alpha.shape[0], int(mx[0]) : int(mx[0]) + alpha.shape[1]] = alpha
+    if rng.random() < 0.5:  # a crop is rarely perfectly level
+        tilted = Image.fromarray(canvas).rotate(float(rng.uniform(-2.5, 2.5)), Image.Resampling.BILINEAR)
+        canvas = np.asarray(tilted, dtype=np.float32)
+    bg, fg = _colours(rng)
+    if rng.random() < 0.15:
+        bg, fg = fg, bg  # light text on a dark ground
+    img = Image.fromarray(np.clip(np.rint(_blend(bg, fg, canvas)), 0, 255).astype(np.uint8))
+    if rng.random() < 0.4:
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.4))))
+    if rotate:
+        img = img.transpose(Image.Transpose.ROTATE_180)
+    # PaddleOCR's resize_norm_img: keep the aspect ratio up to the model width, pad on the right.
+    w = min(width, max(1, math.ceil(height * img.width / img.height)))
+    line = np.asarray(img.resize((w, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    out = np.full((height, width, 3), LINE_PAD, np.float32)
+    out[:, :w] = line
+    return _to_model(out)
+
+
+def _rec_set(samples: int, seed: int, height: int, width: int, charset: np.ndarray):
+    fonts = _fonts()
+    images, texts = [], []
+    for i in range(samples):
+        rng = np.random.default_rng((seed, _KIND_SALT["ocr-rec"], i))
+        text = _text(rng, 3, 12)
+        images.append(_line_image(rng, text, fonts, height, width, rotate=False))
+        texts.append(text)
+    return np.stack(images), {"text": np.array(texts), "charset": charset}
+
+
+def _cls_set(samples: int, seed: int, height: int, width: int):
+    fonts = _fonts()
+    images, labels = [], []
+    for i in range(samples):
+        rng = np.random.default_rng((seed, _KIND_SALT["ocr-cls"], i))
+        label = i % 2  # exactly half rotated, whatever the count
+        images.append(_line_image(rng, _text(rng, 3, 12), fonts, height, width, rotate=bool(label)))
+        labels.append(label)
+    return np.stack(images), {"label": np.array(labels, dtype=np.int64)}
+
+
+def _det_set(samples: int, seed: int, height: int, width: int):
+    from PIL import Image, ImageDraw, ImageFilter
+
+    fonts = _fonts()
+    scale = min(height, width) / 640
+    images, boxes = [], []
+    for i in range(samples):
+        rng = np.random.default_rng((seed, _KIND_SALT["ocr-det"], i))
+        bg, fg = _colours(rng)
+        # A plain background (no per-pixel noise) keeps 200 images at 640x640 a few MB.
+        page = Image.new("RGB", (width, height), tuple(int(c) for c in bg))
+        occupied = _distractors(rng, ImageDraw.Draw(page), width, height)
+        canvas = np.asarray(page, dtype=np.float32).copy()
+        placed: list[tuple[int, int, int, int]] = []
+        for _ in range(int(rng.integers(1, 5))):
+            size = max(12, int(rng.integers(18, 61) * scale))
+            font = _font(fonts[int(rng.integers(len(fonts)))], size)
+            alpha, _, _, rows = _text_alpha(_text(rng, 3, 14), font)
+            alpha = alpha[rows[0] : rows[-1] + 1]
+            h, w = alpha.shape
+            if w + 8 > width or h + 8 > height:
+                continue
+            gap = max(6, size // 2)  # lines closer than this would merge in the DB map
+            for _attempt in range(30):
+                x, y = int(rng.integers(4, width - w - 3)), int(rng.integers(4, height - h - 3))
+                if all(x + w + gap <= a or a2 + gap <= x or y + h + gap <= b or b2 + gap <= y for a, b, a2, b2 in placed + occupied):
+                    canvas[y : y + h, x : x + w] = _blend(canvas[y : y + h, x : x + w], fg, alpha)
+                    placed.append((x, y, x + w, y + h))
+                    break
+        # Labels are the ink box plus the few pixels of margin annotators (and DB's unclip) leave.
+        pad = max(1, round(3 * scale))
+        placed = [(x0 - pad, y0 - pad, x1 + pad, y1 + pad) for x0, y0, x1, y1 in placed]
+        img = canvas
+        if rng.random() < 0.3:
+            blurred = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
+            img = np.asarray(blurred.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.8)))), np.float32)
+        images.append(_to_model(img))
+        boxes.extend((i, *box) for box in placed)
+    return np.stack(images), {"boxes": np.array(boxes, dtype=np.float32).reshape(-1, 5)}
+
+
+def _distractors(rng: np.random.Generator, draw, width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """0..2 shapes that are not text (frames, discs, rules), so precision means something."""
+    shapes = []
+    for _ in range(int(rng.integers(0, 3))):
+        w, h = int(rng.integers(width // 10, width // 3)), int(rng.integers(height // 10, height // 3))
+        x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+        tone = tuple(int(c) for c in rng.integers(90, 200, size=3))
+        kind = int(rng.integers(3))
+        if kind == 0:
+            draw.rectangle((x, y, x + w, y + h), outline=tone, width=int(rng.integers(2, 5)))
+        elif kind == 1:
+            draw.ellipse((x, y, x + w, y + h), fill=tone)
+        else:
+            h = int(rng.integers(2, 4))
+            draw.rectangle((x, y, x + w, y + h), fill=tone)
+        shapes.append((x, y, x + w + 1, y + h + 1))
+    return shapes
