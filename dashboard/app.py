@@ -1,0 +1,175 @@
+"""EdgeFarm dashboard: ``streamlit run dashboard/app.py -- --db URL``.
+
+The database is ``--db``, else $EDGEFARM_DB, else ./edgefarm.db (``controller.store.database_url``).
+It is read only through ``controller.queries`` and ``controller.selection``, so the figures here
+are the ones the CLI's selection tables and nightly reports print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import controller  # noqa: F401
+except ImportError:  # a plain checkout: `streamlit run` puts dashboard/ on sys.path, not the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import streamlit as st
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller import queries, selection, store
+from dashboard import charts, views
+
+MAX_TAILS = 20  # a run where everything failed would otherwise bury the page in tracebacks
+EMPTY = ("No results yet: run `edgefarm run <spec.yaml>` (with `--db` or $EDGEFARM_DB naming this database), "
+         "then reload this page.")
+
+
+def cli_db(argv: list[str]) -> str | None:
+    """``--db URL`` from the arguments after ``--``; unknown ones are ignored (under pytest too)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--db")
+    return parser.parse_known_args(argv)[0].db
+
+
+@st.cache_resource(show_spinner=False)
+def sessions(url: str) -> sessionmaker[Session]:
+    # One engine (and connection pool) per database for the whole server, not one per rerun.
+    return store.open_db(url)
+
+
+def controls(models: list[str], chips: list[str]) -> tuple[float, list[str], list[str]]:
+    """Accuracy budget and filters in the sidebar; an empty filter means all."""
+    with st.sidebar:
+        budget = st.slider("Accuracy budget (max drop vs ONNX Runtime fp32)", 0.0, 0.1, 0.01, step=0.001,
+                           format="%.3f", key="budget")
+        picked_models = st.multiselect("Models", models, placeholder="all models", key="models")
+        picked_chips = st.multiselect("Chips", chips, placeholder="all chips", key="chips")
+    return budget, picked_models or models, picked_chips or chips
+
+
+def banner(runs: list[queries.RunRow]) -> None:
+    """What a morning reader wants first: last night's verdict and the newest run's failures."""
+    nightly = next((r for r in runs if r.kind == "nightly"), None)
+    if nightly is not None:
+        when = f"nightly run #{nightly.id} ({nightly.spec}, started {nightly.started:%Y-%m-%d %H:%M} UTC)"
+        if nightly.verdict == "regression":
+            st.error(f"Last {when}: **regression**. See its report under Runs.")
+        elif nightly.verdict == "pass":
+            st.success(f"Last {when}: pass.")
+        else:
+            st.info(f"Last {when}: {nightly.status}, no verdict yet.")
+    newest = runs[0]
+    if newest.jobs_failed:
+        st.warning(f"Run #{newest.id} ({newest.spec}): {newest.jobs_failed} of {newest.jobs_total} jobs failed; "
+                   "their stage and message are under Runs.")
+
+
+def selection_section(sels: list[selection.Selection], budget: float) -> None:
+    st.header("Engine selection")
+    st.caption(f"Fastest configuration per (model, chip) whose accuracy drop against ONNX Runtime fp32 on that "
+               f"chip is at most **{budget:g}**; speed-up is against the same baseline. Newest result per "
+               "configuration.")
+    st.table(views.styled(views.selection_frame(sels)), hide_index=True)
+    for sel in sels:
+        if sel.best is None:
+            st.warning(views.nothing_message(sel))
+            st.table(views.styled(views.nearest_frame(sel)), hide_index=True)
+    left, right, _ = st.columns([1, 1, 4])
+    left.download_button("selection.csv", selection.render(sels, "csv"), "selection.csv", "text/csv")
+    right.download_button("selection.json", selection.render(sels, "json"), "selection.json", "application/json")
+
+
+def charts_section(session: Session, cands: list[selection.Candidate], budget: float) -> None:
+    st.header("Latency and accuracy")
+    df = views.candidates_frame(cands)
+    st.subheader("p50 latency per engine x variant")
+    st.altair_chart(charts.latency_bars(df))
+    st.subheader("Accuracy per engine x variant")
+    st.caption("Dashed line: the reference accuracy minus the budget; dots below it are outside the budget.")
+    st.altair_chart(charts.accuracy_points(df, budget))
+    st.subheader("Latency vs accuracy")
+    st.altair_chart(charts.latency_vs_accuracy(df))
+
+    st.subheader("Latency distribution of one result")
+    by_job = {c.job_id: c for c in cands}
+    job_id = st.selectbox("Result", list(by_job), key="result", format_func=lambda j: (
+        f"{by_job[j].model} · {by_job[j].chip} · {by_job[j].engine} · {by_job[j].variant} (job {j})"))
+    samples = queries.latency_samples(session, job_id) if job_id is not None else []
+    if samples:
+        c = by_job[job_id]
+        st.caption(f"{len(samples)} raw samples from run #{c.run_id}; p50 {c.p50_ms:.4g} ms, p90 {c.p90_ms:.4g} ms.")
+        st.altair_chart(charts.distribution(samples))
+    else:
+        st.info("This result has no raw samples stored.")
+
+
+def runs_section(session: Session, runs: list[queries.RunRow]) -> None:
+    st.header("Runs")
+    frame = views.runs_frame(runs)
+    st.dataframe(frame.style.map(views.verdict_style, subset=["status", "verdict"]), hide_index=True)
+    run_id = st.selectbox("Jobs of run", [r.id for r in runs], key="run", format_func=lambda i: next(
+        f"#{r.id} {r.kind} {r.spec} ({r.started:%Y-%m-%d %H:%M} UTC): {r.status}" for r in runs if r.id == i))
+    run = next(r for r in runs if r.id == run_id)
+    jobs = queries.run_jobs(session, run.id)
+    failed = views.failed_frame(jobs)
+    if len(failed):
+        st.markdown(f"**Failed jobs of run #{run.id}** ({len(failed)})")
+        # A dataframe, not st.table: messages are free text, and st.table would read them as Markdown.
+        st.dataframe(failed, hide_index=True, column_config={"message": st.column_config.TextColumn(width="large")})
+        tails = [j for j in jobs if j.status == "failed" and j.stderr_tail]
+        for j in tails[:MAX_TAILS]:
+            with st.expander(f"stderr tail of job {j.job_id}: {j.model} {j.engine} {j.label} ({j.stage})"):
+                st.code(j.stderr_tail, language=None)
+        if len(tails) > MAX_TAILS:
+            st.caption(f"{len(tails) - MAX_TAILS} more stderr tails not shown.")
+    else:
+        st.markdown(f"No failed jobs in run #{run.id}.")
+    st.dataframe(views.styled(views.jobs_frame(jobs)), hide_index=True)
+    if run.summary:
+        with st.expander(f"Summary of run #{run.id}" + (" (nightly report)" if run.kind == "nightly" else "")):
+            st.json(run.summary)
+
+
+def main() -> None:
+    st.set_page_config(page_title="EdgeFarm", layout="wide")
+    url = store.database_url(cli_db(sys.argv[1:]))
+    st.title("EdgeFarm")
+    with st.sidebar:
+        st.subheader("Database")
+        st.code(store.describe(url), language=None, wrap_lines=True)  # describe() hides a password
+    if not queries.database_exists(url):
+        st.info(f"{EMPTY}\n\n(There is no database file at `{store.describe(url)}` yet.)")
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with sessions(url)() as session:
+            render(session)
+    except SQLAlchemyError as exc:  # a server that is down or a wrong URL: say so, don't dump a trace
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        st.error(f"Cannot read {store.describe(url)}: {detail}")
+
+
+def render(session: Session) -> None:
+    runs = queries.runs(session)
+    cands = selection.latest_candidates(session)
+    budget, models, chips = controls(sorted({c.model for c in cands}), sorted({c.chip for c in cands}))
+    if not runs:
+        st.info(EMPTY)
+        return
+    banner(runs)
+    cands = [c for c in cands if c.model in models and c.chip in chips]
+    if cands:
+        selection_section(selection.select_best(cands, budget), budget)  # also sets each drop and speed-up
+        charts_section(session, cands, budget)
+    else:
+        st.info("No successful measurement matches the filters yet; the runs below say what happened.")
+    runs_section(session, runs)
+    st.header("Boards")
+    st.dataframe(views.boards_frame(queries.boards(session)), hide_index=True)
+
+
+main()

@@ -1,0 +1,178 @@
+"""Display tables for the dashboard: query results and selections turned into DataFrames.
+
+Pure functions (no Streamlit calls), so the figures shown can be checked without a browser.
+Numbers stay numbers in the frames; ``styled`` only decides how they are printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pandas.io.formats.style import Styler
+
+    from controller.queries import BoardRow, JobRow, RunRow
+    from controller.selection import Candidate, Selection
+
+BEST = "best within budget"
+NONE = "nothing within budget"
+
+# How each display column is printed; latency as `edgefarm select` prints it (4 significant digits).
+FORMATS: dict[str, str] = {
+    "p50 ms": "{:.4g}", "p90 ms": "{:.4g}", "p99 ms": "{:.4g}", "speed-up": "{:.2f}x",
+    "accuracy": "{:.4f}", "drop": "{:+.4f}", "peak MB": "{:.0f}", "size MB": "{:.3g}", "cv": "{:.1%}",
+}
+
+
+# Integer columns that can be empty: without a nullable dtype a missing value turns 38 into 38.0.
+INTEGERS = ("job", "run", "n", "cores")
+
+
+def _frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows), columns=list(columns))
+    for col in INTEGERS:
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    return df
+
+
+def styled(df: pd.DataFrame) -> Styler:
+    """The frame with FORMATS applied to the columns it has; missing values print as a dash."""
+    present = {col: fmt for col, fmt in FORMATS.items() if col in df.columns}
+    # An em dash, not "-": st.table reads cells as Markdown, where a lone "-" is a bullet.
+    return df.style.format(na_rep="—").format(present, na_rep="—")
+
+
+def _candidate(c: Candidate) -> dict[str, Any]:
+    return {
+        "engine": c.engine, "variant": c.variant, "precision": c.precision, "p50 ms": c.p50_ms,
+        "p90 ms": c.p90_ms, "speed-up": c.speedup_vs_baseline, "metric": c.accuracy_metric,
+        "accuracy": c.accuracy, "drop": c.accuracy_drop, "peak MB": c.peak_rss_mb,
+        "size MB": c.size_bytes / 1e6, "board": c.board, "job": c.job_id,
+    }
+
+
+SELECTION_COLUMNS = ("model", "chip", "result", "engine", "variant", "precision", "p50 ms", "p90 ms",
+                     "speed-up", "metric", "accuracy", "drop", "peak MB", "size MB", "board", "job")
+
+
+def selection_frame(sels: Sequence[Selection]) -> pd.DataFrame:
+    """One row per (model, chip): the pick, or an empty row saying nothing is within budget."""
+    rows = []
+    for s in sels:
+        row: dict[str, Any] = {"model": s.model, "chip": s.chip, "result": BEST if s.best else NONE}
+        if s.best is not None:
+            row.update(_candidate(s.best))
+        rows.append(row)
+    return _frame(rows, SELECTION_COLUMNS)
+
+
+def nearest_frame(sel: Selection) -> pd.DataFrame:
+    """The closest candidates of a (model, chip) where nothing met the budget."""
+    return _frame((_candidate(c) for c in sel.nearest), SELECTION_COLUMNS[3:])
+
+
+def nothing_message(sel: Selection) -> str:
+    """Why a (model, chip) has no pick, in words a morning reader can act on."""
+    head = f"**{sel.model}** on **{sel.chip}**: nothing within the accuracy budget {sel.budget:g}."
+    if all(c.accuracy_drop is None for c in sel.nearest):
+        return (head + " No accuracy drop could be computed: no fp32 result with an accuracy figure "
+                "on this chip to compare against. Nearest candidates:")
+    return head + " Nearest candidates (smallest accuracy drop first):"
+
+
+def candidates_frame(cands: Sequence[Candidate]) -> pd.DataFrame:
+    """The measured configurations, one row each, for the charts (raw field names)."""
+    return _frame((asdict(c) for c in cands), [
+        "model", "chip", "board", "engine", "variant", "precision", "p50_ms", "p90_ms", "accuracy_metric",
+        "accuracy", "accuracy_drop", "speedup_vs_baseline", "job_id", "run_id",
+    ])
+
+
+RUN_COLUMNS = ("run", "spec", "kind", "status", "verdict", "started (UTC)", "finished (UTC)", "jobs ok",
+               "jobs failed", "jobs")
+
+
+def runs_frame(runs: Sequence[RunRow]) -> pd.DataFrame:
+    return _frame((dict(zip(RUN_COLUMNS, (
+        r.id, r.spec, r.kind, r.status, r.verdict, _seconds(r.started), _seconds(r.finished), r.jobs_ok,
+        r.jobs_failed, r.jobs_total,
+    ))) for r in runs), RUN_COLUMNS)
+
+
+def verdict_style(value: object) -> str:
+    """CSS for a verdict or status cell: a regression or a failed run must catch the eye."""
+    if value in ("regression", "failed", "interrupted"):
+        return "background-color: #fde2e1; color: #8a1c14"
+    if value == "pass":
+        return "background-color: #e3f5e1; color: #1d5e1a"
+    return ""
+
+
+JOB_COLUMNS = ("job", "model", "board", "chip", "engine", "variant", "precision", "status", "p50 ms", "p90 ms",
+               "p99 ms", "n", "cv", "peak MB", "metric", "accuracy", "stage", "message")
+
+
+def jobs_frame(jobs: Sequence[JobRow]) -> pd.DataFrame:
+    return _frame(({
+        "job": j.job_id, "model": j.model, "board": j.board, "chip": j.chip, "engine": j.engine,
+        "variant": j.label, "precision": j.precision, "status": j.status, "p50 ms": j.p50_ms,
+        "p90 ms": j.p90_ms, "p99 ms": j.p99_ms, "n": j.n, "cv": j.cv, "peak MB": j.peak_rss_mb,
+        "metric": j.accuracy_metric, "accuracy": j.accuracy, "stage": j.stage, "message": j.message,
+    } for j in jobs), JOB_COLUMNS)
+
+
+FAILED_COLUMNS = ("job", "model", "board", "engine", "variant", "stage", "message", "stderr, last line")
+
+
+def failed_frame(jobs: Sequence[JobRow]) -> pd.DataFrame:
+    """Failed jobs with stage and message, plus the last stderr line: an engine's message often
+    names only where it failed on its first line and why on its last one."""
+    return _frame(({
+        "job": j.job_id, "model": j.model, "board": j.board, "engine": j.engine, "variant": j.label,
+        "stage": j.stage, "message": j.message, "stderr, last line": last_line(j.stderr_tail),
+    } for j in jobs if j.status == "failed"), FAILED_COLUMNS)
+
+
+def last_line(text: str | None) -> str | None:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+# Fingerprint fields worth a column; the rest stays in the per-board JSON.
+FINGERPRINT_KEYS = ("arch", "cpu_model", "cores", "governor", "temperature_c", "os", "python")
+
+
+def boards_frame(boards: Sequence[BoardRow]) -> pd.DataFrame:
+    columns = ("board", "chip", "transport", "last seen (UTC)", "engines", *FINGERPRINT_KEYS, "last error")
+    return _frame(({
+        "board": b.name, "chip": b.chip, "transport": b.transport, "last seen (UTC)": _seconds(b.last_seen),
+        "engines": _engines(b.engines),
+        **{k: _scalar(b.fingerprint.get(k)) for k in FINGERPRINT_KEYS}, "last error": b.last_error,
+    } for b in boards), columns)
+
+
+def _seconds(when: datetime | None) -> datetime | None:
+    return when.replace(microsecond=0) if when else None  # microseconds are noise to a reader
+
+
+def _engines(engines: object) -> str:
+    """``{"openvino": "2024.6", ...}`` (or a list of names, or name -> details) as one line."""
+    if isinstance(engines, dict):
+        parts = []
+        for name, info in sorted(engines.items()):
+            version = info.get("version") if isinstance(info, dict) else info
+            parts.append(f"{name} {version}" if isinstance(version, (str, int, float)) and version != "" else name)
+        return ", ".join(parts)
+    return ", ".join(map(str, engines)) if isinstance(engines, (list, tuple)) else ""
+
+
+def _scalar(value: object) -> object:
+    # Arrow needs one type per column: anything nested becomes text.
+    return value if value is None or isinstance(value, (str, int, float)) else str(value)

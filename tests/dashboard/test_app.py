@@ -1,0 +1,287 @@
+"""The dashboard under Streamlit's AppTest, against a database filled by a real EdgeFarm run.
+
+Every figure the page shows is checked against the controller's own answer on the same
+database (``controller.selection`` / an independent SQL query), never against constants.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from controller import selection
+from controller.store import Board, Job, Model, Result, Run, Variant, open_db
+
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+TIMEOUT = 60  # the first run imports pandas, altair and SQLAlchemy on a 2-core machine
+
+
+@pytest.fixture(scope="session")
+def failures_db(tmp_path_factory: pytest.TempPathFactory, edgefarm_home: Path) -> str:
+    """A real small run where some jobs fail: a digits classifier (trained here) on ONNX Runtime,
+    and on OpenVINO asked for a device that does not exist, so its jobs fail at load."""
+    import yaml
+
+    from controller.cli import main
+    from tests.models import digits_mlp
+
+    tmp = tmp_path_factory.mktemp("failures-run")
+    digits_mlp(tmp / "digits.onnx", dynamic_batch=False)
+    spec = {
+        "name": "digits-failures",
+        "models": [{"name": "digits", "path": str(tmp / "digits.onnx"), "dataset": {"kind": "seeded", "samples": 64}}],
+        "variants": ["fp32", "int8"],
+        "engines": [{"name": "onnxruntime"}, {"name": "openvino", "options": {"device": "NO_SUCH_DEVICE"}}],
+        "measure": {"warmup": 2, "min_iterations": 64, "min_seconds": 0.2, "max_seconds": 10, "batch_sizes": [1],
+                    "throughput_seconds": 0.2},
+    }
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+    url = f"sqlite:///{tmp / 'edgefarm.db'}"
+    assert main(["run", str(tmp / "spec.yaml"), "--db", url]) == 0
+    return url
+
+
+def start(monkeypatch: pytest.MonkeyPatch, url: str):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EDGEFARM_DB", url)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def frame_with(elements, column: str):
+    """The first table/dataframe element that has ``column`` (sections have distinct columns)."""
+    found = [e.value for e in elements if column in e.value.columns]
+    assert found, f"no table with a {column!r} column"
+    return found[0]
+
+
+def expected(url: str, budget: float) -> list[selection.Selection]:
+    with open_db(url)() as session:
+        return selection.selections(session, budget)
+
+
+def assert_table_matches(table, sels: list[selection.Selection]) -> None:
+    assert list(zip(table["model"], table["chip"])) == [(s.model, s.chip) for s in sels]
+    for (_, row), sel in zip(table.iterrows(), sels):
+        best = sel.best
+        if best is None:
+            assert row["result"] == "nothing within budget" and row.isna()["engine"], row.to_dict()
+            continue
+        assert row["result"] == "best within budget"
+        assert (row["engine"], row["variant"], int(row["job"])) == (best.engine, best.variant, best.job_id)
+        assert row["p50 ms"] == pytest.approx(best.p50_ms)
+        assert row["drop"] == pytest.approx(best.accuracy_drop)
+        assert row["drop"] <= sel.budget + 1e-12
+        if best.speedup_vs_baseline is not None:
+            assert row["speed-up"] == pytest.approx(best.speedup_vs_baseline)
+
+
+def chart_data(chart) -> list:
+    """The Arrow tables a Vega-Lite element carries, as DataFrames."""
+    import pyarrow as pa
+
+    return [pa.ipc.open_stream(io.BytesIO(d.data.data)).read_all().to_pandas() for d in chart.proto.datasets]
+
+
+# --- without results -------------------------------------------------------------------------
+
+
+def test_empty_database_says_no_results_yet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    open_db(url)  # the tables exist, no run has written to them
+    at = start(monkeypatch, url)
+    assert any("No results yet" in i.value and "edgefarm run" in i.value for i in at.info)
+    assert not at.error and not at.table and not at.dataframe
+    assert str(tmp_path / "empty.db") in at.sidebar.code[0].value
+
+
+def test_missing_sqlite_file_is_reported_not_created(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    db = tmp_path / "typo.db"
+    at = start(monkeypatch, f"sqlite:///{db}")
+    assert any("No results yet" in i.value and str(db) in i.value for i in at.info)
+    assert not db.exists(), "a read-only dashboard must not create the database it was pointed at"
+
+
+def test_password_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing listens on port 1: the page must say it cannot read the database, without the password.
+    pytest.importorskip("psycopg")
+    at = start(monkeypatch, "postgresql+psycopg://edge:s3cret-pw@127.0.0.1:1/edgefarm?connect_timeout=2")
+    shown = " ".join(e.value for e in [*at.error, *at.sidebar.code])
+    assert "Cannot read" in shown and "127.0.0.1" in shown
+    assert "s3cret-pw" not in shown
+
+
+# --- against a real run ----------------------------------------------------------------------
+
+
+def test_selection_table_matches_controller_selection(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    assert at.slider(key="budget").value == pytest.approx(0.01)
+    table = frame_with(at.table, "result")
+    # One row per (model, chip) that has a successful result, found by a query of our own.
+    with open_db(ppocr_db)() as session:
+        present = set(session.execute(
+            select(Model.name, Board.chip).distinct().select_from(Job)
+            .join(Result, Result.job_id == Job.id).join(Board, Board.id == Job.board_id)
+            .join(Variant, Variant.id == Job.variant_id).join(Model, Model.id == Variant.model_id)
+            .where(Job.status == "ok")
+        ).all())
+    assert {m for m, _ in present} == {"ppocr-det", "ppocr-rec", "ppocr-cls"}
+    assert sorted(zip(table["model"], table["chip"])) == sorted(present)
+    assert_table_matches(table, expected(ppocr_db, 0.01))
+    assert not at.error
+
+
+def test_budget_zero_follows_selection(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    assert_table_matches(frame_with(at.table, "result"), expected(ppocr_db, 0.01))
+    at.slider(key="budget").set_value(0.0).run()
+    assert not at.exception
+    sels = expected(ppocr_db, 0.0)
+    assert_table_matches(frame_with(at.table, "result"), sels)
+    assert any("at most **0**" in c.value for c in at.caption)
+    nothing = [s for s in sels if s.best is None]
+    warnings = [w.value for w in at.warning if "nothing within the accuracy budget" in w.value]
+    assert len(warnings) == len(nothing)
+    for sel, text in zip(nothing, warnings):
+        assert f"**{sel.model}** on **{sel.chip}**" in text and "budget 0." in text
+
+
+def test_filters_narrow_the_table(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    at.multiselect(key="models").set_value(["ppocr-rec"]).run()
+    table = frame_with(at.table, "result")
+    assert set(table["model"]) == {"ppocr-rec"}
+    assert_table_matches(table, [s for s in expected(ppocr_db, 0.01) if s.model == "ppocr-rec"])
+    bars = chart_data(at.get("vega_lite_chart")[0])
+    assert set(bars[0]["model"]) == {"ppocr-rec"}
+
+
+def test_charts_show_every_measured_configuration(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 4  # latency bars, accuracy, latency vs accuracy, distribution
+    with open_db(ppocr_db)() as session:
+        cands = selection.latest_candidates(session)
+    spec = json.loads(charts[0].proto.spec)
+    assert spec["spec"]["encoding"]["y"]["field"] == "p50_ms"
+    assert {spec["spec"]["encoding"][k]["field"] for k in ("x", "xOffset", "color")} == {"variant", "engine"}
+    bars = chart_data(charts[0])[0]
+    shown = {(r.model, r.engine, r.variant): r.p50_ms for r in bars.itertuples()}
+    assert shown == pytest.approx({(c.model, c.engine, c.variant): c.p50_ms for c in cands})
+    assert {"onnxruntime", "openvino"} <= set(bars["engine"])
+    assert {"fp32", "fp16", "int8"} <= set(bars["variant"])
+
+
+def test_latency_distribution_shows_raw_samples(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    with open_db(ppocr_db)() as session:
+        job_id = selection.latest_candidates(session)[-1].job_id  # not the one shown first
+        samples = session.execute(select(Result.samples_ms).where(Result.job_id == job_id)).scalar_one()
+    assert len(samples) >= 64  # the spec asks for at least 64 warm iterations
+    assert at.selectbox(key="result").value != job_id
+    at.selectbox(key="result").set_value(job_id).run()
+    assert not at.exception
+    data = chart_data(at.get("vega_lite_chart")[3])
+    raw = next(d for d in data if "iteration" in d.columns)
+    assert raw["ms"].tolist() == pytest.approx(samples)
+    assert any(f"{len(samples)} raw samples" in c.value for c in at.caption)
+
+
+def test_runs_list_shows_every_run_and_its_jobs(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    runs = frame_with(at.dataframe, "verdict")
+    with open_db(ppocr_db)() as session:
+        db_runs = session.execute(select(Run.id, Run.status)).all()
+        newest = max(r.id for r in db_runs)
+        jobs = dict(session.execute(
+            select(Job.status, func.count()).where(Job.run_id == newest).group_by(Job.status)
+        ).all())
+        failed = session.execute(select(Job.id, Job.stage, Job.message).where(
+            Job.run_id == newest, Job.status == "failed")).all()
+    assert sorted(runs["run"]) == sorted(r.id for r in db_runs)
+    assert dict(zip(runs["run"], runs["status"])) == {r.id: r.status for r in db_runs}
+    row = runs[runs["run"] == newest].iloc[0]
+    assert (row["jobs ok"], row["jobs failed"], row["jobs"]) == (
+        jobs.get("ok", 0), jobs.get("failed", 0), sum(jobs.values()))
+    job_rows = frame_with(at.dataframe, "p99 ms")
+    assert len(job_rows) == sum(jobs.values())
+    if failed:
+        listed = frame_with(at.table, "stage")
+        assert [tuple(r) for r in listed[["job", "stage", "message"]].values] == [tuple(f) for f in failed]
+    else:
+        assert any(m.value == f"No failed jobs in run #{newest}." for m in at.markdown)
+
+
+def test_boards_show_the_fingerprint(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    boards = frame_with(at.dataframe, "last seen (UTC)")
+    with open_db(ppocr_db)() as session:
+        db_boards = {b.name: b for b in session.scalars(select(Board))}
+    assert sorted(boards["board"]) == sorted(db_boards) and "local" in db_boards
+    local = boards[boards["board"] == "local"].iloc[0]
+    fingerprint = db_boards["local"].fingerprint or {}
+    assert local["chip"] == db_boards["local"].chip
+    for key in ("arch", "cores"):
+        if fingerprint.get(key) is not None:
+            assert local[key] == fingerprint[key]
+
+
+# --- a run with failures ---------------------------------------------------------------------
+
+
+def test_failed_jobs_show_stage_message_and_stderr(monkeypatch: pytest.MonkeyPatch, failures_db: str) -> None:
+    at = start(monkeypatch, failures_db)
+    with open_db(failures_db)() as session:
+        failed = session.execute(select(Job.id, Job.stage, Job.message, Job.stderr_tail).where(
+            Job.status == "failed").order_by(Job.id)).all()
+        engines = set(session.scalars(select(Job.engine).where(Job.status == "failed")))
+    assert failed and engines == {"openvino"}  # the run itself must have failed where it was meant to
+    runs = frame_with(at.dataframe, "verdict")
+    assert runs["jobs failed"].tolist() == [len(failed)]
+    assert any(f"{len(failed)} of" in w.value and "jobs failed" in w.value for w in at.warning)
+    listed = frame_with(at.dataframe, "stderr, last line")
+    assert [tuple(r) for r in listed[["job", "stage", "message"]].values] == [(f.id, f.stage, f.message) for f in failed]
+    assert all(stage == "load" for stage in listed["stage"])
+    for row, f in zip(listed["stderr, last line"], failed):
+        assert row == (f.stderr_tail.strip().splitlines()[-1].strip() if f.stderr_tail else None)
+    tails = [e for e in at.expander if e.label.startswith("stderr tail of job")]
+    assert len(tails) == sum(1 for f in failed if f.stderr_tail)
+    assert "NO_SUCH_DEVICE" in " ".join(f.stderr_tail or f.message for f in failed)
+
+
+def test_nothing_within_budget_names_the_nearest(
+    monkeypatch: pytest.MonkeyPatch, failures_db: str, tmp_path: Path
+) -> None:
+    """A copy of the real failures run in which the fp32 result is withdrawn (its job marked
+    failed), as when fp32 does not fit a small board: with no fp32 accuracy on the chip nothing
+    can be judged within budget. No real run on this machine produces that without a fault."""
+    import sqlite3
+
+    copy = tmp_path / "no-fp32.db"
+    with sqlite3.connect(failures_db.removeprefix("sqlite:///")) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    url = f"sqlite:///{copy}"
+    with open_db(url)() as session:
+        for job in session.scalars(select(Job).where(Job.label == "fp32", Job.status == "ok")):
+            session.delete(job.result)
+            job.status, job.stage, job.message = "failed", "measure", "withdrawn by the test"
+        session.commit()
+    sels = expected(url, 0.01)
+    assert sels and all(s.best is None and s.nearest for s in sels)
+    at = start(monkeypatch, url)
+    assert_table_matches(frame_with(at.table, "result"), sels)
+    warnings = [w.value for w in at.warning if "nothing within the accuracy budget" in w.value]
+    assert len(warnings) == len(sels)
+    for sel, text in zip(sels, warnings):
+        assert f"**{sel.model}** on **{sel.chip}**" in text and "no fp32 result with an accuracy figure" in text
+    nearest = [e.value for e in at.table if "result" not in e.value.columns and "engine" in e.value.columns]
+    for sel, shown in zip(sels, nearest):
+        assert [tuple(r) for r in shown[["engine", "variant", "job"]].values] == [
+            (c.engine, c.variant, c.job_id) for c in sel.nearest]
