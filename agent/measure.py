@@ -140,8 +140,11 @@ def _throughput_one(
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
     """``Type: first line of the message``, short enough for a table cell."""
-    text = str(exc).strip()
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if len(lines) > 1 and first.endswith(":"):
+        # A header such as OpenVINO's "Exception from src/...cpp:117:": the reason is last.
+        first = "%s %s" % (first, lines[-1])
     line = "%s: %s" % (type(exc).__name__, first) if first else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
 

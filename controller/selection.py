@@ -55,8 +55,12 @@ class Selection:
 
 def latest_candidates(session: Session) -> list[Candidate]:
     """The newest successful result per (model, chip, engine, configuration), newest model file only."""
+    # Only the columns selection needs: raw samples and agent records stay in the database.
     rows = session.execute(
-        select(Job, Result, Board, Variant, Model)
+        select(Model.name, Model.sha256, Board.chip, Board.name, Job.engine, Job.label, Variant.name,
+               Result.precision, Job.options, Result.engine_version, Result.p50_ms, Result.p90_ms,
+               Result.peak_rss_mb, Variant.size_bytes, Result.accuracy_metric, Result.accuracy,
+               Job.run_id, Job.id)
         .join(Result, Result.job_id == Job.id)
         .join(Board, Board.id == Job.board_id)
         .join(Variant, Variant.id == Job.variant_id)
@@ -64,20 +68,11 @@ def latest_candidates(session: Session) -> list[Candidate]:
         .where(Job.status == "ok")
         .order_by(Job.id)
     ).all()
-    newest_model: dict[str, str] = {}
-    for job, _r, _b, _v, model in rows:
-        newest_model[model.name] = model.sha256
+    newest_model = {row[0]: row[1] for row in rows}
     latest: dict[tuple, Candidate] = {}
-    for job, res, board, variant, model in rows:
-        if newest_model[model.name] != model.sha256:
-            continue
-        latest[(model.name, board.chip, job.engine, job.label)] = Candidate(
-            model=model.name, chip=board.chip, board=board.name, engine=job.engine, variant=job.label,
-            artifact=variant.name, precision=res.precision, engine_options=job.options,
-            engine_version=res.engine_version, p50_ms=res.p50_ms, p90_ms=res.p90_ms,
-            peak_rss_mb=res.peak_rss_mb, size_bytes=variant.size_bytes,
-            accuracy_metric=res.accuracy_metric, accuracy=res.accuracy, run_id=job.run_id, job_id=job.id,
-        )
+    for model, sha, chip, board, engine, label, variant, *rest in rows:
+        if newest_model[model] == sha:
+            latest[(model, chip, engine, label)] = Candidate(model, chip, board, engine, label, variant, *rest)
     return list(latest.values())
 
 
