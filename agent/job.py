@@ -6,7 +6,6 @@ crashes on a bad job, because a failed measurement is data the controller stores
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import traceback
@@ -18,7 +17,7 @@ from agent import fingerprint
 from agent.dataset import Dataset, load_dataset
 from agent.engines import Engine, get_engine
 from agent.measure import measure_latency, measure_throughput, memory_mb, one_line
-from agent.protocol import PROTOCOL_VERSION, ProtocolError, failed
+from agent.protocol import PROTOCOL_VERSION, ProtocolError, failed, sha256_file
 
 MEASURE_DEFAULTS: Dict[str, Any] = {
     "warmup": 5, "min_iterations": 64, "min_seconds": 2.0, "max_seconds": 60.0,
@@ -27,14 +26,6 @@ MEASURE_DEFAULTS: Dict[str, Any] = {
 # Latency cycles over at most this many pre-built samples: enough variety, bounded memory.
 LATENCY_SAMPLE_POOL = 32
 STDERR_TAIL_CHARS = 4000
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_artifacts(artifacts: Dict[str, Any], workdir: str) -> Dict[str, str]:
@@ -164,7 +155,7 @@ class _JobRun:
             min_seconds=float(measure["min_seconds"]),
             max_seconds=None if measure["max_seconds"] is None else float(measure["max_seconds"]),
         )
-        del pool
+        pool.clear()  # free the samples before the throughput batches are built
         result["throughput"] = measure_throughput(
             engine.run,
             lambda b: feed([i % inputs.count for i in range(b)]),

@@ -63,6 +63,7 @@ reads it:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Dict
 
@@ -89,6 +90,15 @@ def read_job(path: str) -> Dict[str, Any]:
         if key not in job:
             raise ProtocolError("job has no %r" % key)
     return job
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file: how every artifact is named and checked on both sides."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def failed(job_id: str, stage: str, message: str, stderr_tail: str = "") -> Dict[str, Any]:

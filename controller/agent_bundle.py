@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import agent
+from agent.protocol import sha256_file
 
 SHEBANG = b"#!/usr/bin/env python3\n"
 # Zip's earliest representable time: no build time may leak into the bytes.
@@ -52,15 +53,6 @@ def bundle_bytes(source_dir: Path | None = None) -> bytes:
     return buf.getvalue()
 
 
-def bundle_sha256(path: Path) -> str:
-    """Hex sha256 of a bundle file (or any file)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_agent_bundle(dest_dir: Path) -> Path:
     """Write ``agent-<first 16 hex of its sha256>.pyz`` into ``dest_dir``; reuse it if present."""
     data = bundle_bytes()
@@ -68,7 +60,7 @@ def build_agent_bundle(dest_dir: Path) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(data).hexdigest()
     path = dest_dir / ("agent-%s.pyz" % digest[:16])
-    if path.is_file() and bundle_sha256(path) == digest:  # a damaged copy is rewritten
+    if path.is_file() and sha256_file(str(path)) == digest:  # a damaged copy is rewritten
         return path
     tmp = path.with_name(path.name + ".tmp-%d" % os.getpid())
     tmp.write_bytes(data)

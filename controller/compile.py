@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from controller.errors import one_line
 from controller.cache import Cache, key_of
-from controller.source import Prepared, prepare, sha256_file
+from agent.protocol import sha256_file
+from controller.source import Prepared, prepare
 from controller.spec import LoadedSpec, ModelSpec
 from controller.variants import PRECISION, RECIPE_VERSION, RECIPES, STARTS_FROM
 
@@ -194,7 +195,9 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
     wait_all()
 
     for build in builds:
-        count = max(spec.measure.batch_sizes)
+        # A few different real samples for latency (the agent cycles through them), and
+        # enough for the largest throughput batch.
+        count = min(build.spec.dataset.samples, max(8, *spec.measure.batch_sizes))
         key = key_of(kind="inputs", dataset=build.dataset.sha256, count=count)
         hit = cache.lookup("inputs", key, ".npz")
         if hit is None:

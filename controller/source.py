@@ -7,10 +7,10 @@ to one that per-channel int8 needs is the controller's job, never the user's.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.protocol import sha256_file
 from controller.errors import ModelError
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
@@ -32,14 +32,6 @@ class Prepared:
     inputs: tuple[ModelInput, ...]
     outputs: tuple[str, ...]
     opset: int
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_checked(path: Path, label: str):

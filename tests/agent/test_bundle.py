@@ -9,7 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from controller.agent_bundle import agent_source_dir, build_agent_bundle, bundle_sha256
+from agent.protocol import sha256_file
+from controller.agent_bundle import agent_source_dir, build_agent_bundle
 
 
 def test_the_bundle_is_deterministic_and_named_by_its_hash(tmp_path: Path) -> None:
@@ -17,7 +18,7 @@ def test_the_bundle_is_deterministic_and_named_by_its_hash(tmp_path: Path) -> No
     second = build_agent_bundle(tmp_path / "b")
     assert first.read_bytes() == second.read_bytes()
     digest = hashlib.sha256(first.read_bytes()).hexdigest()
-    assert bundle_sha256(first) == digest
+    assert sha256_file(str(first)) == digest
     assert first.name == "agent-%s.pyz" % digest[:16]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ import agent.metrics as metrics
 from agent.dataset import Dataset, load_dataset
 from agent.metrics import components, ctc_greedy_decode, db_boxes, edit_distance, evaluator_for, iou, match
 from controller import datasets
+from tests.models import ocr_model
 
 SAMPLES = 40
 SEED = 0
@@ -32,9 +32,7 @@ Outputs = list  # one list of model outputs per sample
 
 @pytest.fixture(scope="module")
 def models() -> Path:
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # importing it needs cv2: only locate it
-    assert spec and spec.origin, "pip install --no-deps rapidocr-onnxruntime==1.4.4 (the PaddleOCR models)"
-    return Path(spec.origin).parent / "models"
+    return ocr_model("cls").parent
 
 
 @pytest.fixture(scope="module")

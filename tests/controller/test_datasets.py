@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from onnx import TensorProto, helper
 from agent.dataset import load_dataset
 from agent.metrics import evaluator_for
 from controller import datasets
+from tests.models import ocr_model
 
 DET = {"x": ((1, 3, 640, 640), "float32")}
 REC = {"x": ((1, 3, 48, 320), "float32")}
@@ -24,9 +24,7 @@ CLS = {"x": ((1, 3, 48, 192), "float32")}
 
 @pytest.fixture(scope="module")
 def models() -> Path:
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # importing it needs cv2: only locate it
-    assert spec and spec.origin, "pip install --no-deps rapidocr-onnxruntime==1.4.4 (the PaddleOCR models)"
-    return Path(spec.origin).parent / "models"
+    return ocr_model("cls").parent
 
 
 @pytest.fixture(scope="module")

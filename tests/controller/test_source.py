@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from controller.errors import ModelError
-from controller.source import MIN_OPSET, prepare, sha256_file
+from agent.protocol import sha256_file
+from controller.source import MIN_OPSET, prepare
 from tests.models import digits_mlp, ocr_model
 
 
