@@ -48,3 +48,10 @@ def ppocr_db(tmp_path_factory: pytest.TempPathFactory, edgefarm_home: Path) -> s
     code = main(["run", str(small_ppocr_spec(tmp)), "--db", url])
     assert code == 0
     return url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Any test that needs a real run's database is slow, wherever it lives."""
+    for item in items:
+        if {"ppocr_db", "failures_db"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
