@@ -26,7 +26,7 @@ class LocalTransport(Transport):
         try:
             proc = subprocess.Popen(
                 list(argv), cwd=_expand(cwd) if cwd else None, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                stderr=subprocess.PIPE, text=True, start_new_session=True, env=_board_env(),
             )
         except OSError as exc:
             raise TransportError(f"cannot start {argv[0]}: {exc}") from exc
@@ -50,6 +50,16 @@ class LocalTransport(Transport):
             shutil.copyfile(_expand(remote), local)
         except FileNotFoundError as exc:
             raise TransportError(f"{remote} is not on the board") from exc
+
+
+# Ray sets OMP_NUM_THREADS=1 in its workers, and ONNX Runtime follows it: a local agent that
+# inherited it measured the detector 1.8x slower than the same job run by hand. A board's
+# thread count comes from the inventory (`threads`), never from the process that launched it.
+_NOT_FOR_BOARDS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def _board_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _NOT_FOR_BOARDS and not k.startswith("RAY_")}
 
 
 def _expand(path: str) -> str:

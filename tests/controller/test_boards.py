@@ -1,0 +1,34 @@
+"""`edgefarm boards`: the real agent probes each board; an unreachable one says why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime
+import openvino
+import pytest
+import yaml
+
+from controller.boards import probe_boards
+from controller.cli import main
+
+
+def test_local_board_reports_engines_and_fingerprint(edgefarm_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["boards"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("local  chip=x86_64 ") or out.startswith("local  chip=aarch64 ")
+    assert "reachable" in out and "UNREACHABLE" not in out
+    assert f"engine onnxruntime: {onnxruntime.__version__}" in out
+    assert f"engine openvino: {openvino.get_version().split('-')[0]}" in out
+
+
+def test_unreachable_board_is_listed_with_the_reason(tmp_path: Path, edgefarm_home: Path) -> None:
+    inventory = tmp_path / "lab.yaml"
+    inventory.write_text(yaml.safe_dump({"boards": [
+        {"name": "local"},
+        {"name": "broken", "chip": "rk3399", "python": str(tmp_path / "no-such-python")},
+    ]}))
+    rows = {r["name"]: r for r in probe_boards(inventory)}
+    assert rows["local"]["reachable"] and rows["local"]["engines"]["onnxruntime"]["available"]
+    assert not rows["broken"]["reachable"]
+    assert "no-such-python" in rows["broken"]["why"] and rows["broken"]["chip"] == "rk3399"
