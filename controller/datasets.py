@@ -18,35 +18,22 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
-import string
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+from controller import ocr_render
 
 DATASET_VERSION = 1  # bump on any change to rendering or layout: the controller caches on it
 KINDS = ("ocr-det", "ocr-rec", "ocr-cls", "seeded")
 TASK_OF_KIND = {"ocr-det": "det", "ocr-rec": "rec", "ocr-cls": "cls", "seeded": "agreement"}
 
-FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-# Only the faces Debian's fonts-dejavu-core ships, so a plain controller install has them all.
-FONT_FILES = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
-    "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-)
-# Glyphs no reader can tell apart without context (I/l/1, O/0) would cap exact match below
-# what the model really does; every other ASCII letter and digit is drawn.
-AMBIGUOUS = set("Il1O0")
-ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in AMBIGUOUS)
-
 DET_NORMALIZE = {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 LINE_NORMALIZE = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 DET_PARAMS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5, "min_size": 3, "iou": 0.5}
-# PaddleOCR pads line images with 0 after normalization; 128 is the nearest uint8 (0.004).
-LINE_PAD = 128
 
 _KIND_SALT = {kind: n for n, kind in enumerate(KINDS)}
 _ONNX_FLOAT = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
@@ -71,16 +58,16 @@ def make_dataset(
     else:
         name, (height, width) = _image_input(kind, inputs)
         if kind == "ocr-det":
-            images, labels = _det_set(samples, seed, height, width)
+            images, labels = ocr_render.det_set(samples, _rngs(seed, kind), height, width)
             params: dict[str, Any] = dict(DET_PARAMS)
             normalize = DET_NORMALIZE
         elif kind == "ocr-rec":
             if model_path is None:
                 raise ValueError("ocr-rec needs model_path: the charset is in the model's metadata")
-            images, labels = _rec_set(samples, seed, height, width, _charset(Path(model_path)))
+            images, labels = ocr_render.rec_set(samples, _rngs(seed, kind), height, width, _charset(Path(model_path)))
             params, normalize = {}, LINE_NORMALIZE
         else:
-            images, labels = _cls_set(samples, seed, height, width)
+            images, labels = ocr_render.cls_set(samples, _rngs(seed, kind), height, width)
             params, normalize = {}, LINE_NORMALIZE
         arrays = {f"input:{name}": images, **labels}
         input_meta = {name: {"normalize": normalize}}
@@ -93,6 +80,11 @@ def make_dataset(
     }
     _write_npz(Path(out_path), meta, arrays)
     return meta
+
+
+def _rngs(seed: int, kind: str) -> Callable[[int], np.random.Generator]:
+    """Sample i's own generator: a smaller set is the prefix of a bigger one."""
+    return lambda i: np.random.default_rng((seed, _KIND_SALT[kind], i))
 
 
 def write_subset(dataset_path: Path, count: int, out_path: Path) -> None:
@@ -180,7 +172,7 @@ def _charset(model_path: Path) -> np.ndarray:
     # PaddleOCR's use_space_char adds " " as the last class: blank + chars + space.
     if classes in (0, len(chars) + 2):
         chars.append(" ")
-    missing = [c for c in ALPHABET if c not in chars]
+    missing = [c for c in ocr_render.ALPHABET if c not in chars]
     if missing:
         raise ValueError(f"{model_path} charset lacks {''.join(missing)!r}: cannot render ASCII lines for it")
     return np.array(chars)
@@ -234,175 +226,3 @@ def _random_tensor(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.d
     if dtype.kind in "iu":
         return rng.integers(0, 10, size=shape).astype(dtype)  # small: safe as ids or indices
     raise ValueError(f"seeded cannot draw inputs of dtype {dtype}")
-
-
-# --- rendering -----------------------------------------------------------------------------
-
-
-def _fonts() -> list[Path]:
-    paths = [FONT_DIR / f for f in FONT_FILES]
-    for path in paths:
-        if not path.is_file():
-            raise ValueError(f"font {path} not found: install Debian's fonts-dejavu-core (apt-get install fonts-dejavu-core)")
-    return paths
-
-
-def _font(path: Path, size: int):
-    from PIL import ImageFont
-
-    return ImageFont.truetype(str(path), size)
-
-
-def _text(rng: np.random.Generator, low: int, high: int) -> str:
-    n = int(rng.integers(low, high + 1))
-    return "".join(ALPHABET[i] for i in rng.integers(0, len(ALPHABET), size=n))
-
-
-def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A light, slightly tinted background and a dark ink: contrast varies, never vanishes."""
-    bg = np.clip(rng.integers(160, 256) + rng.integers(-12, 13, size=3), 0, 255)
-    fg = np.clip(rng.integers(0, 110) + rng.integers(-20, 21, size=3), 0, 255)
-    return bg.astype(np.float32), fg.astype(np.float32)
-
-
-def _text_alpha(text: str, font) -> tuple[np.ndarray, int, int, np.ndarray]:
-    """Ink coverage [h, w] in 0..1 (columns ink-tight), the cap-top and baseline rows, ink rows.
-
-    Line crops span cap top to baseline at least, so "acex" stays lower case-sized and the
-    recognizer can tell o from O as it can in a real crop.
-    """
-    from PIL import Image, ImageDraw
-
-    left, top, right, bottom = font.getbbox(text, anchor="ls")
-    cap_top = font.getbbox("H", anchor="ls")[1]
-    top = min(top, cap_top)
-    bottom = max(bottom, 0)
-    img = Image.new("L", (right - left + 4, bottom - top + 4), 0)
-    ImageDraw.Draw(img).text((2 - left, 2 - top), text, font=font, fill=255, anchor="ls")
-    alpha = np.asarray(img, dtype=np.float32) / 255.0
-    cols = np.flatnonzero(alpha.max(axis=0) > 0)
-    rows = np.flatnonzero(alpha.max(axis=1) > 0)
-    return alpha[:, cols[0] : cols[-1] + 1], 2 - top + cap_top, 2 - top, rows
-
-
-def _blend(bg: np.ndarray, fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    return bg + (fg - bg) * alpha[..., None]
-
-
-def _to_model(rgb: np.ndarray) -> np.ndarray:
-    """HWC RGB float -> CHW BGR uint8: PaddleOCR models were trained on cv2's BGR images."""
-    return np.ascontiguousarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)[..., ::-1].transpose(2, 0, 1))
-
-
-def _line_image(rng: np.random.Generator, text: str, fonts: list[Path], height: int, width: int, rotate: bool) -> np.ndarray:
-    """One text line cropped like a detector box, resized to ``height`` and padded to ``width``."""
-    from PIL import Image, ImageFilter
-
-    # Small sizes are upscaled to the model height: soft glyphs, as in low-resolution crops.
-    size = int(rng.integers(14, 49))
-    font = _font(fonts[int(rng.integers(len(fonts)))], size)
-    alpha, cap_top, baseline, rows = _text_alpha(text, font)
-    alpha = alpha[min(cap_top, rows[0]) : max(baseline, rows[-1] + 1)]
-    mx = rng.uniform(0.05, 0.35, size=2) * size
-    my = rng.uniform(0.05, 0.3, size=2) * size
-    canvas = np.zeros((alpha.shape[0] + int(my.sum()), alpha.shape[1] + int(mx.sum())), np.float32)
-    canvas[int(my[0]) : int(my[0]) + alpha.shape[0], int(mx[0]) : int(mx[0]) + alpha.shape[1]] = alpha
-    if rng.random() < 0.5:  # a crop is rarely perfectly level
-        tilted = Image.fromarray(canvas).rotate(float(rng.uniform(-2.5, 2.5)), Image.Resampling.BILINEAR)
-        canvas = np.asarray(tilted, dtype=np.float32)
-    bg, fg = _colours(rng)
-    if rng.random() < 0.15:
-        bg, fg = fg, bg  # light text on a dark ground
-    img = Image.fromarray(np.clip(np.rint(_blend(bg, fg, canvas)), 0, 255).astype(np.uint8))
-    if rng.random() < 0.4:
-        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.4))))
-    if rotate:
-        img = img.transpose(Image.Transpose.ROTATE_180)
-    # PaddleOCR's resize_norm_img: keep the aspect ratio up to the model width, pad on the right.
-    w = min(width, max(1, math.ceil(height * img.width / img.height)))
-    line = np.asarray(img.resize((w, height), Image.Resampling.BILINEAR), dtype=np.float32)
-    out = np.full((height, width, 3), LINE_PAD, np.float32)
-    out[:, :w] = line
-    return _to_model(out)
-
-
-def _rec_set(samples: int, seed: int, height: int, width: int, charset: np.ndarray):
-    fonts = _fonts()
-    images, texts = [], []
-    for i in range(samples):
-        rng = np.random.default_rng((seed, _KIND_SALT["ocr-rec"], i))
-        text = _text(rng, 3, 12)
-        images.append(_line_image(rng, text, fonts, height, width, rotate=False))
-        texts.append(text)
-    return np.stack(images), {"text": np.array(texts), "charset": charset}
-
-
-def _cls_set(samples: int, seed: int, height: int, width: int):
-    fonts = _fonts()
-    images, labels = [], []
-    for i in range(samples):
-        rng = np.random.default_rng((seed, _KIND_SALT["ocr-cls"], i))
-        label = i % 2  # exactly half rotated, whatever the count
-        images.append(_line_image(rng, _text(rng, 3, 12), fonts, height, width, rotate=bool(label)))
-        labels.append(label)
-    return np.stack(images), {"label": np.array(labels, dtype=np.int64)}
-
-
-def _det_set(samples: int, seed: int, height: int, width: int):
-    from PIL import Image, ImageDraw, ImageFilter
-
-    fonts = _fonts()
-    scale = min(height, width) / 640
-    images, boxes = [], []
-    for i in range(samples):
-        rng = np.random.default_rng((seed, _KIND_SALT["ocr-det"], i))
-        bg, fg = _colours(rng)
-        # A plain background (no per-pixel noise) keeps 200 images at 640x640 a few MB.
-        page = Image.new("RGB", (width, height), tuple(int(c) for c in bg))
-        occupied = _distractors(rng, ImageDraw.Draw(page), width, height)
-        canvas = np.asarray(page, dtype=np.float32).copy()
-        placed: list[tuple[int, int, int, int]] = []
-        for _ in range(int(rng.integers(1, 5))):
-            size = max(12, int(rng.integers(18, 61) * scale))
-            font = _font(fonts[int(rng.integers(len(fonts)))], size)
-            alpha, _, _, rows = _text_alpha(_text(rng, 3, 14), font)
-            alpha = alpha[rows[0] : rows[-1] + 1]
-            h, w = alpha.shape
-            if w + 8 > width or h + 8 > height:
-                continue
-            gap = max(6, size // 2)  # lines closer than this would merge in the DB map
-            for _attempt in range(30):
-                x, y = int(rng.integers(4, width - w - 3)), int(rng.integers(4, height - h - 3))
-                if all(x + w + gap <= a or a2 + gap <= x or y + h + gap <= b or b2 + gap <= y for a, b, a2, b2 in placed + occupied):
-                    canvas[y : y + h, x : x + w] = _blend(canvas[y : y + h, x : x + w], fg, alpha)
-                    placed.append((x, y, x + w, y + h))
-                    break
-        # Labels are the ink box plus the few pixels of margin annotators (and DB's unclip) leave.
-        pad = max(1, round(3 * scale))
-        placed = [(x0 - pad, y0 - pad, x1 + pad, y1 + pad) for x0, y0, x1, y1 in placed]
-        img = canvas
-        if rng.random() < 0.3:
-            blurred = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
-            img = np.asarray(blurred.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.8)))), np.float32)
-        images.append(_to_model(img))
-        boxes.extend((i, *box) for box in placed)
-    return np.stack(images), {"boxes": np.array(boxes, dtype=np.float32).reshape(-1, 5)}
-
-
-def _distractors(rng: np.random.Generator, draw, width: int, height: int) -> list[tuple[int, int, int, int]]:
-    """0..2 shapes that are not text (frames, discs, rules), so precision means something."""
-    shapes = []
-    for _ in range(int(rng.integers(0, 3))):
-        w, h = int(rng.integers(width // 10, width // 3)), int(rng.integers(height // 10, height // 3))
-        x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-        tone = tuple(int(c) for c in rng.integers(90, 200, size=3))
-        kind = int(rng.integers(3))
-        if kind == 0:
-            draw.rectangle((x, y, x + w, y + h), outline=tone, width=int(rng.integers(2, 5)))
-        elif kind == 1:
-            draw.ellipse((x, y, x + w, y + h), fill=tone)
-        else:
-            h = int(rng.integers(2, 4))
-            draw.rectangle((x, y, x + w, y + h), fill=tone)
-        shapes.append((x, y, x + w + 1, y + h + 1))
-    return shapes

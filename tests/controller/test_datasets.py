@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from agent.dataset import load_dataset
 from agent.metrics import evaluator_for
-from controller import datasets
+from controller import datasets, ocr_render
 from tests.models import ocr_model
 
 DET = {"x": ((1, 3, 640, 640), "float32")}
@@ -83,11 +83,11 @@ def test_rec_layout_and_charset(tmp_path: Path, rec_model: Path) -> None:
     charset = arrays["charset"].tolist()
     assert len(charset) == 6624 and charset[-1] == " "  # model chars + PaddleOCR's space class
     texts = arrays["text"].tolist()
-    assert all(3 <= len(t) <= 12 and set(t) <= set(datasets.ALPHABET) for t in texts)
+    assert all(3 <= len(t) <= 12 and set(t) <= set(ocr_render.ALPHABET) for t in texts)
     assert len(set(texts)) == 30 and len({len(t) for t in texts}) > 4
     # Right of the text the line is padded with the value PaddleOCR pads with (0 normalized).
     short = int(np.argmin([len(t) for t in texts]))
-    assert (arrays["input:x"][short, :, :, -8:] == datasets.LINE_PAD).all()
+    assert (arrays["input:x"][short, :, :, -8:] == ocr_render.LINE_PAD).all()
 
 
 def test_cls_half_rotated(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_bytes_do_not_depend_on_the_clock(tmp_path: Path) -> None:
 
 def test_images_are_stored_bgr() -> None:
     rgb = np.array([[[10.0, 20.0, 30.0]]])  # one pixel, HWC RGB
-    assert datasets._to_model(rgb)[:, 0, 0].tolist() == [30, 20, 10]  # PaddleOCR reads cv2's BGR
+    assert ocr_render._to_model(rgb)[:, 0, 0].tolist() == [30, 20, 10]  # PaddleOCR reads cv2's BGR
 
 
 def test_det_200_samples_stay_small(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_errors_say_why(tmp_path: Path, rec_model: Path, monkeypatch: pytest.Mon
         datasets.make_dataset("seeded", {"y": ((1, 3), "float32")}, 4, 0, out, model_path=_tiny_model(tmp_path / "t.onnx"))
     with pytest.raises(ValueError, match="at least 1 sample"):
         datasets.make_dataset("ocr-cls", CLS, 0, 0, out)
-    monkeypatch.setattr(datasets, "FONT_DIR", tmp_path / "no-fonts")
+    monkeypatch.setattr(ocr_render, "FONT_DIR", tmp_path / "no-fonts")
     with pytest.raises(ValueError, match="fonts-dejavu-core"):
         datasets.make_dataset("ocr-cls", CLS, 4, 0, out)
     assert not out.exists()
