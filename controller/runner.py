@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.errors import one_line
+from controller.errors import EdgeFarmError, one_line
 from controller.compile import Artifact, ModelBuild, build_all, prepare_sources
 from controller.inventory import Board, Inventory
 from controller.progress import RunProgress
@@ -50,9 +50,28 @@ def ensure_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    if address:
+        _check_reachable(address)  # Ray itself would retry a dead address for minutes
     # "local" starts a private Ray instead of joining whatever RAY_ADDRESS points at.
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, configure_logging=False)
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, configure_logging=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise EdgeFarmError(
+            f"--ray-address {address}: cannot join the Ray cluster ({one_line(exc)}); if the cluster uses "
+            "token authentication, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+        ) from None
+
+
+def _check_reachable(address: str) -> None:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise EdgeFarmError(f"--ray-address {address}: no Ray head answers there ({exc}); "
+                            "start one with `ray start --head` or leave the flag out for a local Ray") from None
 
 
 def _actor_class() -> Any:
@@ -88,6 +107,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
 
     cache = Cache(cache_root)
     prepared = prepare_sources(loaded, cache)  # a bad model stops here, before any run row exists
+    ensure_ray(ray_address)
 
     sessions = open_db(db_url)
     with sessions() as db:
@@ -98,7 +118,6 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
 
     progress = RunProgress()
     try:
-        ensure_ray(ray_address)
         with progress.stage("compile variants and render data", total=None) as step:
             builds = build_all(loaded, cache, prepared, on_step=step)
         bundle = build_agent_bundle(workspace() / "agent")
