@@ -109,8 +109,8 @@ class _JobRun:
                     pass
             try:
                 self.result["temperature_after_c"] = fingerprint.temperature_c()
-            except Exception:
-                pass
+            except Exception:  # an unreadable sensor is recorded as no reading
+                self.result["temperature_after_c"] = None
         return self.result
 
     def _stages(self) -> None:

@@ -14,6 +14,7 @@ model's output order) and asks for ``result()`` at the end:
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 Box = Tuple[float, float, float, float]
 
 
-class Evaluator:
+class Evaluator(abc.ABC):
     """Accumulates per-sample outputs; ``result()`` gives the protocol's accuracy object."""
 
     metric = ""
@@ -35,11 +36,13 @@ class Evaluator:
         self.seen.add(index)
         self._add(int(index), [np.asarray(o) for o in outputs])
 
+    @abc.abstractmethod
     def _add(self, index: int, outputs: List[np.ndarray]) -> None:
-        raise NotImplementedError
+        """Fold one sample's outputs into the running figures."""
 
+    @abc.abstractmethod
     def _metrics(self) -> Dict[str, Any]:
-        raise NotImplementedError
+        """Every figure of the task, the primary metric among them."""
 
     def result(self) -> Dict[str, Any]:
         metrics = self._metrics()

@@ -76,7 +76,7 @@ def test_metrics_is_python38_and_numpy_only() -> None:
     tree = ast.parse(source, feature_version=(3, 8))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "typing", "numpy"}
+    assert imported <= {"__future__", "abc", "typing", "numpy"}
 
 
 # --- hand-made cases ----------------------------------------------------------------------------
