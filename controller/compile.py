@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from controller.errors import one_line
-from controller.cache import Cache, key_of
 from agent.protocol import sha256_file
+from controller.cache import Cache, key_of
+from controller.errors import one_line
 from controller.source import Prepared, prepare
 from controller.spec import LoadedSpec, ModelSpec
 from controller.variants import PRECISION, RECIPE_VERSION, RECIPES, STARTS_FROM

@@ -12,11 +12,10 @@ def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
             report_dir: Path, ray_address: str | None) -> bool:
     """True when something regressed."""
     from controller import regression, report
+    from controller.errors import EdgeFarmError
     from controller.runner import execute
     from controller.selection import latest_candidates, render, select_best
     from controller.store import Run, open_db
-
-    from controller.errors import EdgeFarmError
 
     try:
         report_dir.mkdir(parents=True, exist_ok=True)  # fail early, before an hour of measuring

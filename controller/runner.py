@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.errors import EdgeFarmError, one_line
+from controller.cache import Cache
 from controller.compile import Artifact, ModelBuild, build_all, prepare_sources
+from controller.errors import EdgeFarmError, one_line
 from controller.inventory import Board, Inventory
 from controller.progress import RunProgress
-from controller.spec import LoadedSpec
+from controller.spec import LoadedSpec, Spec
 from controller.store import Board as BoardRow
 from controller.store import Job, Model, Result, Run, Variant, now, open_db
 from controller.variants import PRECISION
 from controller.workspace import cache_dir, workspace
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,10 +101,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
 
     spec = loaded.spec
     boards = [inventory.board(name, inventory_source) for name in spec.boards]
-    cache_root = cache_dir()
-    from controller.cache import Cache
-
-    cache = Cache(cache_root)
+    cache = Cache(cache_dir())
     prepared = prepare_sources(loaded, cache)  # a bad model stops here, before any run row exists
     ensure_ray(ray_address)
 
@@ -189,7 +185,7 @@ def _count(outcome: RunOutcome, job: Job, progress: RunProgress, p: Planned) -> 
 
 # --- planning -----------------------------------------------------------------------------
 
-def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], spec: Any) -> list[Planned]:
+def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], spec: Spec) -> list[Planned]:
     engines_found = probe.get("engines", {})
     plan = []
     for build in builds:
@@ -281,7 +277,7 @@ def _upsert_board(db: Any, board: Board, probe: dict[str, Any] | None, error: st
 
 # --- jobs and results ---------------------------------------------------------------------
 
-def _job_payload(p: Planned, spec: Any) -> dict[str, Any]:
+def _job_payload(p: Planned, spec: Spec) -> dict[str, Any]:
     from agent.protocol import PROTOCOL_VERSION
 
     m = spec.measure

@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from controller.errors import ModelError
 from agent.protocol import sha256_file
+from controller.errors import ModelError
 from controller.source import MIN_OPSET, prepare
 from tests.models import digits_mlp, ocr_model
 
