@@ -1,7 +1,8 @@
-"""The nightly report: report.md for people, junit.xml for CI systems."""
+"""The nightly report: report.md with a latency chart for people, junit.xml for CI systems."""
 
 from __future__ import annotations
 
+import html
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -43,8 +44,41 @@ def write_markdown(path: Path, run_id: int, previous_id: int | None, changes: li
             lines.append(f"| {' | '.join(c.key)} | {c.what} | {_fmt(c.before, c.what)} | {_fmt(c.after, c.what)} "
                          f"| {_change(c)} | {p} | {c.note} |")
         lines.append("")
+    latency = [c for c in changes if c.what == "latency" and c.before is not None and c.after is not None]
+    if latency:
+        write_latency_chart(path.with_name(CHART), latency)
+        lines += ["## Latency, previous run against this one", "", f"![p50 latency before and after]({CHART})", ""]
     lines += ["## Engine selection after this run", "", selection_md, ""]
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+CHART = "latency.svg"
+_COLOUR = {"regression": "#d62728", "improvement": "#2ca02c", "unchanged": "#4c78a8"}
+
+
+def write_latency_chart(path: Path, changes: list[Change]) -> None:
+    """Paired horizontal bars of p50 latency per configuration: grey before, coloured after.
+
+    Plain SVG, so the report needs no plotting library and renders wherever Markdown does.
+    """
+    row, bar, left, width = 34, 11, 330, 420
+    top = max(max(c.before or 0, c.after or 0) for c in changes) or 1.0
+    height = 40 + row * len(changes)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<text x="{left}" y="16" font-weight="bold">p50 latency (ms): grey = previous run, '
+           'colour = this run (red slower, green faster)</text>']
+    for i, c in enumerate(changes):
+        y = 30 + i * row
+        label = html.escape(" ".join(c.key))
+        out.append(f'<text x="{left - 8}" y="{y + bar + 4}" text-anchor="end">{label}</text>')
+        for offset, value, colour, cls in ((0, c.before, "#bbbbbb", "before"), (bar + 2, c.after, _COLOUR[c.verdict], "after")):
+            w = max(1.0, width * (value or 0) / top)
+            out.append(f'<rect class="{cls}" x="{left}" y="{y + offset}" width="{w:.1f}" height="{bar}" fill="{colour}"/>')
+        out.append(f'<text x="{left + width * (c.after or 0) / top + 6:.1f}" y="{y + 2 * bar}">'
+                   f'{c.after:.3g} ({_change(c)})</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out), encoding="utf-8")
 
 
 def write_junit(path: Path, run_id: int, changes: list[Change]) -> None:

@@ -65,6 +65,13 @@ def test_nightly_flags_a_real_slowdown_then_the_recovery(tmp_path: Path, edgefar
     assert suite.get("failures") == "1" and len(failures) == 1
     assert failures[0].get("message").startswith("regression: latency +")
     assert "REGRESSION" in capsys.readouterr().out
+    # The chart the report shows: one bar pair per latency comparison, the regression in red.
+    assert "![p50 latency before and after](latency.svg)" in report
+    chart = ET.parse(second / "latency.svg").getroot()
+    after = [r for r in chart.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "after"]
+    before = [r for r in chart.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "before"]
+    assert len(after) == len(before) == 1 and after[0].get("fill") == "#d62728"
+    assert float(after[0].get("width")) > float(before[0].get("width"))
 
     # Night 3: the board is quiet again: faster than night 2, so an improvement and exit 0.
     assert main(["nightly", spec, "--report", str(third), "--db", url]) == 0
