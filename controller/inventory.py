@@ -15,10 +15,21 @@ from controller.errors import ConfigError
 from controller.validation import Name, Strict, load_yaml, parse
 
 
+class SshSettings(Strict):
+    host: str = Field(description="address or name of the board")
+    port: int = Field(22, ge=1, le=65535)
+    user: Name
+    key_file: str | None = Field(None, description="private key; default: the keys of a running ssh-agent")
+    known_hosts: str = Field("~/.ssh/known_hosts", description="host keys the board's key is checked against")
+    accept_new_host_key: bool = Field(False, description="trust and save an unknown key once; a changed key is always refused")
+    connect_timeout: float = Field(10.0, gt=0)
+
+
 class Board(Strict):
     name: Name
     chip: str = Field("auto", description="chip name used to group results; 'auto' = the CPU the agent reports")
-    transport: str = Field("local", description="a registered transport: local")
+    transport: str = Field("local", description="a registered transport: local, ssh")
+    ssh: SshSettings | None = Field(None, description="how to reach the board, for transport ssh")
     python: str | None = Field(None, description="interpreter that runs the agent; default: the controller's own")
     workdir: str | None = Field(None, description="agent work directory on the board")
     engines: list[Name] | None = Field(None, description="engines allowed on this board; default: all found")
@@ -32,6 +43,8 @@ class Board(Strict):
 
         if self.transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {self.transport!r}; known: {', '.join(TRANSPORTS)}")
+        if self.transport == "ssh" and self.ssh is None:
+            raise ValueError("transport ssh needs an 'ssh' section with host and user")
         return self
 
 

@@ -9,7 +9,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 # fonts-dejavu-core: the font text is rendered with for labelled OCR data.
 # chromium: the real browser the dashboard test drives. postgresql: the team database test.
-DEBS=(fonts-dejavu-core chromium postgresql)
+# openssh-server, iproute2: SSH test boards, each a real sshd in its own network namespace.
+DEBS=(fonts-dejavu-core chromium postgresql openssh-server iproute2)
 
 missing=()
 for pkg in "${DEBS[@]}"; do

@@ -74,6 +74,7 @@ class Transport(ABC):
 # name -> "module:Class"; imported on first use.
 TRANSPORTS: dict[str, str] = {
     "local": "controller.transports.local:LocalTransport",
+    "ssh": "controller.transports.ssh:SshTransport",
 }
 _loaded: dict[str, type[Transport]] = {}
 

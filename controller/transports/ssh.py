@@ -1,0 +1,179 @@
+"""Linux boards over SSH (paramiko): host keys verified, argv quoted, timeouts everywhere.
+
+Host keys are checked against the board's known_hosts file. An unknown key is refused unless
+the board opts in to ``accept_new_host_key`` (then it is saved, like OpenSSH's accept-new);
+a changed key is always refused. Commands are argv lists joined with shlex quoting; a command
+that outlives its timeout is killed on the board with its whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shlex
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from controller.transports import BoardUnreachable, CommandTimeout, Completed, Transport, TransportError, register
+
+if TYPE_CHECKING:
+    from controller.inventory import Board
+
+
+@register("ssh")
+class SshTransport(Transport):
+    default_workdir = "~/.edgefarm"
+
+    def __init__(self, board: "Board") -> None:
+        import paramiko
+
+        super().__init__(board)
+        ssh = board.ssh
+        if ssh is None:
+            raise TransportError(f"board {board.name}: transport ssh needs an 'ssh' section")
+        self.settings = ssh
+        known_hosts = os.path.expanduser(ssh.known_hosts)
+        client = paramiko.SSHClient()
+        if os.path.isfile(known_hosts):
+            client.load_host_keys(known_hosts)
+        client.set_missing_host_key_policy(_SaveNewKey(known_hosts) if ssh.accept_new_host_key else paramiko.RejectPolicy())
+        where = f"{ssh.user}@{ssh.host}:{ssh.port}"
+        try:
+            client.connect(
+                ssh.host, port=ssh.port, username=ssh.user,
+                key_filename=os.path.expanduser(ssh.key_file) if ssh.key_file else None,
+                allow_agent=ssh.key_file is None, look_for_keys=False,
+                timeout=ssh.connect_timeout, banner_timeout=ssh.connect_timeout, auth_timeout=ssh.connect_timeout,
+            )
+        except paramiko.BadHostKeyException as exc:
+            raise BoardUnreachable(
+                f"{where}: the host key changed (got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}); "
+                f"refused. If the board was reinstalled, remove its old line from {known_hosts}") from exc
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise BoardUnreachable(
+                    f"{where}: unknown host key, refused; add it to {known_hosts} "
+                    "(ssh-keyscan) or set accept_new_host_key: true for this board") from exc
+            raise BoardUnreachable(f"{where}: {exc}") from exc
+        except (OSError, socket.timeout) as exc:
+            raise BoardUnreachable(f"{where}: cannot connect: {exc}") from exc
+        self.client = client
+        self._sftp: Any = None
+        self._home: str | None = None
+
+    # -- commands --------------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], timeout: float, cwd: str | None = None) -> Completed:
+        command = shlex.join(list(argv))
+        if cwd:
+            command = f"cd -- {shlex.quote(cwd)} && {command}"
+        # The shell prints its pid and then becomes the command: sshd made it a session
+        # leader, so that pid names the whole process group if it has to be killed.
+        wrapped = "echo $$; exec sh -c " + shlex.quote(command)
+        try:
+            chan = self.client.get_transport().open_session(timeout=self.settings.connect_timeout)
+            chan.exec_command(wrapped)
+        except Exception as exc:  # paramiko raises several unrelated types for a dead link
+            raise BoardUnreachable(f"{self.board.name}: {exc}") from exc
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        chan.settimeout(0.2)
+        while True:
+            _drain(chan, out, err)
+            if chan.exit_status_ready():
+                _drain(chan, out, err)
+                break
+            if time.monotonic() > deadline:
+                self._kill(out)
+                chan.close()
+                raise CommandTimeout(argv, timeout, err.decode(errors="replace")[-2000:])
+            if chan.closed and not chan.exit_status_ready():
+                raise BoardUnreachable(f"{self.board.name}: the connection closed during {argv[0]}")
+        code = chan.recv_exit_status()
+        chan.close()
+        first, _, rest = out.decode(errors="replace").partition("\n")
+        return Completed(code, rest, err.decode(errors="replace"))
+
+    def _kill(self, out: bytearray) -> None:
+        pid = out.decode(errors="replace").partition("\n")[0].strip()
+        if pid.isdigit():
+            try:
+                _, stdout, _ = self.client.exec_command(f"kill -KILL -- -{pid} {pid}", timeout=10)
+                stdout.channel.recv_exit_status()
+            except Exception:
+                pass  # the board is going away anyway; the timeout is what gets reported
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _sftp_client(self) -> Any:
+        if self._sftp is None:
+            try:
+                self._sftp = self.client.open_sftp()
+            except Exception as exc:
+                raise BoardUnreachable(f"{self.board.name}: sftp: {exc}") from exc
+        return self._sftp
+
+    def resolve(self, path: str) -> str:
+        if path.startswith("~"):
+            if self._home is None:
+                self._home = self._sftp_client().normalize(".")
+            path = self._home + path[1:]
+        return path
+
+    def put(self, local: Path, remote: str) -> None:
+        sftp = self._sftp_client()
+        remote = self.resolve(remote)
+        try:
+            self._makedirs(posixpath.dirname(remote))
+            tmp = remote + ".part"
+            sftp.put(str(local), tmp)
+            sftp.posix_rename(tmp, remote)  # never a half-written file under the real name
+        except OSError as exc:
+            raise TransportError(f"{self.board.name}: cannot write {remote}: {exc}") from exc
+
+    def get(self, remote: str, local: Path) -> None:
+        try:
+            self._sftp_client().get(self.resolve(remote), str(local))
+        except FileNotFoundError as exc:
+            raise TransportError(f"{remote} is not on the board") from exc
+        except OSError as exc:
+            raise TransportError(f"{self.board.name}: cannot read {remote}: {exc}") from exc
+
+    def _makedirs(self, path: str) -> None:
+        sftp = self._sftp_client()
+        parts = [p for p in path.split("/") if p]
+        current = "/" if path.startswith("/") else ""
+        for part in parts:
+            current = posixpath.join(current, part)
+            try:
+                sftp.stat(current)
+            except FileNotFoundError:
+                sftp.mkdir(current)
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        self.client.close()
+
+
+def _drain(chan: Any, out: bytearray, err: bytearray) -> None:
+    while chan.recv_ready():
+        out += chan.recv(65536)
+    while chan.recv_stderr_ready():
+        err += chan.recv_stderr(65536)
+    if not (chan.recv_ready() or chan.recv_stderr_ready() or chan.exit_status_ready()):
+        time.sleep(0.02)
+
+
+class _SaveNewKey:
+    """OpenSSH's accept-new: trust a key seen for the first time and remember it."""
+
+    def __init__(self, known_hosts: str) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        os.makedirs(os.path.dirname(self.known_hosts) or ".", exist_ok=True)
+        client.save_host_keys(self.known_hosts)

@@ -1,0 +1,152 @@
+"""The SSH transport against a real OpenSSH server on a test board in its own network namespace."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.inventory import Board
+from controller.transports import BoardUnreachable, CommandTimeout, TransportError, open_transport
+from tests.sshboard import SshBoard, netns_refusal, ssh_board
+
+
+@pytest.fixture(scope="module")
+def board() -> SshBoard:
+    why = netns_refusal()
+    if why:
+        pytest.skip(why)
+    with ssh_board("sshtest", 41) as b:
+        yield b
+
+
+def transport(b: SshBoard, **ssh: object):
+    entry = b.inventory_entry()
+    entry["ssh"].update(ssh)
+    return open_transport(Board.model_validate(entry))
+
+
+def test_commands_are_argv_quoted_with_cwd_and_exit_codes(board: SshBoard, tmp_path: Path) -> None:
+    t = transport(board)
+    try:
+        done = t.run(["echo", "it's $(not run); `nor this`"], timeout=20)
+        assert done.exit_code == 0 and done.stdout == "it's $(not run); `nor this`\n"
+        done = t.run([sys.executable, "-c", "import os, sys; print(os.getcwd()); sys.exit(3)"], timeout=20, cwd=str(tmp_path))
+        assert done.exit_code == 3 and done.stdout.strip() == str(tmp_path)
+        assert t.run(["ls", "/no/such/dir"], timeout=20).stderr
+    finally:
+        t.close()
+
+
+def test_files_go_and_come_back(board: SshBoard, tmp_path: Path) -> None:
+    t = transport(board)
+    try:
+        src = tmp_path / "artifact.bin"
+        src.write_bytes(bytes(range(256)) * 400)
+        remote = str(tmp_path / "board" / "cache" / "x.bin")
+        t.put(src, remote)
+        back = tmp_path / "back.bin"
+        t.get(remote, back)
+        assert back.read_bytes() == src.read_bytes()
+        assert not list((tmp_path / "board" / "cache").glob("*.part"))
+        with pytest.raises(TransportError, match="is not on the board"):
+            t.get(str(tmp_path / "missing"), back)
+        assert t.resolve("~/.edgefarm") == "/root/.edgefarm"
+    finally:
+        t.close()
+
+
+def test_unknown_host_key_is_refused_unless_the_board_opts_in(board: SshBoard, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(BoardUnreachable, match="unknown host key, refused"):
+        transport(board, known_hosts=str(empty))
+    t = transport(board, known_hosts=str(empty), accept_new_host_key=True)
+    t.close()
+    assert board.host_key_pub in empty.read_text()  # remembered, like OpenSSH's accept-new
+    transport(board, known_hosts=str(empty)).close()  # and trusted from now on
+
+
+def test_a_changed_host_key_is_always_refused(board: SshBoard, tmp_path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    kind, key = (tmp_path / "other.pub").read_text().split()[:2]
+    forged = tmp_path / "known_hosts"
+    forged.write_text(f"{board.host} {kind} {key}\n")
+    for accept_new in (False, True):
+        with pytest.raises(BoardUnreachable, match="the host key changed"):
+            transport(board, known_hosts=str(forged), accept_new_host_key=accept_new)
+
+
+def test_a_hung_command_is_killed_on_the_board_with_its_children(board: SshBoard, tmp_path: Path) -> None:
+    marker = tmp_path / "child-survived"
+    child = tmp_path / "child.py"
+    child.write_text(f"import time\ntime.sleep(3)\nopen({str(marker)!r}, 'w')\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(child)!r}])\ntime.sleep(60)\n")
+    t = transport(board)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CommandTimeout):
+            t.run([sys.executable, str(parent)], timeout=1)
+        assert time.monotonic() - started < 15
+        time.sleep(4)
+        assert not marker.exists()
+        assert t.run(["true"], timeout=20).exit_code == 0  # the connection is still usable
+    finally:
+        t.close()
+
+
+def test_an_unreachable_board_says_why(tmp_path: Path) -> None:
+    entry = {"name": "gone", "transport": "ssh",
+             "ssh": {"host": "127.0.0.1", "port": 9, "user": "root", "connect_timeout": 3}}
+    with pytest.raises(BoardUnreachable, match="root@127.0.0.1:9: cannot connect"):
+        open_transport(Board.model_validate(entry))
+
+
+@pytest.mark.slow
+def test_a_run_spreads_over_local_and_ssh_boards_and_survives_an_unreachable_one(
+        board: SshBoard, tmp_path: Path, edgefarm_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+    from sqlalchemy import select
+
+    from controller.cli import main
+    from controller.store import Board as BoardRow
+    from controller.store import Job, open_db
+    from tests.conftest import small_ppocr_spec
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump({"boards": [
+        {"name": "local"},
+        board.inventory_entry(chip="rk3399-test", python=sys.executable, workdir=str(tmp_path / "board-files")),
+        {"name": "jetson-off", "chip": "orin", "transport": "ssh",
+         "ssh": {"host": "127.0.0.1", "port": 9, "user": "root", "connect_timeout": 3}},
+    ]}))
+    spec = small_ppocr_spec(tmp_path, name="lab")
+    data = yaml.safe_load(spec.read_text())
+    data["models"] = [m for m in data["models"] if m["name"] == "ppocr-cls"]
+    data["variants"], data["engines"] = ["fp32"], ["onnxruntime"]
+    data["boards"] = ["local", board.name, "jetson-off"]
+    spec.write_text(yaml.safe_dump(data))
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+
+    assert main(["run", str(spec), "--inventory", str(inventory), "--db", url]) == 0
+    assert "board jetson-off unreachable: " in capsys.readouterr().out
+    with open_db(url)() as db:
+        jobs = sorted((j.board.name, j.status) for j in db.scalars(select(Job)))
+        boards = {b.name: b for b in db.scalars(select(BoardRow))}
+    assert jobs == sorted([(board.name, "ok"), ("local", "ok")])
+    assert boards[board.name].chip == "rk3399-test" and boards[board.name].fingerprint["cores"] >= 1
+    assert "cannot connect" in boards["jetson-off"].last_error
+    # Nothing is left in the board's job directories; the artifacts stay cached by hash.
+    assert not any((tmp_path / "board-files" / "jobs").iterdir())
+    assert len(list((tmp_path / "board-files" / "cache").iterdir())) == 3
+
+    assert main(["select", "--db", url, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and "rk3399-test" in {r["chip"] for r in rows}  # one row per chip
