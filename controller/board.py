@@ -54,14 +54,14 @@ class BoardSession:
         done = self.transport.run([self.python, "-c", _EXISTS, remote], timeout=SMALL_TIMEOUT)
         return done.exit_code == 0
 
-    def push(self, local: Path, sha256: str) -> str:
+    def push(self, local: Path, sha256: str, force: bool = False) -> str:
         """The artifact's path in the board's cache, pushing it only when it is not there."""
         if self._cached is None:
             self._cached = set(json.loads(self._agent("ls", posixpath.join(self.root, "cache"))))
         # The suffix stays: engines pick their loader by it (.onnx, .xml, .nb).
         name = sha256 + local.suffix
         remote = posixpath.join(self.root, "cache", name)
-        if name not in self._cached:
+        if force or name not in self._cached:
             self.transport.put(local, remote)
             self._cached.add(name)
         return remote
@@ -69,12 +69,24 @@ class BoardSession:
     # -- jobs ------------------------------------------------------------------------------
 
     def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
-        """Run one job; every failure comes back as a failed result, never as an exception."""
+        """Run one job; every failure comes back as a failed result, never as an exception.
+
+        A cached artifact whose hash no longer matches on the board (a bad flash card, a
+        half-finished copy by hand) is refused by the agent; it is pushed again once.
+        """
+        result = self._run_once(job, files, timeout, repush=False)
+        if (result.get("failure") or {}).get("stage") == "verify":
+            result = self._run_once(job, files, timeout, repush=True)
+            result.setdefault("notes", []).append("an artifact on the board did not match its sha256; pushed again")
+        return result
+
+    def _run_once(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float,
+                  repush: bool) -> dict[str, Any]:
         job_id = job["job_id"]
         workdir = posixpath.join(self.root, "jobs", job_id)
         try:
             job = dict(job, artifacts={
-                role: {"file": posixpath.relpath(self.push(path, sha), workdir), "sha256": sha}
+                role: {"file": posixpath.relpath(self.push(path, sha, force=repush), workdir), "sha256": sha}
                 for role, (path, sha) in files.items()
             })
             with tempfile.TemporaryDirectory(prefix="edgefarm-job-") as tmp:

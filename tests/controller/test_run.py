@@ -183,3 +183,28 @@ def _cls_model() -> Path:
     from tests.models import ocr_model
 
     return ocr_model("cls")
+
+
+def test_a_corrupted_artifact_on_the_board_is_refused_and_pushed_again(tmp_path: Path, edgefarm_home: Path) -> None:
+    import yaml
+
+    from agent.protocol import sha256_file
+
+    spec = small_ppocr_spec(tmp_path, name="corrupt")
+    data = yaml.safe_load(spec.read_text())
+    data["models"] = [m for m in data["models"] if m["name"] == "ppocr-cls"]
+    data["variants"], data["engines"] = ["fp32"], ["onnxruntime"]
+    spec.write_text(yaml.safe_dump(data))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["run", str(spec), "--db", url]) == 0
+    with open_db(url)() as db:
+        model_sha = db.scalars(select(Variant)).one().sha256
+    cached = edgefarm_home / "boards" / "local" / "cache" / f"{model_sha}.onnx"
+    cached.write_bytes(cached.read_bytes()[:-100] + b"\0" * 100)  # a few bytes rot on the board
+
+    assert main(["run", str(spec), "--db", url]) == 0
+    with open_db(url)() as db:
+        second = db.scalars(select(Job).order_by(Job.id.desc())).first()
+        assert second.status == "ok", second.message
+        assert "did not match its sha256; pushed again" in " ".join(second.result.raw["notes"])
+    assert sha256_file(str(cached)) == model_sha
