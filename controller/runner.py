@@ -90,6 +90,9 @@ def _actor_class() -> Any:
         def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
             return self.session.run_job(job, files, timeout)
 
+        def close(self) -> None:
+            self.session.close()
+
     return BoardActor
 
 
@@ -113,14 +116,15 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         outcome = RunOutcome(run.id)
 
     progress = RunProgress()
+    actors: dict[str, Any] = {}
+    probes: dict[str, dict[str, Any]] = {}
     try:
         with progress.stage("compile variants and render data", total=None) as step:
             builds = build_all(loaded, cache, prepared, on_step=step)
         bundle = build_agent_bundle(workspace() / "agent")
 
         actor_cls = _actor_class()
-        actors = {b.name: actor_cls.remote(b, bundle) for b in boards}
-        probes: dict[str, dict[str, Any]] = {}
+        actors.update({b.name: actor_cls.remote(b, bundle) for b in boards})
         starts = {b.name: actors[b.name].start.remote() for b in boards}
         with sessions() as db:
             for b in boards:
@@ -164,6 +168,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         raise
     finally:
         progress.close()
+        _close_boards(actors, probes)
         with sessions() as db:
             run = db.get(Run, outcome.run_id)
             run.status = status
@@ -171,6 +176,19 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
             run.summary = {"ok": outcome.ok, "failed": outcome.failed, "unreachable": outcome.unreachable}
             db.commit()
     return outcome
+
+
+def _close_boards(actors: dict[str, Any], reachable: dict[str, Any]) -> None:
+    """End every board session: connections to boards must not outlive the run."""
+    import ray
+
+    for name, actor in actors.items():
+        if name in reachable:
+            try:
+                ray.get(actor.close.remote(), timeout=30)
+            except Exception:  # noqa: S110 - a lost board cannot be closed politely; the kill below ends it
+                pass
+        ray.kill(actor)
 
 
 def _count(outcome: RunOutcome, job: Job, progress: RunProgress, p: Planned) -> None:

@@ -99,6 +99,9 @@ def ssh_board(name: str, index: int) -> Iterator[SshBoard]:
         if sshd is not None:
             sshd.kill()
             sshd.wait()
+        # Session processes sshd forked for each connection outlive the listener: end them too.
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        subprocess.run(["kill", "-KILL", *pids], capture_output=True) if pids else None
         subprocess.run(["ip", "link", "del", host_veth], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(files, ignore_errors=True)
