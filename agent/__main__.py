@@ -79,11 +79,12 @@ def cmd_run(job_path: str, out_path: str) -> int:
     return EXIT_OK
 
 
-def cmd_probe() -> int:
+def cmd_probe(workdir: Optional[str]) -> int:
     from agent.engines import probe_engines
-    from agent.fingerprint import collect
+    from agent.fingerprint import collect, disk_free_mb
 
-    report = {"protocol": PROTOCOL_VERSION, "fingerprint": collect(), "engines": probe_engines()}
+    report = {"protocol": PROTOCOL_VERSION, "fingerprint": collect(), "engines": probe_engines(),
+              "disk_free_mb": disk_free_mb(workdir) if workdir else None}
     json.dump(report, sys.stdout, indent=1, default=_json_default)
     sys.stdout.write("\n")
     return EXIT_OK
@@ -115,14 +116,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     run = sub.add_parser("run", help="run one job file and write its result")
     run.add_argument("job", help="job.json; its artifact files sit in the same folder")
     run.add_argument("--out", default="result.json", help="where to write the result JSON")
-    sub.add_parser("probe", help="print this board's fingerprint and engines as JSON")
+    sub.add_parser("probe", help="print this board's fingerprint and engines as JSON").add_argument(
+        "--workdir", help="also report the free disk space where the agent keeps its files")
     sub.add_parser("ls", help="list a directory's file names as JSON").add_argument("dir")
     sub.add_parser("clean", help="remove a job work directory").add_argument("dir")
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args.job, args.out)
     if args.command == "probe":
-        return cmd_probe()
+        return cmd_probe(args.workdir)
     if args.command == "ls":
         return cmd_ls(args.dir)
     if args.command == "clean":

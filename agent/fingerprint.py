@@ -88,3 +88,16 @@ def collect() -> Dict[str, Any]:
         "python": platform.python_version(),
         "hostname": socket.gethostname(),
     }
+
+
+def disk_free_mb(path: str) -> Optional[float]:
+    """Free space where the agent keeps artifacts: the folder, or its nearest existing parent."""
+    import shutil
+
+    path = os.path.abspath(os.path.expanduser(path))
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free / 1e6
+    except OSError:
+        return None

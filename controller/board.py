@@ -45,7 +45,7 @@ class BoardSession:
         """Push the agent if the board lacks it and return what the agent finds on the board."""
         if not self._exists(self.agent):
             self.transport.put(self.bundle, self.agent)
-        probe = json.loads(self._agent("probe", timeout=PROBE_TIMEOUT))
+        probe = json.loads(self._agent("probe", "--workdir", self.root, timeout=PROBE_TIMEOUT))
         if probe.get("protocol") != PROTOCOL_VERSION:
             raise TransportError(f"agent speaks protocol {probe.get('protocol')}, not {PROTOCOL_VERSION}")
         return probe

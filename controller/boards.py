@@ -31,7 +31,8 @@ def probe_boards(inventory_path: Path | None) -> list[dict[str, Any]]:
             fp = probe.get("fingerprint", {})
             if board.chip == "auto":
                 row["chip"] = f"{fp.get('arch', '?')} {fp.get('cpu_model', '?')}"
-            row.update(reachable=True, fingerprint=fp, engines=probe.get("engines", {}))
+            row.update(reachable=True, fingerprint=fp, engines=probe.get("engines", {}),
+                       disk_free_mb=probe.get("disk_free_mb"))
         rows.append(row)
     return rows
 
@@ -47,6 +48,9 @@ def list_boards(inventory_path: Path | None) -> str:
         lines.append(f"{head}  reachable")
         lines.append(f"  arch={fp.get('arch')}  cpu={fp.get('cpu_model')}  cores={fp.get('cores')}  "
                      f"os={fp.get('os')}  python={fp.get('python')}  governor={fp.get('governor') or '-'}")
+        disk, temp = row.get("disk_free_mb"), fp.get("temperature_c")
+        lines.append(f"  disk free={f'{disk / 1000:.1f} GB' if disk is not None else '-'}  "
+                     f"temperature={f'{temp:.0f} C' if temp is not None else '-'}")
         for name, info in sorted(row["engines"].items()):
             state = info.get("version") if info.get("available") else f"unavailable ({info.get('reason')})"
             extra = f"  default precision {info['default_precision']}" if info.get("default_precision") else ""

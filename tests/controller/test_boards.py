@@ -20,6 +20,11 @@ def test_local_board_reports_engines_and_fingerprint(edgefarm_home: Path, capsys
     assert "reachable" in out and "UNREACHABLE" not in out
     assert f"engine onnxruntime: {onnxruntime.__version__}" in out
     assert f"engine openvino: {openvino.get_version().split('-')[0]}" in out
+    import re
+    import shutil
+
+    free = re.search(r"disk free=([0-9.]+) GB", out)
+    assert free and abs(float(free.group(1)) - shutil.disk_usage(edgefarm_home).free / 1e9) < 1.0
 
 
 def test_unreachable_board_is_listed_with_the_reason(tmp_path: Path, edgefarm_home: Path) -> None:
