@@ -12,6 +12,7 @@ import pytest
 
 from controller.inventory import Board
 from controller.transports import CommandTimeout, TransportError, open_transport
+from tests.hung import hung_command
 
 
 @pytest.fixture
@@ -26,15 +27,10 @@ def test_argv_is_not_a_shell(local, tmp_path: Path) -> None:
 
 
 def test_timeout_kills_the_process_and_its_children(local, tmp_path: Path) -> None:
-    marker = tmp_path / "child-survived"
-    child = tmp_path / "child.py"
-    child.write_text(f"import time\ntime.sleep(3)\nopen({str(marker)!r}, 'w')\n")
-    parent = tmp_path / "parent.py"
-    parent.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(child)!r}])\ntime.sleep(60)\n")
-    script = str(parent)
+    argv, marker = hung_command(tmp_path)
     started = time.monotonic()
     with pytest.raises(CommandTimeout, match="ran past its 1 s timeout"):
-        local.run([sys.executable, script], timeout=1)
+        local.run(argv, timeout=1)
     assert time.monotonic() - started < 10
     time.sleep(4)
     assert not marker.exists()

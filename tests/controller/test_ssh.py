@@ -10,6 +10,7 @@ import pytest
 
 from controller.inventory import Board
 from controller.transports import BoardUnreachable, CommandTimeout, TransportError, open_transport
+from tests.hung import hung_command
 from tests.sshboard import SshBoard, netns_refusal, ssh_board
 
 
@@ -82,16 +83,12 @@ def test_a_changed_host_key_is_always_refused(board: SshBoard, tmp_path: Path) -
 
 
 def test_a_hung_command_is_killed_on_the_board_with_its_children(board: SshBoard, tmp_path: Path) -> None:
-    marker = tmp_path / "child-survived"
-    child = tmp_path / "child.py"
-    child.write_text(f"import time\ntime.sleep(3)\nopen({str(marker)!r}, 'w')\n")
-    parent = tmp_path / "parent.py"
-    parent.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(child)!r}])\ntime.sleep(60)\n")
+    argv, marker = hung_command(tmp_path)
     t = transport(board)
     try:
         started = time.monotonic()
         with pytest.raises(CommandTimeout):
-            t.run([sys.executable, str(parent)], timeout=1)
+            t.run(argv, timeout=1)
         assert time.monotonic() - started < 15
         time.sleep(4)
         assert not marker.exists()
