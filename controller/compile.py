@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from agent.protocol import sha256_file
 from controller.cache import Cache, key_of
-from controller.errors import one_line
+from controller.errors import ModelError, one_line
 from controller.source import Prepared, prepare
 from controller.spec import LoadedSpec, ModelSpec
 from controller.variants import PRECISION, RECIPE_VERSION, RECIPES, STARTS_FROM
@@ -90,17 +90,21 @@ def _task_dataset(kind: str, inputs: dict[str, tuple[tuple[int, ...], str]], sam
 
 def prepare_sources(loaded: LoadedSpec, cache: Cache) -> dict[str, Prepared]:
     """Check and prepare every model first, so a bad model fails the run before any work."""
+    from controller.datasets import check_inputs
+
     out = {}
     for m in loaded.spec.models:
-        path = m.resolve_path(loaded.base)
         label = f"{loaded.source}: model {m.name}"
-        from controller.source import load_checked
-
-        load_checked(path, label)
         shapes = {n: i.shape for n, i in m.inputs.items()}
-        key = key_of(kind="source", sha=sha256_file(path), shapes=shapes, v=PREPARE_VERSION, **_versions())
-        target = cache.path("sources", key, ".onnx")
-        out[m.name] = prepare(path, label, shapes, target)
+        # Rewritten on every run (it takes well under a second); its content hash is what
+        # the variant cache keys on.
+        target = cache.path("sources", key_of(model=m.name, shapes=shapes, v=PREPARE_VERSION), ".onnx")
+        prepared = prepare(m.resolve_path(loaded.base), label, shapes, target)
+        try:
+            check_inputs(m.dataset.kind, {i.name: (i.shape, i.dtype) for i in prepared.inputs})
+        except ValueError as exc:
+            raise ModelError(f"{label}: dataset {m.dataset.kind}: {exc}") from None
+        out[m.name] = prepared
     return out
 
 
@@ -172,7 +176,8 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
     # Wave 2: variants built from the fused fp32 artifact.
     for build in builds:
         if build.dataset.size == 0:
-            raise RuntimeError(f"model {build.spec.name}: rendering its dataset failed: {build.dataset.meta.get('error')}")
+            raise ModelError(f"{loaded.source}: model {build.spec.name}: dataset {build.spec.dataset.kind}: "
+                             f"{build.dataset.meta.get('error')}")
         fp32 = build.variants.get("fp32")
         for name in spec.variants:
             if name == "fp32" or STARTS_FROM[name] != "fp32":

@@ -131,6 +131,12 @@ def _write_npz(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
 # --- inputs and models ---------------------------------------------------------------------
 
 
+def check_inputs(kind: str, inputs: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """Raise ValueError when ``kind`` cannot be rendered for these model inputs."""
+    if kind != "seeded":
+        _image_input(kind, inputs)
+
+
 def _image_input(kind: str, inputs: dict[str, tuple[tuple[int, ...], str]]) -> tuple[str, tuple[int, int]]:
     """The one [1, 3, H, W] float input an OCR kind renders into, or a ValueError saying why not."""
     if len(inputs) != 1:

@@ -163,6 +163,9 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
                 db.commit()
                 _count(outcome, job, progress, p)
         status = "done"
+    except EdgeFarmError:
+        status = "failed"
+        raise
     except BaseException:
         status = "interrupted"
         raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,10 @@ from sqlalchemy import select
 
 from controller.store import Job, open_db
 from tests.conftest import small_ppocr_spec
+from tests.net import free_port
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_run_joins_an_existing_cluster(tmp_path: Path, edgefarm_home: Path) -> None:

@@ -140,7 +140,10 @@ def test_bad_input_is_one_line_exit_2_and_keeps_results(ppocr_db: str, tmp_path:
     bad_engine.write_text(spec.read_text().replace("- openvino", "- tensorrt-x"))
     bad_board = tmp_path / "bad-board.yaml"
     bad_board.write_text(spec.read_text().replace("- local", "- jetson-9"))
+    det_on_cls = tmp_path / "det-data-on-cls.yaml"
+    det_on_cls.write_text(spec.read_text().replace("kind: ocr-cls", "kind: ocr-det"))
     cases = [
+        (["run", str(det_on_cls)], "model ppocr-cls: dataset ocr-det: ocr-det needs a fixed height >= 128"),
         (["run", "--model", str(tmp_path / "nope.onnx")], "model file not found"),
         (["run", "--model", str(not_onnx)], "is not a readable ONNX model"),
         (["run", "--model", str(_cls_model()), "--input", "image=1x3x48x192"], "input 'image' is not in the model"),
