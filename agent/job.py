@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from agent import fingerprint
+from agent import fingerprint, hygiene
 from agent.dataset import Dataset, load_dataset
 from agent.engines import Engine, get_engine
 from agent.measure import measure_latency, measure_throughput, memory_mb, one_line
@@ -92,10 +92,12 @@ class _JobRun:
             "status": "ok", "failure": None, "fingerprint": None, "engine": None,
             "phases": {}, "latency": None, "throughput": [], "memory": {},
             "accuracy": None, "temperature_after_c": None,
+            "board_state": {"before": None, "after": None, "cpus": None, "waited_s": 0.0},
         }
 
     def run(self) -> Dict[str, Any]:
         try:
+            self._prepare_board(self.job.get("board") or {})
             self.result["fingerprint"] = fingerprint.collect()
             self._stages()
         except Exception as exc:
@@ -108,10 +110,23 @@ class _JobRun:
                 except Exception:  # the result is what matters now
                     pass
             try:
-                self.result["temperature_after_c"] = fingerprint.temperature_c()
+                after = hygiene.state()
             except Exception:  # an unreadable sensor is recorded as no reading
-                self.result["temperature_after_c"] = None
+                after = {"governor": None, "cpu_mhz": None, "temperature_c": None}
+            self.result["board_state"]["after"] = after
+            self.result["temperature_after_c"] = after["temperature_c"]
         return self.result
+
+    def _prepare_board(self, board: Dict[str, Any]) -> None:
+        """Pin, cool down and wait under the ceiling, as the inventory asks; record the state."""
+        self.stage = "board"
+        record = self.result["board_state"]
+        record["cpus"] = hygiene.pin(board.get("cpus"))
+        ceiling = board.get("max_temperature_c")
+        record["waited_s"] = hygiene.settle(float(board.get("cooldown_s") or 0.0),
+                                            None if ceiling is None else float(ceiling),
+                                            float(board.get("thermal_wait_s") or 600.0))
+        record["before"] = hygiene.state()
 
     def _stages(self) -> None:
         job, result = self.job, self.result

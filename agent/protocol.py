@@ -17,14 +17,16 @@ Job (controller -> agent)::
         "dataset": {"file": "dataset.npz",  "sha256": "..."}     # accuracy data, or null
       },
       "measure": {"warmup": 5, "min_iterations": 64, "min_seconds": 2.0, "max_seconds": 60.0,
-                  "batch_sizes": [1, 4], "throughput_seconds": 1.0}
+                  "batch_sizes": [1, 4], "throughput_seconds": 1.0},
+      "board": {"cpus": [1] | null, "cooldown_s": 0, "max_temperature_c": null | 70,
+                "thermal_wait_s": 600}           # optional; from the board's inventory entry
     }
 
 Result (agent -> controller)::
 
     {
       "protocol": 1, "job_id": "...", "status": "ok" | "failed",
-      "failure": null | {"stage": "verify|load|measure|accuracy|agent", "message": "...",
+      "failure": null | {"stage": "board|verify|load|measure|accuracy|agent", "message": "...",
                          "stderr_tail": "..."},
       "fingerprint": {"arch", "cpu_model", "cores", "governor", "temperature_c", "os",
                       "python", "hostname"},
@@ -36,7 +38,9 @@ Result (agent -> controller)::
       "memory": {"rss_before_load_mb": float, "peak_rss_mb": float},
       "accuracy": null | {"metric": "hmean", "value": float, "samples": int,
                           "metrics": {...every figure the task computes...}},
-      "temperature_after_c": float | null
+      "temperature_after_c": float | null,
+      "board_state": {"before": {"governor", "cpu_mhz", "temperature_c"}, "after": {...},
+                      "cpus": [1] | null, "waited_s": float}
     }
 
 Dataset file (``.npz`` written by ``controller.datasets``; the measurement inputs file has the
@@ -72,7 +76,7 @@ META_KEY = "__meta__"
 INPUT_PREFIX = "input:"
 REFERENCE_PREFIX = "reference:"
 TASKS = ("det", "rec", "cls", "agreement")
-FAILURE_STAGES = ("verify", "load", "measure", "accuracy", "agent", "transport", "convert")
+FAILURE_STAGES = ("board", "verify", "load", "measure", "accuracy", "agent", "transport", "convert")
 
 
 class ProtocolError(ValueError):

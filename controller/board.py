@@ -12,15 +12,20 @@ import json
 import posixpath
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from agent.protocol import PROTOCOL_VERSION, failed
+from controller.errors import one_line
 from controller.inventory import Board
-from controller.transports import CommandTimeout, Transport, TransportError, open_transport
+from controller.transports import BoardUnreachable, CommandTimeout, Transport, TransportError, open_transport
 
 PROBE_TIMEOUT = 120.0
 SMALL_TIMEOUT = 60.0
+# Pause before a new attempt after a loss, times the attempt number: a rebooting board or a
+# flapping link gets a moment to come back.
+RETRY_PAUSE_S = 2.0
 
 
 class BoardSession:
@@ -32,6 +37,9 @@ class BoardSession:
         self.agent = posixpath.join(self.root, "agent", bundle.name)
         self.python = board.python or (sys.executable if board.transport == "local" else "python3")
         self._cached: set[str] | None = None
+        # How the agent sets the board up before each job (see agent/hygiene.py).
+        self.conditions = {"cpus": board.cpus, "cooldown_s": board.cooldown_s,
+                           "max_temperature_c": board.max_temperature_c, "thermal_wait_s": board.thermal_wait_s}
 
     # -- agent commands --------------------------------------------------------------------
 
@@ -71,9 +79,45 @@ class BoardSession:
     def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
         """Run one job; every failure comes back as a failed result, never as an exception.
 
-        A cached artifact whose hash no longer matches on the board (a bad flash card, a
-        half-finished copy by hand) is refused by the agent; it is pushed again once.
+        A board lost in the middle of a job (link down, sshd or the agent killed) is
+        reconnected and the job tried again, up to the board's ``retries``; the result says
+        how many attempts it took and why the earlier ones failed.
         """
+        notes: list[str] = []
+        for attempt in range(1, self.board.retries + 2):
+            if attempt > 1:
+                time.sleep(RETRY_PAUSE_S * (attempt - 1))
+                try:
+                    self.reconnect()
+                except Exception as exc:  # still gone: this attempt fails like the last one
+                    result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}")
+                    result["failure"]["lost"] = True
+                    notes.append(f"attempt {attempt}: {result['failure']['message']}")
+                    continue
+            result = self._run_verified(job, files, timeout)
+            if not (result.get("failure") or {}).get("lost"):
+                break
+            notes.append(f"attempt {attempt}: {result['failure']['message']}")
+        if attempt > 1 and (result.get("failure") or {}).get("lost"):
+            result["failure"]["message"] = (f"board lost during the job on all {attempt} attempts; "
+                                            f"last: {result['failure']['message']}")
+        result["attempts"] = attempt
+        result.setdefault("notes", []).extend(notes)
+        return result
+
+    def reconnect(self) -> None:
+        """A fresh connection and a fresh look at the board: after a loss nothing is assumed."""
+        try:
+            self.transport.close()
+        except Exception:  # noqa: S110 - the old connection is dead; closing it may fail too
+            pass
+        self.transport = open_transport(self.board)
+        self._cached = None
+        self.start()
+
+    def _run_verified(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+        """A cached artifact whose hash no longer matches on the board (a bad flash card, a
+        half-finished copy by hand) is refused by the agent; it is pushed again once."""
         result = self._run_once(job, files, timeout, repush=False)
         if (result.get("failure") or {}).get("stage") == "verify":
             result = self._run_once(job, files, timeout, repush=True)
@@ -85,7 +129,7 @@ class BoardSession:
         job_id = job["job_id"]
         workdir = posixpath.join(self.root, "jobs", job_id)
         try:
-            job = dict(job, artifacts={
+            job = dict(job, board=self.conditions, artifacts={
                 role: {"file": posixpath.relpath(self.push(path, sha, force=repush), workdir), "sha256": sha}
                 for role, (path, sha) in files.items()
             })
@@ -101,11 +145,17 @@ class BoardSession:
                     self.transport.get(posixpath.join(workdir, "result.json"), local_result)
                     result = json.loads(local_result.read_text())
                 except (TransportError, ValueError):
-                    return failed(job_id, "agent", f"the agent exited {done.exit_code} without a result",
-                                  _tail(done.stderr))
+                    # Killed or crashed before it could write a result: worth another attempt.
+                    result = failed(job_id, "agent", f"the agent exited {done.exit_code} without a result",
+                                    _tail(done.stderr))
+                    result["failure"]["lost"] = True
             return result
         except CommandTimeout as exc:
             return failed(job_id, "agent", f"killed after {timeout:g} s without finishing", exc.stderr)
+        except BoardUnreachable as exc:
+            result = failed(job_id, "transport", str(exc))
+            result["failure"]["lost"] = True
+            return result
         except TransportError as exc:
             return failed(job_id, "transport", str(exc))
         finally:

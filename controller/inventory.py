@@ -9,20 +9,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from controller.errors import ConfigError
 from controller.validation import Name, Strict, load_yaml, parse
 
 
-class SshSettings(Strict):
-    host: str = Field(description="address or name of the board")
+class SshHop(Strict):
+    """One SSH server on the way to a board: the board itself or a jump host before it."""
+
+    host: str = Field(description="address or name")
     port: int = Field(22, ge=1, le=65535)
     user: Name
     key_file: str | None = Field(None, description="private key; default: the keys of a running ssh-agent")
-    known_hosts: str = Field("~/.ssh/known_hosts", description="host keys the board's key is checked against")
+    known_hosts: str = Field("~/.ssh/known_hosts", description="host keys the server's key is checked against")
     accept_new_host_key: bool = Field(False, description="trust and save an unknown key once; a changed key is always refused")
     connect_timeout: float = Field(10.0, gt=0)
+
+
+class SshSettings(SshHop):
+    jump: SshHop | None = Field(None, description="a jump host the board is reached through, like ssh -J")
+    dead_after: float = Field(20.0, gt=0, description="seconds without an answer after which the link counts as lost")
 
 
 class Board(Strict):
@@ -36,6 +43,19 @@ class Board(Strict):
     threads: int | None = Field(None, ge=1, description="engine threads; default: the engine's own")
     tags: list[Name] = Field(default_factory=list)
     concurrency: int = Field(1, ge=1, description="jobs at once on this board; 1 keeps measurements clean")
+    cpus: list[int] | None = Field(None, min_length=1, description="cores the agent is pinned to; default: all")
+    cooldown_s: float = Field(0.0, ge=0, description="pause before each job, so one job's heat does not slow the next")
+    max_temperature_c: float | None = Field(None, gt=0, description="wait before a job until the board is this cool")
+    thermal_wait_s: float = Field(600.0, gt=0, description="longest wait for the ceiling before the job fails")
+    retries: int = Field(2, ge=0, description="new attempts of a job when the board is lost in the middle of it")
+    quarantine_after: int = Field(3, ge=1, description="failed health checks in a row that put the board in quarantine")
+
+    @field_validator("cpus")
+    @classmethod
+    def _cores(cls, cpus: list[int] | None) -> list[int] | None:
+        if cpus is not None and (min(cpus) < 0 or len(set(cpus)) != len(cpus)):
+            raise ValueError(f"cpus must be distinct core numbers >= 0, got {cpus}")
+        return cpus
 
     @model_validator(mode="after")
     def _known_transport(self) -> "Board":

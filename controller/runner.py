@@ -215,8 +215,9 @@ def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], s
                 if board.engines is not None and eng.name not in board.engines:
                     continue
                 base = {"model_precision": PRECISION[variant], **eng.options}
-                if board.threads and "threads" not in eng.options:
-                    base["threads"] = board.threads
+                if "threads" not in eng.options and (board.threads or board.cpus):
+                    # Pinned to n cores, an engine that starts a thread per core would oversubscribe.
+                    base["threads"] = board.threads or len(board.cpus or [])
                 info = engines_found.get(eng.name, {})
                 for label, options in _configs(eng.name, variant, info, base):
                     p = Planned(board.name, build, variant, eng.name, options, label)
@@ -323,7 +324,7 @@ def _files(p: Planned) -> dict[str, tuple[Path, str]]:
 
 
 def _store_result(db: Any, job: Job, result: dict[str, Any]) -> None:
-    job.attempts += 1
+    job.attempts = result.get("attempts", 1)
     job.finished_at = now()
     if result.get("status") != "ok":
         failure = result.get("failure") or {}

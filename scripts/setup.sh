@@ -10,7 +10,8 @@ VENV=${VENV:-.venv}
 # fonts-dejavu-core: the font text is rendered with for labelled OCR data.
 # chromium: the real browser the dashboard test drives. postgresql: the team database test.
 # openssh-server, iproute2: SSH test boards, each a real sshd in its own network namespace.
-DEBS=(fonts-dejavu-core chromium postgresql openssh-server iproute2)
+# adb: the real adb server the ADB transport talks to.
+DEBS=(fonts-dejavu-core chromium postgresql openssh-server iproute2 adb)
 
 missing=()
 for pkg in "${DEBS[@]}"; do
@@ -37,4 +38,24 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/pip" install -q --no-deps "rapidocr-onnxruntime==1.4.4"
   touch "$stamp"
 fi
-echo "setup: ready ($("$VENV/bin/python" --version), $VENV)"
+
+# A second interpreter for the test boards: Python 3.10 with only what a board needs, so the
+# agent is proven on a board whose Python is not the controller's (Paddle Lite's wheels are
+# built for 3.10 too). pyenv provides it on these machines; BOARD_PYTHON overrides.
+BOARD_VENV=${BOARD_VENV:-.venv-board}
+if [ -z "${BOARD_PYTHON:-}" ]; then  # the first candidate that really runs (a pyenv shim may not)
+  for candidate in "$HOME"/.pyenv/versions/3.10.*/bin/python3.10 "$(command -v python3.10 || true)"; do
+    if [ -n "$candidate" ] && "$candidate" -c "" 2>/dev/null; then BOARD_PYTHON=$candidate; break; fi
+  done
+fi
+if [ ! -x "$BOARD_VENV/bin/python" ]; then
+  if [ -z "${BOARD_PYTHON:-}" ]; then
+    echo "setup: no Python 3.10 found for the test boards (set BOARD_PYTHON); the second SSH test board will fail" >&2
+  else
+    echo "setup: creating $BOARD_VENV with $BOARD_PYTHON"
+    "$BOARD_PYTHON" -m venv "$BOARD_VENV"
+    "$BOARD_VENV/bin/pip" install -q --upgrade pip
+    "$BOARD_VENV/bin/pip" install -q numpy onnxruntime
+  fi
+fi
+echo "setup: ready ($("$VENV/bin/python" --version), $VENV; test boards: $BOARD_VENV)"

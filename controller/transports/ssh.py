@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from controller.transports import BoardUnreachable, CommandTimeout, Completed, Transport, TransportError, register
 
 if TYPE_CHECKING:
-    from controller.inventory import Board
+    from controller.inventory import Board, SshHop
 
 
 @register("ssh")
@@ -27,41 +27,31 @@ class SshTransport(Transport):
     default_workdir = "~/.edgefarm"
 
     def __init__(self, board: "Board") -> None:
-        import paramiko
-
         super().__init__(board)
         ssh = board.ssh
         if ssh is None:
             raise TransportError(f"board {board.name}: transport ssh needs an 'ssh' section")
         self.settings = ssh
-        known_hosts = os.path.expanduser(ssh.known_hosts)
-        client = paramiko.SSHClient()
-        if os.path.isfile(known_hosts):
-            client.load_host_keys(known_hosts)
-        client.set_missing_host_key_policy(_SaveNewKey(known_hosts) if ssh.accept_new_host_key else paramiko.RejectPolicy())
-        where = f"{ssh.user}@{ssh.host}:{ssh.port}"
+        self._jump = _connect(ssh.jump, ssh.dead_after, _socket(ssh.jump, ssh.dead_after)) if ssh.jump else None
         try:
-            client.connect(
-                ssh.host, port=ssh.port, username=ssh.user,
-                key_filename=os.path.expanduser(ssh.key_file) if ssh.key_file else None,
-                allow_agent=ssh.key_file is None, look_for_keys=False,
-                timeout=ssh.connect_timeout, banner_timeout=ssh.connect_timeout, auth_timeout=ssh.connect_timeout,
-            )
-        except paramiko.BadHostKeyException as exc:
-            raise BoardUnreachable(
-                f"{where}: the host key changed (got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}); "
-                f"refused. If the board was reinstalled, remove its old line from {known_hosts}") from exc
-        except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc):
-                raise BoardUnreachable(
-                    f"{where}: unknown host key, refused; add it to {known_hosts} "
-                    "(ssh-keyscan) or set accept_new_host_key: true for this board") from exc
-            raise BoardUnreachable(f"{where}: {exc}") from exc
-        except (OSError, socket.timeout) as exc:
-            raise BoardUnreachable(f"{where}: cannot connect: {exc}") from exc
-        self.client = client
+            self.client = _connect(ssh, ssh.dead_after, self._socket_to_board())
+        except BaseException:
+            if self._jump is not None:
+                self._jump.close()
+            raise
         self._sftp: Any = None
         self._home: str | None = None
+
+    def _socket_to_board(self) -> Any:
+        ssh = self.settings
+        if self._jump is None:
+            return _socket(ssh, ssh.dead_after)
+        # Like ssh -J: a channel through the jump host is the board connection's socket.
+        try:
+            return self._jump.get_transport().open_channel(
+                "direct-tcpip", (ssh.host, ssh.port), ("127.0.0.1", 0), timeout=ssh.connect_timeout)
+        except Exception as exc:  # paramiko raises several unrelated types here
+            raise BoardUnreachable(f"{_where(ssh)} via {_where(ssh.jump)}: {exc}") from exc
 
     # -- commands --------------------------------------------------------------------------
 
@@ -89,8 +79,8 @@ class SshTransport(Transport):
                 self._kill(out)
                 chan.close()
                 raise CommandTimeout(argv, timeout, err.decode(errors="replace")[-2000:])
-            if chan.closed and not chan.exit_status_ready():
-                raise BoardUnreachable(f"{self.board.name}: the connection closed during {argv[0]}")
+            if (chan.closed or not self.client.get_transport().is_active()) and not chan.exit_status_ready():
+                raise BoardUnreachable(f"{self.board.name}: the connection was lost during {argv[0]}")
         code = chan.recv_exit_status()
         chan.close()
         first, _, rest = out.decode(errors="replace").partition("\n")
@@ -130,16 +120,23 @@ class SshTransport(Transport):
             tmp = remote + ".part"
             sftp.put(str(local), tmp)
             sftp.posix_rename(tmp, remote)  # never a half-written file under the real name
-        except OSError as exc:
-            raise TransportError(f"{self.board.name}: cannot write {remote}: {exc}") from exc
+        except Exception as exc:
+            raise self._file_error("write", remote, exc) from exc
 
     def get(self, remote: str, local: Path) -> None:
         try:
             self._sftp_client().get(self.resolve(remote), str(local))
         except FileNotFoundError as exc:
             raise TransportError(f"{remote} is not on the board") from exc
-        except OSError as exc:
-            raise TransportError(f"{self.board.name}: cannot read {remote}: {exc}") from exc
+        except Exception as exc:
+            raise self._file_error("read", remote, exc) from exc
+
+    def _file_error(self, action: str, remote: str, exc: Exception) -> TransportError:
+        """A lost link (worth a retry) told apart from a refusal by the board (not worth one)."""
+        link = self.client.get_transport()
+        if link is None or not link.is_active() or not isinstance(exc, OSError):
+            return BoardUnreachable(f"{self.board.name}: lost while trying to {action} {remote}: {exc}")
+        return TransportError(f"{self.board.name}: cannot {action} {remote}: {exc}")
 
     def _makedirs(self, path: str) -> None:
         sftp = self._sftp_client()
@@ -156,6 +153,65 @@ class SshTransport(Transport):
         if self._sftp is not None:
             self._sftp.close()
         self.client.close()
+        if self._jump is not None:
+            self._jump.close()
+
+
+def _where(hop: "SshHop") -> str:
+    return f"{hop.user}@{hop.host}:{hop.port}"
+
+
+def _socket(hop: "SshHop", dead_after: float | None = None) -> socket.socket:
+    """A TCP connection that notices a dead link within ``dead_after`` seconds.
+
+    Without this, a board whose cable is pulled leaves the connection waiting on TCP
+    retransmissions for a quarter of an hour; TCP_USER_TIMEOUT bounds how long sent data may
+    stay unacknowledged, and the SSH keepalives set in _connect make sure there is data to send.
+    """
+    try:
+        sock = socket.create_connection((hop.host, hop.port), timeout=hop.connect_timeout)
+    except OSError as exc:
+        raise BoardUnreachable(f"{_where(hop)}: cannot connect: {exc}") from exc
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if dead_after and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; elsewhere keepalives alone
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after * 1000))
+    return sock
+
+
+def _connect(hop: "SshHop", dead_after: float, sock: Any) -> Any:
+    """An authenticated SSH client over ``sock``, the server's host key checked first."""
+    import paramiko
+
+    known_hosts = os.path.expanduser(hop.known_hosts)
+    client = paramiko.SSHClient()
+    if os.path.isfile(known_hosts):
+        client.load_host_keys(known_hosts)
+    client.set_missing_host_key_policy(_SaveNewKey(known_hosts) if hop.accept_new_host_key else paramiko.RejectPolicy())
+    where = _where(hop)
+    try:
+        client.connect(
+            hop.host, port=hop.port, username=hop.user, sock=sock,
+            key_filename=os.path.expanduser(hop.key_file) if hop.key_file else None,
+            allow_agent=hop.key_file is None, look_for_keys=False,
+            timeout=hop.connect_timeout, banner_timeout=hop.connect_timeout, auth_timeout=hop.connect_timeout,
+        )
+    except paramiko.BadHostKeyException as exc:
+        sock.close()
+        raise BoardUnreachable(
+            f"{where}: the host key changed (got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}); "
+            f"refused. If the board was reinstalled, remove its old line from {known_hosts}") from exc
+    except paramiko.SSHException as exc:
+        sock.close()
+        if "not found in known_hosts" in str(exc):
+            raise BoardUnreachable(
+                f"{where}: unknown host key, refused; add it to {known_hosts} "
+                "(ssh-keyscan) or set accept_new_host_key: true for this board") from exc
+        raise BoardUnreachable(f"{where}: {exc}") from exc
+    except (OSError, socket.timeout) as exc:
+        sock.close()
+        raise BoardUnreachable(f"{where}: cannot connect: {exc}") from exc
+    client.get_transport().set_keepalive(max(1, int(dead_after / 4)))
+    return client
 
 
 def _drain(chan: Any, out: bytearray, err: bytearray) -> None:
