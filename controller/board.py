@@ -161,6 +161,14 @@ class BoardSession:
         finally:
             self._clean(workdir)
 
+    def health_check(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
+        """Run the golden job (see controller.health); why the board is unfit, or None."""
+        from controller.health import TIMEOUT_S, golden_job, verdict
+
+        if engine is None:
+            return None  # no engine that runs the golden model: the probe that just passed is all
+        return verdict(self._run_verified(golden_job(self.board.name, engine), golden, TIMEOUT_S))
+
     def _clean(self, workdir: str) -> None:
         try:
             self._agent("clean", workdir)

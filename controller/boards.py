@@ -37,10 +37,36 @@ def probe_boards(inventory_path: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
-def list_boards(inventory_path: Path | None) -> str:
+def quarantine(db_url: str | None) -> dict[str, str]:
+    """Quarantined board -> since when and why, from the results database."""
+    from controller.store import Board, open_db
+
+    with open_db(db_url)() as db:
+        return {b.name: f"since {b.quarantined_at:%Y-%m-%d %H:%M}: {b.quarantine_reason}"
+                for b in db.query(Board).filter(Board.quarantined_at.is_not(None))}
+
+
+def release(name: str, db_url: str | None) -> str:
+    from controller.errors import EdgeFarmError
+    from controller.health import release as release_row
+    from controller.store import Board, open_db
+
+    with open_db(db_url)() as db:
+        row = db.query(Board).filter_by(name=name).one_or_none()
+        if row is None or row.quarantined_at is None:
+            raise EdgeFarmError(f"--release {name}: board {name!r} is not in quarantine")
+        release_row(row)
+        db.commit()
+    return f"board {name} released from quarantine; the next run checks its health again"
+
+
+def list_boards(inventory_path: Path | None, db_url: str | None = None) -> str:
     lines = []
+    quarantined = quarantine(db_url)
     for row in probe_boards(inventory_path):
         head = f"{row['name']}  chip={row['chip']}  transport={row['transport']}"
+        if row["name"] in quarantined:
+            head += f"  QUARANTINED {quarantined[row['name']]}"
         if not row["reachable"]:
             lines.append(f"{head}  UNREACHABLE: {row['why']}")
             continue

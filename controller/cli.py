@@ -39,10 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engines", help="comma-separated, e.g. onnxruntime,openvino")
     run.add_argument("--inventory", type=Path, help="inventory YAML (default: the local board)")
     run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local Ray")
+    run.add_argument("--resume", type=int, metavar="RUN_ID",
+                     help="finish an interrupted run: only its missing jobs run, stored results stay")
     _db_flag(run)
 
-    boards = sub.add_parser("boards", help="list boards, their chips, reachability and engines")
+    boards = sub.add_parser("boards", help="list boards, their chips, reachability, engines and quarantine")
     boards.add_argument("--inventory", type=Path)
+    boards.add_argument("--release", metavar="BOARD", help="end a board's quarantine, so runs use it again")
+    _db_flag(boards)
 
     sel = sub.add_parser("select", help="print the engine-selection table")
     sel.add_argument("--budget", type=float, default=0.01, help="largest accepted accuracy drop against fp32")
@@ -93,11 +97,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller.inventory import load_inventory
     from controller.runner import execute
 
-    loaded = _load(args)
+    loaded = _resumed_spec(args) if args.resume and not (args.spec or args.model) else _load(args)
     inventory, source = load_inventory(args.inventory)
-    outcome = execute(loaded, inventory, source, args.db, args.ray_address)
+    outcome = execute(loaded, inventory, source, args.db, args.ray_address, resume=args.resume)
     _finish(args.db, outcome, [m.name for m in loaded.spec.models], loaded.spec.selection.budget)
     return 0
+
+
+def _resumed_spec(args: argparse.Namespace):  # -> LoadedSpec
+    """The spec a run was started with, as the database keeps it."""
+    from controller.spec import LoadedSpec, Spec
+    from controller.store import Run, open_db
+    from controller.validation import parse
+
+    with open_db(args.db)() as db:
+        run = db.get(Run, args.resume)
+        if run is None:
+            raise EdgeFarmError(f"--resume {args.resume}: there is no run {args.resume} in this database")
+        source = f"run {run.id}'s stored spec"
+        return LoadedSpec(spec=parse(Spec, run.spec, source), source=source, base=Path(run.spec_base or "."))
 
 
 def _finish(db: str | None, outcome, models: list[str], budget: float) -> None:
@@ -106,18 +124,22 @@ def _finish(db: str | None, outcome, models: list[str], budget: float) -> None:
 
     with open_db(db)() as session:
         chosen = select_best([c for c in latest_candidates(session) if c.model in models], budget)
-    print(f"\nrun {outcome.run_id}: {outcome.ok} jobs ok, {outcome.failed} failed")
-    for board, why in outcome.unreachable.items():
-        print(f"board {board} unreachable: {why}")
+    resumed = f" ({outcome.resumed} stored before, not run again)" if outcome.resumed else ""
+    print(f"\nrun {outcome.run_id}: {outcome.ok} jobs ok, {outcome.failed} failed{resumed}")
+    for board, why in outcome.skipped.items():
+        print(f"board {board} skipped: {why}")
     print(f"\nengine selection (accuracy budget {budget:g}):\n{render(chosen, 'table')}\n")
     print(f"database:  {describe(db)}")
     print(f"dashboard: edgefarm dashboard --db {describe(db)}")
 
 
 def cmd_boards(args: argparse.Namespace) -> int:
-    from controller.boards import list_boards
+    from controller.boards import list_boards, release
 
-    print(list_boards(args.inventory))
+    if args.release:
+        print(release(args.release, args.db))
+        return 0
+    print(list_boards(args.inventory, args.db))
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from controller.cache import Cache
 from controller.compile import Artifact, ModelBuild, build_all, prepare_sources
 from controller.errors import EdgeFarmError, one_line
+from controller.health import Golden, engine_for, golden, record
 from controller.inventory import Board, Inventory
 from controller.progress import RunProgress
 from controller.spec import LoadedSpec, Spec
@@ -34,6 +35,10 @@ class Planned:
     label: str
     row_id: int = 0
     failure: tuple[str, str] | None = None  # (stage, message) when it cannot even be sent
+    stored: bool = False  # a resumed run already has its result
+
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.board, self.model.spec.name, self.variant, self.engine, self.label)
 
 
 @dataclass
@@ -41,7 +46,8 @@ class RunOutcome:
     run_id: int
     ok: int = 0
     failed: int = 0
-    unreachable: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # board -> why it ran nothing
+    resumed: int = 0  # jobs a resumed run found already stored
 
 
 def ensure_ray(address: str | None) -> None:
@@ -87,6 +93,9 @@ def _actor_class() -> Any:
         def start(self) -> dict[str, Any]:
             return self.session.start()
 
+        def health(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
+            return self.session.health_check(golden, engine)
+
         def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
             return self.session.run_job(job, files, timeout)
 
@@ -97,7 +106,8 @@ def _actor_class() -> Any:
 
 
 def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_url: str | None,
-            ray_address: str | None = None, kind: str = "run") -> RunOutcome:
+            ray_address: str | None = None, kind: str = "run", resume: int | None = None) -> RunOutcome:
+    """Run a spec on its boards; with ``resume``, finish that run's missing jobs instead."""
     import ray
 
     from controller.agent_bundle import build_agent_bundle
@@ -110,7 +120,10 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
 
     sessions = open_db(db_url)
     with sessions() as db:
-        run = Run(spec_name=spec.name, spec_sha256=spec.digest(), spec=spec.model_dump(mode="json"), kind=kind)
+        run = _resumed_run(db, resume, spec) if resume else Run(
+            spec_name=spec.name, spec_sha256=spec.digest(), spec=spec.model_dump(mode="json"),
+            spec_base=str(loaded.base), kind=kind)
+        run.status = "running"
         db.add(run)
         db.commit()
         outcome = RunOutcome(run.id)
@@ -122,23 +135,18 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         with progress.stage("compile variants and render data", total=None) as step:
             builds = build_all(loaded, cache, prepared, on_step=step)
         bundle = build_agent_bundle(workspace() / "agent")
-
-        actor_cls = _actor_class()
-        actors.update({b.name: actor_cls.remote(b, bundle) for b in boards})
-        starts = {b.name: actors[b.name].start.remote() for b in boards}
         with sessions() as db:
-            for b in boards:
-                try:
-                    probes[b.name] = ray.get(starts[b.name])
-                except Exception as exc:  # an unreachable board is recorded, the run goes on
-                    outcome.unreachable[b.name] = one_line(exc)
-                _upsert_board(db, b, probes.get(b.name), outcome.unreachable.get(b.name))
-            db.commit()
+            outcome.skipped.update(_quarantined(db, boards))
+        actor_cls = _actor_class()
+        actors.update({b.name: actor_cls.remote(b, bundle) for b in boards if b.name not in outcome.skipped})
+        probes.update(_start_boards(sessions, boards, actors, outcome, golden(cache)))
 
         plan = [p for b in boards if b.name in probes for p in _plan_board(b, probes[b.name], builds, spec)]
         with sessions() as db:
-            _store_plan(db, run.id, plan)
+            plan = _store_plan(db, run.id, plan, resuming=resume is not None)
             db.commit()
+        outcome.resumed = sum(1 for p in plan if p.stored)
+        plan = [p for p in plan if not p.stored]
 
         futures: dict[Any, Planned] = {}
         progress.boards({b: sum(1 for p in plan if p.board == b) for b in probes})
@@ -176,9 +184,67 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
             run = db.get(Run, outcome.run_id)
             run.status = status
             run.finished_at = now()
-            run.summary = {"ok": outcome.ok, "failed": outcome.failed, "unreachable": outcome.unreachable}
+            run.summary = {"ok": outcome.ok, "failed": outcome.failed, "skipped": outcome.skipped,
+                           "resumed": outcome.resumed}
             db.commit()
     return outcome
+
+
+def _resumed_run(db: Any, run_id: int, spec: Spec) -> Run:
+    run = db.get(Run, run_id)
+    if run is None:
+        raise EdgeFarmError(f"--resume {run_id}: there is no run {run_id} in this database")
+    if run.spec_sha256 != spec.digest():
+        raise EdgeFarmError(f"--resume {run_id}: run {run_id} was made from another spec ({run.spec_name}); "
+                            "resume it with the spec it was started with")
+    if run.status == "done":
+        raise EdgeFarmError(f"--resume {run_id}: run {run_id} finished; there is nothing to resume")
+    return run
+
+
+def _quarantined(db: Any, boards: list[Board]) -> dict[str, str]:
+    rows = {r.name: r for r in db.query(BoardRow).filter(BoardRow.name.in_([b.name for b in boards]))}
+    return {name: f"quarantined since {row.quarantined_at:%Y-%m-%d %H:%M}: {row.quarantine_reason} "
+                  f"(edgefarm boards --release {name})"
+            for name, row in rows.items() if row.quarantined_at is not None}
+
+
+def _start_boards(sessions: Any, boards: list[Board], actors: dict[str, Any], outcome: RunOutcome,
+                  gold: Golden) -> dict[str, dict[str, Any]]:
+    """Probe every board and run its health check; returns the probes of boards fit to measure.
+
+    An unreachable board fails its health check too: a board that is never there is as
+    useless to the nightly run as one that computes wrong numbers.
+    """
+    import ray
+
+    started = {name: actor.start.remote() for name, actor in actors.items()}
+    probes: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+    for name, future in started.items():
+        try:
+            probes[name] = ray.get(future)
+        except Exception as exc:  # an unreachable board is recorded, the run goes on
+            problems[name] = f"unreachable: {one_line(exc)}"
+    by_name = {b.name: b for b in boards}
+    checks = {name: actors[name].health.remote(gold.files(), engine_for(probe, by_name[name].engines))
+              for name, probe in probes.items()}
+    for name, future in checks.items():
+        try:
+            problem = ray.get(future)
+        except Exception as exc:
+            problem = one_line(exc)
+        if problem:
+            problems[name] = f"health check failed: {problem}"
+            del probes[name]
+    with sessions() as db:
+        for name in actors:
+            row = _upsert_board(db, by_name[name], probes.get(name), problems.get(name))
+            if record(row, problems.get(name), by_name[name].quarantine_after):
+                problems[name] += f"; quarantined after {row.health_failures} failed checks in a row"
+        db.commit()
+    outcome.skipped.update(problems)
+    return probes
 
 
 def _close_boards(actors: dict[str, Any], reachable: dict[str, Any]) -> None:
@@ -245,11 +311,20 @@ def _configs(engine: str, variant: str, info: dict[str, Any], base: dict[str, An
     return configs
 
 
-def _store_plan(db: Any, run_id: int, plan: list[Planned]) -> None:
+def _store_plan(db: Any, run_id: int, plan: list[Planned], resuming: bool) -> list[Planned]:
+    """A job row for every planned job; a resumed run reuses the rows it already has."""
     model_rows: dict[str, Model] = {}
     variant_rows: dict[tuple[str, str], Variant] = {}
     board_rows = {b.name: b for b in db.query(BoardRow).all()}
+    existing: dict[tuple[str, str, str, str, str], Job] = {}
+    if resuming:
+        for job in db.query(Job).filter_by(run_id=run_id):
+            existing[(job.board.name, job.variant.model.name, job.variant.name, job.engine, job.label)] = job
     for p in plan:
+        if p.key() in existing:
+            job = existing[p.key()]
+            p.row_id, p.stored = job.id, job.status in ("ok", "failed")
+            continue
         m = p.model
         if m.spec.name not in model_rows:
             model_rows[m.spec.name] = _get_or_add(
@@ -270,6 +345,7 @@ def _store_plan(db: Any, run_id: int, plan: list[Planned]) -> None:
         db.add(job)
         db.flush()
         p.row_id = job.id
+    return plan
 
 
 def _get_or_add(db: Any, cls: Any, defaults: dict[str, Any], **keys: Any) -> Any:
@@ -281,7 +357,7 @@ def _get_or_add(db: Any, cls: Any, defaults: dict[str, Any], **keys: Any) -> Any
     return row
 
 
-def _upsert_board(db: Any, board: Board, probe: dict[str, Any] | None, error: str | None) -> None:
+def _upsert_board(db: Any, board: Board, probe: dict[str, Any] | None, error: str | None) -> BoardRow:
     row = db.query(BoardRow).filter_by(name=board.name).one_or_none()
     if row is None:
         row = BoardRow(name=board.name, chip=board.chip, transport=board.transport)
@@ -295,6 +371,7 @@ def _upsert_board(db: Any, board: Board, probe: dict[str, Any] | None, error: st
         row.engines = probe.get("engines")
         row.last_seen = now()
     db.flush()
+    return row
 
 
 # --- jobs and results ---------------------------------------------------------------------

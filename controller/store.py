@@ -35,6 +35,7 @@ class Run(Base):
     spec_name: Mapped[str] = mapped_column(String(64), index=True)
     spec_sha256: Mapped[str] = mapped_column(String(64))
     spec: Mapped[dict] = mapped_column(JSON)
+    spec_base: Mapped[str | None] = mapped_column(Text)  # the folder relative model paths are read from
     kind: Mapped[str] = mapped_column(String(16), default="run")  # run | nightly
     status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed | interrupted
     verdict: Mapped[str | None] = mapped_column(String(16))  # nightly: pass | regression
@@ -54,6 +55,11 @@ class Board(Base):
     engines: Mapped[dict | None] = mapped_column(JSON)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Health checks (a golden job before each run) failed in a row; at the board's
+    # quarantine_after it is quarantined: skipped by runs until `edgefarm boards --release`.
+    health_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    quarantined_at: Mapped[datetime | None] = mapped_column(DateTime)
+    quarantine_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Model(Base):
@@ -140,7 +146,28 @@ def open_db(url: str | None = None) -> sessionmaker[Session]:
     if engine.dialect.name == "sqlite":
         _sqlite_pragmas(engine)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns this version added to a table an older version created, added in place.
+
+    Every such column is nullable or has a server default, so the rows already there (months
+    of nightly results) stay as they are. Table and column names come from the models above,
+    never from input, so they may be spelled into the statement.
+    """
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                                      f"{column.type.compile(engine.dialect)}{default}"))
 
 
 def describe(url: str | None) -> str:
