@@ -62,6 +62,8 @@ def cmd_run(job_path: str, out_path: str) -> int:
             from agent.job import run_job  # after the job is read: numpy is imported only now
 
             workdir = os.path.dirname(os.path.abspath(job_path))  # artifacts sit beside the job
+            with open(os.path.join(workdir, PID_FILE), "w") as fh:
+                fh.write("%d\n" % os.getpid())
             result = run_job(job, workdir)
     except Exception as exc:  # the last line of defence: still try to write a failed result
         result = failed("", "agent", "agent error: %s" % exc, traceback.format_exc()[-4000:])
@@ -98,6 +100,9 @@ def cmd_ls(directory: str) -> int:
     return EXIT_OK
 
 
+PID_FILE = "agent.pid"
+
+
 def cmd_clean(directory: str) -> int:
     import shutil
 
@@ -106,8 +111,24 @@ def cmd_clean(directory: str) -> int:
     if os.path.basename(os.path.dirname(path)) != "jobs":
         print("agent: refusing to clean %s: not a job work directory" % path, file=sys.stderr)
         return 2
+    _stop_stale_agent(path)
     shutil.rmtree(path, ignore_errors=True)
     return EXIT_OK
+
+
+def _stop_stale_agent(jobdir: str) -> None:
+    """An agent left running by a lost connection would load the board under the next
+    measurement: end it. Only a process still working in this very job directory is touched,
+    so a reused pid cannot hit anything else."""
+    import signal
+
+    try:
+        with open(os.path.join(jobdir, PID_FILE)) as fh:
+            pid = int(fh.read().strip())
+        if os.path.realpath("/proc/%d/cwd" % pid) == os.path.realpath(jobdir):
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass  # no pid file, no such process, or no /proc: nothing left to stop
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -89,6 +89,7 @@ class BoardSession:
                 time.sleep(RETRY_PAUSE_S * (attempt - 1))
                 try:
                     self.reconnect()
+                    self._clean(posixpath.join(self.root, "jobs", job["job_id"]))  # and its stale agent
                 except Exception as exc:  # still gone: this attempt fails like the last one
                     result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}")
                     result["failure"]["lost"] = True

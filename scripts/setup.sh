@@ -10,8 +10,9 @@ VENV=${VENV:-.venv}
 # fonts-dejavu-core: the font text is rendered with for labelled OCR data.
 # chromium: the real browser the dashboard test drives. postgresql: the team database test.
 # openssh-server, iproute2: SSH test boards, each a real sshd in its own network namespace.
+# nftables: random packet loss on a test board's link where the kernel has no tc netem.
 # adb: the real adb server the ADB transport talks to.
-DEBS=(fonts-dejavu-core chromium postgresql openssh-server iproute2 adb)
+DEBS=(fonts-dejavu-core chromium postgresql openssh-server iproute2 nftables adb)
 
 missing=()
 for pkg in "${DEBS[@]}"; do
