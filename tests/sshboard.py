@@ -8,7 +8,6 @@ the board's Python is this virtual environment's.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from tests.netns import board_net, wait_for_listener
 
 SSHD = "/usr/sbin/sshd"
 
@@ -56,52 +57,36 @@ def netns_refusal() -> str | None:
 
 
 @contextmanager
-def ssh_board(name: str, index: int) -> Iterator[SshBoard]:
+def ssh_board(name: str, index: int, loopback: bool = False) -> Iterator[SshBoard]:
+    """A board at 10.231.INDEX.2; with ``loopback`` its sshd also listens on 127.0.0.1 inside
+    the namespace, an address only a jump host on the board itself can reach."""
     files = Path(tempfile.mkdtemp(prefix=f"edgefarm-{name}-"))
-    ns, host_veth, board_veth = f"ef-{name}", f"efh{index}", f"efb{index}"
-    host_ip, board_ip = f"10.231.{index}.1", f"10.231.{index}.2"
     sshd = None
     try:
         for key in ("host_key", "client_key"):
             _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}-{key}", "-f", str(files / key))
         shutil.copy(files / "client_key.pub", files / "authorized_keys")
         host_pub = (files / "host_key.pub").read_text().split()
-        (files / "known_hosts").write_text(f"{board_ip} {host_pub[0]} {host_pub[1]}\n")
-        _sh("ip", "netns", "add", ns)
-        _sh("ip", "link", "add", host_veth, "type", "veth", "peer", "name", board_veth)
-        _sh("ip", "link", "set", board_veth, "netns", ns)
-        _sh("ip", "addr", "add", f"{host_ip}/24", "dev", host_veth)
-        _sh("ip", "link", "set", host_veth, "up")
-        _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{board_ip}/24", "dev", board_veth)
-        _sh("ip", "netns", "exec", ns, "ip", "link", "set", board_veth, "up")
-        _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-        (files / "sshd_config").write_text(
-            f"ListenAddress {board_ip}\nPort 22\nHostKey {files / 'host_key'}\n"
-            f"PidFile {files / 'sshd.pid'}\nAuthorizedKeysFile {files / 'authorized_keys'}\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            "StrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
-        )
-        sshd = subprocess.Popen(["ip", "netns", "exec", ns, SSHD, "-D", "-e", "-f", str(files / "sshd_config")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while True:
+        with board_net(name, index, "10.231") as net:
+            hosts = [net.board_ip, "127.0.0.1"] if loopback else [net.board_ip]
+            (files / "known_hosts").write_text("".join(f"{h} {host_pub[0]} {host_pub[1]}\n" for h in hosts))
+            Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+            (files / "sshd_config").write_text(
+                "".join(f"ListenAddress {h}\n" for h in hosts) + f"Port 22\nHostKey {files / 'host_key'}\n"
+                f"PidFile {files / 'sshd.pid'}\nAuthorizedKeysFile {files / 'authorized_keys'}\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+                "StrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
+            )
+            log = files / "sshd.log"
+            with log.open("wb") as log_fh:
+                sshd = subprocess.Popen(["ip", "netns", "exec", net.namespace, SSHD, "-D", "-e", "-f",
+                                         str(files / "sshd_config")], stdout=subprocess.DEVNULL, stderr=log_fh)
             try:
-                socket.create_connection((board_ip, 22), timeout=1).close()
-                break
-            except OSError:
-                if sshd.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd for {name} did not start: {sshd.stderr.read() if sshd.stderr else ''}")
-                time.sleep(0.1)
-        yield SshBoard(name, ns, host_veth, board_ip, 22, "root", files / "client_key", files / "known_hosts",
-                       " ".join(host_pub[:2]), files)
+                wait_for_listener(sshd, net.board_ip, 22, f"sshd for {name}", log)
+                yield SshBoard(name, net.namespace, net.host_veth, net.board_ip, 22, "root", files / "client_key",
+                               files / "known_hosts", " ".join(host_pub[:2]), files)
+            finally:
+                sshd.kill()  # board_net then ends the sessions it forked
+                sshd.wait()
     finally:
-        if sshd is not None:
-            sshd.kill()
-            sshd.wait()
-        # Session processes sshd forked for each connection outlive the listener: end them too.
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-        subprocess.run(["kill", "-KILL", *pids], capture_output=True) if pids else None
-        subprocess.run(["ip", "link", "del", host_veth], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(files, ignore_errors=True)

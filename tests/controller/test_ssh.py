@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -148,3 +149,27 @@ def test_a_run_spreads_over_local_and_ssh_boards_and_survives_an_unreachable_one
     assert main(["select", "--db", url, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 2 and "rk3399-test" in {r["chip"] for r in rows}  # one row per chip
+
+
+def test_a_board_behind_a_jump_host_is_reached_through_it(tmp_path: Path) -> None:
+    # The board's sshd also listens on 127.0.0.1 inside its namespace: from this machine that
+    # address is not the board at all, so only a tunnel through the jump host gets there.
+    with ssh_board("jumpbox", 43, loopback=True) as jb:
+        hop = {"user": "root", "key_file": str(jb.key_file), "known_hosts": str(jb.known_hosts), "connect_timeout": 5}
+        entry = {"name": "behind", "transport": "ssh",
+                 "ssh": {"host": "127.0.0.1", **hop, "jump": {"host": jb.host, **hop}}}
+        t = open_transport(Board.model_validate(entry))
+        try:
+            done = t.run(["sh", "-c", "echo $SSH_CONNECTION; readlink /proc/self/ns/net"], timeout=20)
+        finally:
+            t.close()
+        connection, netns = done.stdout.split("\n")[:2]
+        assert connection.split()[0] == "127.0.0.1" and connection.split()[2:] == ["127.0.0.1", "22"]
+        inside = subprocess.run(["ip", "netns", "exec", jb.namespace, "readlink", "/proc/self/ns/net"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        assert netns == inside
+
+        # A jump host that refuses us is named in the error.
+        entry["ssh"]["jump"]["known_hosts"] = str(tmp_path / "empty_known_hosts")
+        with pytest.raises(BoardUnreachable, match=f"root@{jb.host}:22: unknown host key"):
+            open_transport(Board.model_validate(entry))
