@@ -280,7 +280,8 @@ def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], s
             for eng in spec.engines:
                 if board.engines is not None and eng.name not in board.engines:
                     continue
-                base = {"model_precision": PRECISION[variant], **eng.options}
+                # The board's own options (its accelerators) first; the spec may still override.
+                base = {"model_precision": PRECISION[variant], **board.engine_options.get(eng.name, {}), **eng.options}
                 if "threads" not in eng.options and (board.threads or board.cpus):
                     # Pinned to n cores, an engine that starts a thread per core would oversubscribe.
                     base["threads"] = board.threads or len(board.cpus or [])

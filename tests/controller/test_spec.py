@@ -85,6 +85,35 @@ def test_inventory_errors(tmp_path: Path) -> None:
         inv.board("b2", "spec.yaml")
 
 
+def test_example_lab_inventory_describes_each_kind_of_board() -> None:
+    inv, _ = load_inventory(ROOT / "inventory" / "example-lab.yaml")
+    boards = {b.name: b for b in inv.boards}
+    assert {b.transport for b in inv.boards} == {"local", "ssh", "adb"}
+    orin = boards["jetson-orin-01"]
+    assert orin.engine_options["onnxruntime"]["providers"][:2] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    rk = boards["rk3399-01"]
+    assert rk.ssh.jump.host == "gateway.lab.example" and rk.cpus == [4, 5] and set(rk.engines) == {"onnxruntime", "paddlelite"}
+    assert boards["atlas200dk-01"].engine_options["paddlelite"]["nnadapter_device"] == "huawei_ascend_npu"
+    phones = [b for b in inv.boards if b.transport == "adb"]
+    assert len(phones) == 2 and {p.adb.serial for p in phones} == {"2A161FDH2000ZK", "192.168.10.57:5555"}
+    assert all(b.concurrency == 1 for b in inv.boards)  # one job at a time unless a board says otherwise
+
+
+@pytest.mark.parametrize("board, expected", [
+    ({"name": "p", "transport": "adb", "adb": {"serial": "x; reboot"}}, "boards.0.adb.serial: must be a USB serial"),
+    ({"name": "p", "transport": "adb"}, "transport adb needs an 'adb' section"),
+    ({"name": "j", "transport": "ssh", "ssh": {"host": "h", "user": "u", "jump": {"host": "g"}}},
+     "boards.0.ssh.jump.user: Field required"),
+    ({"name": "c", "cpus": [1, 1]}, "cpus must be distinct core numbers"),
+    ({"name": "b; rm -rf /"}, "boards.0.name"),
+])
+def test_bad_boards_name_file_field_and_value(tmp_path: Path, board: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_inventory(write(tmp_path, {"boards": [board]}, "lab.yaml"))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'lab.yaml'}: ") and expected in message and "\n" not in message
+
+
 def test_input_flag() -> None:
     assert parse_input_flag("x=1x3x48x320") == ("x", [1, 3, 48, 320])
     for bad in ("x", "=1x2", "x=1xA"):
