@@ -7,7 +7,9 @@ is looked up in the transport registry at run time.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,15 +34,37 @@ class SshSettings(SshHop):
     dead_after: float = Field(20.0, gt=0, description="seconds without an answer after which the link counts as lost")
 
 
+# A USB serial (as `adb devices` lists it) or HOST:PORT for adb over TCP. It travels inside adb
+# server requests (host-serial:SERIAL:...), so nothing outside a serial's own alphabet passes.
+_ADB_SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(:[0-9]{1,5})?$")
+
+
+class AdbSettings(Strict):
+    serial: str = Field(description="USB serial from `adb devices`, or HOST:PORT for adb over TCP (joined like adb connect)")
+    server_host: str = Field("127.0.0.1", description="the adb server; started here if it is local and not running")
+    server_port: int = Field(5037, ge=1, le=65535)
+    connect_timeout: float = Field(10.0, gt=0)
+
+    @field_validator("serial")
+    @classmethod
+    def _safe_serial(cls, serial: str) -> str:
+        if not _ADB_SERIAL.match(serial):
+            raise ValueError("must be a USB serial (letters, digits, '.', '_', '-') or HOST:PORT")
+        return serial
+
+
 class Board(Strict):
     name: Name
     chip: str = Field("auto", description="chip name used to group results; 'auto' = the CPU the agent reports")
-    transport: str = Field("local", description="a registered transport: local, ssh")
+    transport: str = Field("local", description="a registered transport: local, ssh, adb")
     ssh: SshSettings | None = Field(None, description="how to reach the board, for transport ssh")
+    adb: AdbSettings | None = Field(None, description="how to reach the board, for transport adb")
     python: str | None = Field(None, description="interpreter that runs the agent; default: the controller's own")
     workdir: str | None = Field(None, description="agent work directory on the board")
     engines: list[Name] | None = Field(None, description="engines allowed on this board; default: all found")
     threads: int | None = Field(None, ge=1, description="engine threads; default: the engine's own")
+    engine_options: dict[Name, dict[str, Any]] = Field(
+        default_factory=dict, description="options per engine on this board, e.g. ONNX Runtime's CUDA providers")
     tags: list[Name] = Field(default_factory=list)
     concurrency: int = Field(1, ge=1, description="jobs at once on this board; 1 keeps measurements clean")
     cpus: list[int] | None = Field(None, min_length=1, description="cores the agent is pinned to; default: all")
@@ -65,6 +89,8 @@ class Board(Strict):
             raise ValueError(f"unknown transport {self.transport!r}; known: {', '.join(TRANSPORTS)}")
         if self.transport == "ssh" and self.ssh is None:
             raise ValueError("transport ssh needs an 'ssh' section with host and user")
+        if self.transport == "adb" and self.adb is None:
+            raise ValueError("transport adb needs an 'adb' section with a serial")
         return self
 
 

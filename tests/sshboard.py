@@ -10,13 +10,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tests.netns import board_net, wait_for_listener
+from tests.netns import board_net, namespaces_refused, wait_for_listener
 
 SSHD = "/usr/sbin/sshd"
 
@@ -48,12 +47,7 @@ def netns_refusal() -> str | None:
     """Why this machine cannot host SSH test boards, or None when it can."""
     if not Path(SSHD).is_file():
         return f"{SSHD} missing (scripts/setup.sh installs openssh-server)"
-    probe = f"efprobe{int(time.time() * 1000) % 100000}"
-    done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if done.returncode != 0:
-        return f"network namespaces refused here: {done.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
+    return namespaces_refused()
 
 
 @contextmanager

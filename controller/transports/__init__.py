@@ -75,6 +75,7 @@ class Transport(ABC):
 TRANSPORTS: dict[str, str] = {
     "local": "controller.transports.local:LocalTransport",
     "ssh": "controller.transports.ssh:SshTransport",
+    "adb": "controller.transports.adb:AdbTransport",
 }
 _loaded: dict[str, type[Transport]] = {}
 

@@ -90,7 +90,8 @@ class SshTransport(Transport):
         pid = out.decode(errors="replace").partition("\n")[0].strip()
         if pid.isdigit():
             try:
-                _, stdout, _ = self.client.exec_command(f"kill -KILL -- -{pid} {pid}", timeout=10)
+                # No "--": dash's kill rejects it, and a board's login shell may be dash.
+                _, stdout, _ = self.client.exec_command(f"kill -KILL -{pid} {pid}", timeout=10)
                 stdout.channel.recv_exit_status()
             except Exception:
                 pass  # the board is going away anyway; the timeout is what gets reported

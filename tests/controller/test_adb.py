@@ -1,0 +1,243 @@
+"""The ADB transport against the real adb server and adbutils, with a test device in its own
+network namespace (tests/adbd.py, the one fake: it speaks the real ADB protocol over TCP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from controller.errors import ConfigError
+from controller.inventory import Board, Inventory
+from controller.transports import BoardUnreachable, CommandTimeout, Transport, TransportError, open_transport
+from controller.validation import parse
+from tests.adbboard import AdbBoard, adb_board
+from tests.hung import hung_command
+from tests.net import free_port
+from tests.netns import namespaces_refused
+
+
+def _need_adb() -> None:
+    if shutil.which("adb") is None:
+        pytest.skip("adb missing (scripts/setup.sh installs Debian's adb)")
+
+
+def _kill_server(port: int) -> None:
+    subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server_port() -> Iterator[int]:
+    """A port of our own for the adb server (not a developer's 5037); the transport starts it."""
+    _need_adb()
+    port = free_port()
+    yield port
+    _kill_server(port)
+
+
+@contextmanager
+def device_in_namespace(name: str, index: int, features: tuple[str, ...] = ("shell_v2",)) -> Iterator[AdbBoard]:
+    why = namespaces_refused()
+    if why:
+        pytest.skip(why)
+    with adb_board(name, index, features) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def board() -> Iterator[AdbBoard]:
+    with device_in_namespace("adbtest", 51) as b:
+        yield b
+
+
+def transport(serial: str, port: int, **adb: object) -> Transport:
+    entry = {"name": "phone", "transport": "adb", "adb": {"serial": serial, "server_port": port, **adb}}
+    return open_transport(Board.model_validate(entry))
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_the_adb_server_is_started_when_none_answers(board: AdbBoard) -> None:
+    _need_adb()
+    port = free_port()
+    try:
+        assert not _answers(port)
+        transport(board.serial, port).close()
+        assert _answers(port)
+        listed = subprocess.run(["adb", "-P", str(port), "devices"], capture_output=True, text=True, timeout=30)
+        assert f"{board.serial}\tdevice" in listed.stdout
+    finally:
+        _kill_server(port)
+
+
+def test_commands_are_argv_quoted_with_cwd_exit_codes_and_stderr(board: AdbBoard, server_port: int,
+                                                                 tmp_path: Path) -> None:
+    t = transport(board.serial, server_port)
+    try:
+        done = t.run(["echo", "it's $(not run); `nor this`"], timeout=20)
+        assert done.exit_code == 0 and done.stdout == "it's $(not run); `nor this`\n" and done.stderr == ""
+        code = "import os, sys; print(os.getcwd()); print('to stderr', file=sys.stderr); sys.exit(3)"
+        done = t.run([sys.executable, "-c", code], timeout=20, cwd=str(tmp_path))
+        assert (done.exit_code, done.stdout, done.stderr) == (3, f"{tmp_path}\n", "to stderr\n")
+        done = t.run(["ls", "/no/such/dir"], timeout=20)
+        assert done.exit_code != 0 and "/no/such/dir" in done.stderr and done.stdout == ""
+        # stdin is closed: a command that reads it ends instead of waiting for input.
+        assert t.run(["cat"], timeout=20).exit_code == 0
+    finally:
+        t.close()
+
+
+def test_files_go_and_come_back(board: AdbBoard, server_port: int, tmp_path: Path) -> None:
+    t = transport(board.serial, server_port)
+    try:
+        src = tmp_path / "artifact.bin"
+        src.write_bytes(os.urandom(300_000))
+        remote = str(tmp_path / "board" / "cache" / "x.bin")  # folders the device does not create itself
+        t.put(src, remote)
+        back = tmp_path / "back.bin"
+        t.get(remote, back)
+        assert back.read_bytes() == src.read_bytes()
+        assert os.listdir(tmp_path / "board" / "cache") == ["x.bin"]  # no .part left
+        src.write_bytes(b"second version")
+        t.put(src, remote)  # replaces the file in place
+        t.get(remote, back)
+        assert back.read_bytes() == b"second version"
+        with pytest.raises(TransportError, match="is not on the board"):
+            t.get(str(tmp_path / "missing"), tmp_path / "never.bin")
+        assert not (tmp_path / "never.bin").exists()
+    finally:
+        t.close()
+
+
+def test_paths_must_be_absolute(board: AdbBoard, server_port: int) -> None:
+    t = transport(board.serial, server_port)
+    try:
+        assert t.default_workdir == "/data/local/tmp/edgefarm"
+        assert t.resolve("/data/local/tmp/edgefarm/x") == "/data/local/tmp/edgefarm/x"
+        for path in ("~/.edgefarm", "relative/dir"):
+            with pytest.raises(TransportError, match="need absolute paths"):
+                t.resolve(path)
+    finally:
+        t.close()
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(proc.name)
+        except OSError:
+            pass  # it ended while we looked
+    return found
+
+
+def test_a_hung_command_is_killed_on_the_device_with_its_children(board: AdbBoard, server_port: int,
+                                                                    tmp_path: Path) -> None:
+    argv, marker = hung_command(tmp_path)
+    t = transport(board.serial, server_port)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CommandTimeout):
+            t.run(argv, timeout=2)
+        assert time.monotonic() - started < 15
+        time.sleep(4)
+        assert not marker.exists()
+        assert _processes_mentioning(str(tmp_path)) == []  # parent and child: the whole group
+        assert t.run(["true"], timeout=20).exit_code == 0  # the device is still usable
+    finally:
+        t.close()
+
+
+def test_an_unreachable_serial_says_why_quickly(server_port: int) -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(BoardUnreachable, match=re.escape(f"failed to connect to '{nobody}'")):
+        transport(nobody, server_port, connect_timeout=5)
+    assert time.monotonic() - started < 5
+    with pytest.raises(BoardUnreachable, match="R58M1234567 .*: not listed by the adb server"):
+        transport("R58M1234567", server_port, connect_timeout=1)
+
+
+def _kill_device_once_running(namespace: str, started: Path) -> None:
+    """Kill the test device and all it runs once the command has begun (``started`` exists)."""
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+    subprocess.run(["kill", "-KILL", *pids], capture_output=True)
+
+
+def test_a_device_lost_during_a_command_is_unreachable(server_port: int, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    with device_in_namespace("adblost", 52) as lost:
+        t = transport(lost.serial, server_port)
+        # The device dies in the middle of the command, as a phone that reboots or crashes.
+        killer = threading.Thread(target=_kill_device_once_running, args=(lost.namespace, started))
+        killer.start()
+        try:
+            with pytest.raises(BoardUnreachable, match="the connection was lost during sh"):
+                t.run(["sh", "-c", 'touch "$0"; exec sleep 30', str(started)], timeout=20)
+            assert time.time() - started.stat().st_mtime < 10  # noticed at once, not at the timeout
+        finally:
+            killer.join()
+            t.close()
+
+
+def test_a_device_without_shell_v2_is_refused(server_port: int) -> None:
+    with device_in_namespace("adbold", 53, features=()) as old:
+        with pytest.raises(TransportError, match="lacks the shell_v2 feature"):
+            transport(old.serial, server_port)
+
+
+def test_the_inventory_refuses_unsafe_serials_in_one_line() -> None:
+    def entry(**adb: object) -> dict:
+        return {"boards": [{"name": "phone", "transport": "adb", "adb": adb}]}
+
+    with pytest.raises(ConfigError) as caught:
+        parse(Inventory, entry(serial="emulator-5554;reboot"), "lab.yaml")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("lab.yaml: boards.0.adb.serial: must be a USB serial")
+    with pytest.raises(ConfigError, match="boards.0.adb.serial"):
+        parse(Inventory, entry(serial="$(reboot):5555"), "lab.yaml")
+    with pytest.raises(ConfigError, match="transport adb needs an 'adb' section"):
+        parse(Inventory, {"boards": [{"name": "phone", "transport": "adb"}]}, "lab.yaml")
+    for serial in ("R58M1234567", "emulator-5554", "192.168.1.20:5555", "pixel.lab:5555"):
+        settings = parse(Inventory, entry(serial=serial), "lab.yaml").boards[0].adb
+        assert settings is not None and settings.serial == serial
+
+
+def test_the_agent_runs_through_the_transport(board: AdbBoard, server_port: int, tmp_path: Path) -> None:
+    from agent.protocol import PROTOCOL_VERSION
+    from controller.agent_bundle import build_agent_bundle
+
+    bundle = build_agent_bundle(tmp_path / "bundle")
+    workdir = str(tmp_path / "board")
+    agent = f"{workdir}/agent/{bundle.name}"
+    t = transport(board.serial, server_port)
+    try:
+        t.put(bundle, agent)
+        done = t.run([sys.executable, agent, "probe", "--workdir", workdir], timeout=120, cwd=workdir)
+        assert done.exit_code == 0, done.stderr
+        probe = json.loads(done.stdout)
+        assert probe["protocol"] == PROTOCOL_VERSION and probe["disk_free_mb"] > 0
+    finally:
+        t.close()
