@@ -12,6 +12,7 @@ import json
 import posixpath
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ class BoardSession:
         self.agent = posixpath.join(self.root, "agent", bundle.name)
         self.python = board.python or (sys.executable if board.transport == "local" else "python3")
         self._cached: set[str] | None = None
+        # A board with concurrency > 1 runs jobs in several threads: their commands may overlap,
+        # their file transfers (one SFTP session, one cache listing) may not.
+        self._files = threading.RLock()
         # How the agent sets the board up before each job (see agent/hygiene.py).
         self.conditions = {"cpus": board.cpus, "cooldown_s": board.cooldown_s,
                            "max_temperature_c": board.max_temperature_c, "thermal_wait_s": board.thermal_wait_s}
@@ -64,15 +68,16 @@ class BoardSession:
 
     def push(self, local: Path, sha256: str, force: bool = False) -> str:
         """The artifact's path in the board's cache, pushing it only when it is not there."""
-        if self._cached is None:
-            self._cached = set(json.loads(self._agent("ls", posixpath.join(self.root, "cache"))))
-        # The suffix stays: engines pick their loader by it (.onnx, .xml, .nb).
-        name = sha256 + local.suffix
-        remote = posixpath.join(self.root, "cache", name)
-        if force or name not in self._cached:
-            self.transport.put(local, remote)
-            self._cached.add(name)
-        return remote
+        with self._files:
+            if self._cached is None:
+                self._cached = set(json.loads(self._agent("ls", posixpath.join(self.root, "cache"))))
+            # The suffix stays: engines pick their loader by it (.onnx, .xml, .nb).
+            name = sha256 + local.suffix
+            remote = posixpath.join(self.root, "cache", name)
+            if force or name not in self._cached:
+                self.transport.put(local, remote)
+                self._cached.add(name)
+            return remote
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -137,13 +142,15 @@ class BoardSession:
             with tempfile.TemporaryDirectory(prefix="edgefarm-job-") as tmp:
                 local_job = Path(tmp) / "job.json"
                 local_job.write_text(json.dumps(job))
-                self.transport.put(local_job, posixpath.join(workdir, "job.json"))
+                with self._files:
+                    self.transport.put(local_job, posixpath.join(workdir, "job.json"))
                 done = self.transport.run(
                     [self.python, self.agent, "run", "job.json", "--out", "result.json"], timeout=timeout, cwd=workdir
                 )
                 local_result = Path(tmp) / "result.json"
                 try:
-                    self.transport.get(posixpath.join(workdir, "result.json"), local_result)
+                    with self._files:
+                        self.transport.get(posixpath.join(workdir, "result.json"), local_result)
                     result = json.loads(local_result.read_text())
                 except (TransportError, ValueError):
                     # Killed or crashed before it could write a result: worth another attempt.

@@ -138,7 +138,8 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         with sessions() as db:
             outcome.skipped.update(_quarantined(db, boards))
         actor_cls = _actor_class()
-        actors.update({b.name: actor_cls.remote(b, bundle) for b in boards if b.name not in outcome.skipped})
+        actors.update({b.name: actor_cls.options(max_concurrency=b.concurrency).remote(b, bundle)
+                       for b in boards if b.name not in outcome.skipped})
         probes.update(_start_boards(sessions, boards, actors, outcome, golden(cache)))
 
         plan = [p for b in boards if b.name in probes for p in _plan_board(b, probes[b.name], builds, spec)]

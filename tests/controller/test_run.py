@@ -211,3 +211,38 @@ def test_a_corrupted_artifact_on_the_board_is_refused_and_pushed_again(tmp_path:
         assert second.status == "ok", second.message
         assert "did not match its sha256; pushed again" in " ".join(second.result.raw["notes"])
     assert sha256_file(str(cached)) == model_sha
+
+
+def test_a_board_with_concurrency_2_runs_two_jobs_at_once(tmp_path: Path, edgefarm_home: Path) -> None:
+    import threading
+    import time
+
+    import yaml
+
+    board_dir = tmp_path / "busy"
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump({"boards": [{"name": "busy", "workdir": str(board_dir), "concurrency": 2}]}))
+    spec = small_ppocr_spec(tmp_path, name="concurrent", min_seconds=1.5, batch_sizes=[1])
+    data = yaml.safe_load(spec.read_text())
+    data["models"] = [m for m in data["models"] if m["name"] == "ppocr-cls"]
+    data["variants"], data["engines"], data["boards"] = ["fp32", "fp16"], ["onnxruntime"], ["busy"]
+    spec.write_text(yaml.safe_dump(data))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+
+    most, stop = [0], threading.Event()
+
+    def watch() -> None:  # the agents running at once, seen by their pid files
+        while not stop.is_set():
+            most[0] = max(most[0], len(list((board_dir / "jobs").glob("job-*/agent.pid"))))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert main(["run", str(spec), "--inventory", str(inventory), "--db", url]) == 0
+    finally:
+        stop.set()
+        watcher.join()
+    with open_db(url)() as db:
+        assert [j.status for j in db.scalars(select(Job))] == ["ok", "ok"]
+    assert most[0] == 2
