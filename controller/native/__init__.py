@@ -120,6 +120,8 @@ class NativeBenchmark(ABC):
     model_suffixes: ClassVar[tuple[str, ...]]  # the artifact files it takes, in argv order
     # How the tool picks its median, for readers of p50; None for tools that print no percentile.
     percentile_method: ClassVar[str | None] = None
+    # Warm-up runs the tool always does by itself (not an argument); None: it takes NativeRun.warmup.
+    fixed_warmup: ClassVar[int | None] = None
 
     @abstractmethod
     def argv(self, binary: str, models: list[str], run: NativeRun) -> list[str]:
@@ -165,6 +167,7 @@ NATIVE_BENCHMARKS: dict[str, str] = {
     "benchmark_model": "controller.native.tflite:TfLiteBenchmark",
     "benchncnn": "controller.native.ncnn:NcnnBenchmark",
     "mnn_benchmark": "controller.native.mnn:MnnBenchmark",
+    "benchmark_app": "controller.native.openvino:BenchmarkApp",
 }
 _loaded: dict[str, type[NativeBenchmark]] = {}
 

@@ -39,6 +39,7 @@ class NcnnBenchmark(NativeBenchmark):
     engine = "ncnn"
     binary = "benchncnn"
     model_suffixes = (".param",)
+    fixed_warmup = CPU_WARMUP  # with a GPU backend it is GPU_WARMUP, and argv says so
 
     def argv(self, binary: str, models: list[str], run: NativeRun) -> list[str]:
         self.check_models(models)

@@ -47,8 +47,8 @@ def test_every_sample_names_its_source() -> None:
     assert len(samples) >= 8
     for path in samples:
         source = path.with_suffix(".source").read_text(encoding="utf-8")
-        assert source.startswith("url: https://github.com/"), path.name
-    assert {p.name.split("-")[0] for p in samples} == {"paddlelite", "tflite", "ncnn", "mnn"}
+        assert source.startswith(("url: https://github.com/", "url: https://pypi.org/")), path.name
+    assert {p.name.split("-")[0] for p in samples} == {"paddlelite", "tflite", "ncnn", "mnn", "openvino"}
 
 
 # --- Paddle Lite benchmark_bin ------------------------------------------------------------------
@@ -403,12 +403,13 @@ def test_native_run_keeps_a_list_shape_as_a_tuple() -> None:
 
 def test_registry_loads_each_tool_by_name() -> None:
     engines = {}
-    for name in ("benchmark_bin", "benchmark_model", "benchncnn", "mnn_benchmark"):
+    for name in ("benchmark_bin", "benchmark_model", "benchncnn", "mnn_benchmark", "benchmark_app"):
         bench = native_benchmark(name)
         assert bench.name == name
         engines[bench.engine] = bench.model_suffixes
-    assert engines == {"paddlelite": (".nb",), "tflite": (".tflite",), "ncnn": (".param",), "mnn": (".mnn",)}
-    with pytest.raises(LookupError, match="unknown native benchmark 'benchncnn2'; known: benchmark_bin"):
+    assert engines == {"paddlelite": (".nb",), "tflite": (".tflite",), "ncnn": (".param",), "mnn": (".mnn",),
+                       "openvino": (".onnx",)}
+    with pytest.raises(LookupError, match="unknown native benchmark 'benchncnn2'; known: benchmark_app"):
         native_benchmark("benchncnn2")
 
 
@@ -446,3 +447,47 @@ def test_importing_the_package_imports_no_tool_module() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+# --- OpenVINO benchmark_app ---------------------------------------------------------------------
+
+def test_benchmark_app_reads_its_output_in_microseconds() -> None:
+    s = native_benchmark("benchmark_app").parse(sample("openvino-benchmark_app-2026.4.1"))
+    assert (s.n, s.p50_ms, s.mean_ms, s.min_ms, s.max_ms) == (64, 0.5551, 0.60368, 0.4705, 1.8818)
+    assert (s.init_ms, s.first_ms, s.warmup) == (pytest.approx(14.84 + 131.96), 2.81, 1)
+    assert (s.precision, s.device, s.tool_version) == ("fp32", "CPU", "2026.4.1-22982-e213a147257-releases/2026/4")
+
+
+def test_benchmark_app_output_cut_short_is_an_error() -> None:
+    with pytest.raises(NativeOutputError, match="benchmark_app: no latency Average, Min, Max line"):
+        native_benchmark("benchmark_app").parse(until(sample("openvino-benchmark_app-2026.4.1"), "Average:"))
+
+
+def test_benchmark_app_argv_and_refusals() -> None:
+    bench = native_benchmark("benchmark_app")
+    run = NativeRun(warmup=1, iterations=50, threads=2, input_shape=[1, 3, 48, 192], precision="fp16")
+    assert bench.argv("/data/local/tmp/bin/ba", ["/tmp/m o'del.onnx"], run) == [
+        "/data/local/tmp/bin/ba", "-m", "/tmp/m o'del.onnx", "-d", "CPU", "-hint", "none", "-api", "sync",
+        "-nireq", "1", "-nstreams", "1", "-niter", "50", "-nthreads", "2", "-shape", "[1,3,48,192]",
+        "-infer_precision", "f16"]
+    with pytest.raises(ValueError, match="exactly one first inference"):
+        bench.argv("ba", ["m.onnx"], NativeRun(warmup=5, iterations=50))
+    with pytest.raises(ValueError, match="precisions are"):
+        bench.argv("ba", ["m.onnx"], NativeRun(warmup=1, iterations=5, precision="int4"))
+
+
+def test_benchmark_app_runs_for_real_and_its_output_is_read() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.models import ocr_model
+
+    binary = shutil.which("benchmark_app", path=str(Path(sys.executable).parent))
+    assert binary, "the openvino wheel installs benchmark_app next to the interpreter"
+    bench = native_benchmark("benchmark_app")
+    argv = bench.argv(binary, [str(ocr_model("cls"))],
+                      NativeRun(warmup=1, iterations=20, threads=1, input_shape=(1, 3, 48, 192), precision="fp32"))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    s = bench.parse(done.stdout + done.stderr)
+    assert s.n == 20 and s.precision == "fp32" and 0 < s.min_ms <= s.p50_ms <= s.max_ms
