@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agent.protocol import PROTOCOL_VERSION, failed
 from controller.errors import one_line
@@ -41,6 +41,7 @@ class BoardSession:
         # A board with concurrency > 1 runs jobs in several threads: their commands may overlap,
         # their file transfers (one SFTP session, one cache listing) may not.
         self._files = threading.RLock()
+        self.fingerprint: dict[str, Any] = {}
         # How the agent sets the board up before each job (see agent/hygiene.py).
         self.conditions = {"cpus": board.cpus, "cooldown_s": board.cooldown_s,
                            "max_temperature_c": board.max_temperature_c, "thermal_wait_s": board.thermal_wait_s}
@@ -54,12 +55,20 @@ class BoardSession:
         return done.stdout
 
     def start(self) -> dict[str, Any]:
-        """Push the agent if the board lacks it and return what the agent finds on the board."""
-        if not self._exists(self.agent):
-            self.transport.put(self.bundle, self.agent)
-        probe = json.loads(self._agent("probe", "--workdir", self.root, timeout=PROBE_TIMEOUT))
-        if probe.get("protocol") != PROTOCOL_VERSION:
-            raise TransportError(f"agent speaks protocol {probe.get('protocol')}, not {PROTOCOL_VERSION}")
+        """Push the agent if the board lacks it and return what the agent finds on the board;
+        a board without Python is looked at with shell commands instead."""
+        from controller.native.job import native_engines, shell_probe
+
+        if not self.board.agent:
+            probe = shell_probe(self)
+        else:
+            if not self._exists(self.agent):
+                self.transport.put(self.bundle, self.agent)
+            probe = json.loads(self._agent("probe", "--workdir", self.root, timeout=PROBE_TIMEOUT))
+            if probe.get("protocol") != PROTOCOL_VERSION:
+                raise TransportError(f"agent speaks protocol {probe.get('protocol')}, not {PROTOCOL_VERSION}")
+        probe["engines"].update(native_engines(self))  # a native tool measures its engine on this board
+        self.fingerprint = probe["fingerprint"]
         return probe
 
     def _exists(self, remote: str) -> bool:
@@ -70,7 +79,7 @@ class BoardSession:
         """The artifact's path in the board's cache, pushing it only when it is not there."""
         with self._files:
             if self._cached is None:
-                self._cached = set(json.loads(self._agent("ls", posixpath.join(self.root, "cache"))))
+                self._cached = self._listing(posixpath.join(self.root, "cache"))
             # The suffix stays: engines pick their loader by it (.onnx, .xml, .nb).
             name = sha256 + local.suffix
             remote = posixpath.join(self.root, "cache", name)
@@ -78,6 +87,12 @@ class BoardSession:
                 self.transport.put(local, remote)
                 self._cached.add(name)
             return remote
+
+    def _listing(self, folder: str) -> set[str]:
+        if self.board.agent:
+            return set(json.loads(self._agent("ls", folder)))
+        done = self.transport.run(["ls", "-1", folder], timeout=SMALL_TIMEOUT)
+        return set(done.stdout.split()) if done.exit_code == 0 else set()  # no folder yet: nothing cached
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -124,6 +139,10 @@ class BoardSession:
     def _run_verified(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
         """A cached artifact whose hash no longer matches on the board (a bad flash card, a
         half-finished copy by hand) is refused by the agent; it is pushed again once."""
+        if job["engine"]["name"] in self.board.native:
+            from controller.native.job import run_native
+
+            return _as_result(job["job_id"], timeout, lambda: run_native(self, job, files, timeout))
         result = self._run_once(job, files, timeout, repush=False)
         if (result.get("failure") or {}).get("stage") == "verify":
             result = self._run_once(job, files, timeout, repush=True)
@@ -132,52 +151,49 @@ class BoardSession:
 
     def _run_once(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float,
                   repush: bool) -> dict[str, Any]:
-        job_id = job["job_id"]
-        workdir = posixpath.join(self.root, "jobs", job_id)
+        workdir = posixpath.join(self.root, "jobs", job["job_id"])
         try:
-            job = dict(job, board=self.conditions, artifacts={
-                role: {"file": posixpath.relpath(self.push(path, sha, force=repush), workdir), "sha256": sha}
-                for role, (path, sha) in files.items()
-            })
-            with tempfile.TemporaryDirectory(prefix="edgefarm-job-") as tmp:
-                local_job = Path(tmp) / "job.json"
-                local_job.write_text(json.dumps(job))
-                with self._files:
-                    self.transport.put(local_job, posixpath.join(workdir, "job.json"))
-                done = self.transport.run(
-                    [self.python, self.agent, "run", "job.json", "--out", "result.json"], timeout=timeout, cwd=workdir
-                )
-                local_result = Path(tmp) / "result.json"
-                try:
-                    with self._files:
-                        self.transport.get(posixpath.join(workdir, "result.json"), local_result)
-                    result = json.loads(local_result.read_text())
-                except (TransportError, ValueError):
-                    # Killed or crashed before it could write a result: worth another attempt.
-                    result = failed(job_id, "agent", f"the agent exited {done.exit_code} without a result",
-                                    _tail(done.stderr))
-                    result["failure"]["lost"] = True
-            return result
-        except CommandTimeout as exc:
-            return failed(job_id, "agent", f"killed after {timeout:g} s without finishing", exc.stderr)
-        except BoardUnreachable as exc:
-            result = failed(job_id, "transport", str(exc))
-            result["failure"]["lost"] = True
-            return result
-        except TransportError as exc:
-            return failed(job_id, "transport", str(exc))
+            return _as_result(job["job_id"], timeout, lambda: self._agent_job(job, files, timeout, repush, workdir))
         finally:
             self._clean(workdir)
+
+    def _agent_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float, repush: bool,
+                   workdir: str) -> dict[str, Any]:
+        job = dict(job, board=self.conditions, artifacts={
+            role: {"file": posixpath.relpath(self.push(path, sha, force=repush), workdir), "sha256": sha}
+            for role, (path, sha) in files.items()
+        })
+        with tempfile.TemporaryDirectory(prefix="edgefarm-job-") as tmp:
+            local_job = Path(tmp) / "job.json"
+            local_job.write_text(json.dumps(job))
+            with self._files:
+                self.transport.put(local_job, posixpath.join(workdir, "job.json"))
+            done = self.transport.run(
+                [self.python, self.agent, "run", "job.json", "--out", "result.json"], timeout=timeout, cwd=workdir
+            )
+            local_result = Path(tmp) / "result.json"
+            try:
+                with self._files:
+                    self.transport.get(posixpath.join(workdir, "result.json"), local_result)
+                return json.loads(local_result.read_text())
+            except (TransportError, ValueError):
+                # Killed or crashed before it could write a result: worth another attempt.
+                result = failed(job["job_id"], "agent", f"the agent exited {done.exit_code} without a result",
+                                _tail(done.stderr))
+                result["failure"]["lost"] = True
+                return result
 
     def health_check(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
         """Run the golden job (see controller.health); why the board is unfit, or None."""
         from controller.health import TIMEOUT_S, golden_job, verdict
 
-        if engine is None:
+        if engine is None or not self.board.agent:
             return None  # no engine that runs the golden model: the probe that just passed is all
         return verdict(self._run_verified(golden_job(self.board.name, engine), golden, TIMEOUT_S))
 
     def _clean(self, workdir: str) -> None:
+        if not self.board.agent:
+            return  # native tools leave no job directory
         try:
             self._agent("clean", workdir)
         except TransportError:
@@ -189,6 +205,20 @@ class BoardSession:
 
 # Runs on the board with its own interpreter; the path arrives as argv, never in the code.
 _EXISTS = "import os,sys; sys.exit(0 if os.path.isfile(os.path.expanduser(sys.argv[1])) else 1)"
+
+
+def _as_result(job_id: str, timeout: float, attempt: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The result ``attempt`` returns, or the failed result its transport error amounts to."""
+    try:
+        return attempt()
+    except CommandTimeout as exc:
+        return failed(job_id, "agent", f"killed after {timeout:g} s without finishing", exc.stderr)
+    except BoardUnreachable as exc:
+        result = failed(job_id, "transport", str(exc))
+        result["failure"]["lost"] = True  # the link went away: worth another attempt
+        return result
+    except TransportError as exc:
+        return failed(job_id, "transport", str(exc))
 
 
 def _tail(text: str, limit: int = 2000) -> str:

@@ -80,7 +80,9 @@ def golden_job(board_name: str, engine: str) -> dict[str, Any]:
 def engine_for(probe: dict[str, Any], allowed: list[str] | None) -> str | None:
     found = probe.get("engines", {})
     for name in GOLDEN_ENGINES:
-        if found.get(name, {}).get("available") and (allowed is None or name in allowed):
+        info = found.get(name, {})
+        # The golden job goes through the agent: an engine measured by a native tool does not count.
+        if info.get("available") and not info.get("native") and (allowed is None or name in allowed):
             return name
     return None
 

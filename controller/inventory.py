@@ -53,6 +53,25 @@ class AdbSettings(Strict):
         return serial
 
 
+class NativeTool(Strict):
+    """An engine's own benchmark binary, for a board that cannot run the agent (no Python)."""
+
+    tool: str = Field(description="a registered native benchmark: benchmark_bin, benchmark_model, benchncnn, "
+                                  "mnn_benchmark, benchmark_app")
+    binary: str = Field(description="the tool built for the board, on this machine; pushed and checked by sha256")
+    backend: str | None = Field(None, description="the tool's backend or device, in its own words")
+    cores: str | None = Field(None, description="big, little or all, for tools that bind to a core cluster")
+
+    @field_validator("tool")
+    @classmethod
+    def _registered(cls, tool: str) -> str:
+        from controller.native import NATIVE_BENCHMARKS
+
+        if tool not in NATIVE_BENCHMARKS:
+            raise ValueError(f"unknown native benchmark {tool!r}; known: {', '.join(sorted(NATIVE_BENCHMARKS))}")
+        return tool
+
+
 class Board(Strict):
     name: Name
     chip: str = Field("auto", description="chip name used to group results; 'auto' = the CPU the agent reports")
@@ -65,6 +84,9 @@ class Board(Strict):
     threads: int | None = Field(None, ge=1, description="engine threads; default: the engine's own")
     engine_options: dict[Name, dict[str, Any]] = Field(
         default_factory=dict, description="options per engine on this board, e.g. ONNX Runtime's CUDA providers")
+    native: dict[Name, NativeTool] = Field(
+        default_factory=dict, description="engines measured by their own benchmark binary instead of the agent")
+    agent: bool = Field(True, description="false for a board without Python: only its native tools run")
     tags: list[Name] = Field(default_factory=list)
     concurrency: int = Field(1, ge=1, description="jobs at once on this board; 1 keeps measurements clean")
     cpus: list[int] | None = Field(None, min_length=1, description="cores the agent is pinned to; default: all")
@@ -91,6 +113,14 @@ class Board(Strict):
             raise ValueError("transport ssh needs an 'ssh' section with host and user")
         if self.transport == "adb" and self.adb is None:
             raise ValueError("transport adb needs an 'adb' section with a serial")
+        from controller.native import native_benchmark
+
+        for engine, spec in self.native.items():
+            measures = native_benchmark(spec.tool).engine
+            if measures != engine:
+                raise ValueError(f"native.{engine}: {spec.tool} measures {measures}, not {engine}")
+        if not self.agent and not self.native:
+            raise ValueError("a board without the agent (agent: false) needs at least one 'native' tool")
         return self
 
 

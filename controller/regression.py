@@ -105,8 +105,12 @@ def compare(before: dict[Key, Measured], after: dict[Key, Measured], rules: Regr
             changes.append(Change(key, "not comparable", "setup",
                                   note=_setup_diff(old, new)))
             continue
-        verdict, rel, p = latency_change(old.samples, new.samples, rules)
-        changes.append(Change(key, verdict, "latency", old.p50, new.p50, rel, p))
+        if old.samples and new.samples:
+            verdict, rel, p = latency_change(old.samples, new.samples, rules)
+            changes.append(Change(key, verdict, "latency", old.p50, new.p50, rel, p))
+        else:  # a native tool's summary: no raw samples to test, so no verdict is claimed
+            changes.append(Change(key, "not comparable", "latency", old.p50, new.p50,
+                                  note="no raw samples (a native tool's own summary)"))
         if old.accuracy is not None and new.accuracy is not None:
             diff = new.accuracy - old.accuracy
             acc_verdict = ("regression" if diff < -rules.accuracy_threshold else

@@ -382,6 +382,7 @@ def _job_payload(p: Planned, spec: Spec) -> dict[str, Any]:
     from agent.protocol import PROTOCOL_VERSION
 
     m = spec.measure
+    first_input = p.model.prepared.inputs[0]
     return {
         "protocol": PROTOCOL_VERSION,
         "job_id": f"job-{p.row_id}",
@@ -390,6 +391,10 @@ def _job_payload(p: Planned, spec: Spec) -> dict[str, Any]:
         "measure": {"warmup": m.warmup, "min_iterations": m.min_iterations, "min_seconds": m.min_seconds,
                     "max_seconds": m.max_seconds, "batch_sizes": m.batch_sizes,
                     "throughput_seconds": m.throughput_seconds},
+        # What a native benchmark tool is asked for, where the board measures this engine with one.
+        "native": {"warmup": m.warmup, "iterations": m.min_iterations, "threads": p.options.get("threads"),
+                   "precision": p.options.get("precision"),
+                   "input_shape": [d if isinstance(d, int) else 1 for d in first_input.shape]},
     }
 
 
@@ -416,13 +421,15 @@ def _store_result(db: Any, job: Job, result: dict[str, Any]) -> None:
     acc = result.get("accuracy") or {}
     job.status = "ok"
     db.add(Result(
-        job_id=job.id, engine_version=result["engine"]["version"], precision=result["engine"]["precision"],
+        # A native tool may not say its version or precision: "unknown", never a guess.
+        job_id=job.id, engine_version=result["engine"]["version"] or "unknown",
+        precision=result["engine"]["precision"] or "unknown",
         load_ms=result["phases"]["load_ms"], first_inference_ms=result["phases"]["first_inference_ms"],
         p50_ms=lat["p50"], p90_ms=lat["p90"], p99_ms=lat["p99"], mean_ms=lat["mean"], std_ms=lat["std"],
         min_ms=lat["min"], max_ms=lat["max"], n=lat["n"], cv=lat["cv"], samples_ms=lat["samples_ms"],
         throughput=result.get("throughput", []), peak_rss_mb=(result.get("memory") or {}).get("peak_rss_mb"),
         accuracy_metric=acc.get("metric"), accuracy=acc.get("value"), accuracy_detail=acc or None,
-        fingerprint=result.get("fingerprint", {}), raw={k: v for k, v in result.items() if k != "latency"},
+        fingerprint=result.get("fingerprint", {}), raw={k: v for k, v in result.items() if k != "latency"} | {"latency_source": lat.get("source", "agent")},
     ))
     db.flush()
 
