@@ -134,10 +134,13 @@ class Spec(Strict):
     @classmethod
     def _known_engines(cls, engines: list[EngineSpec]) -> list[EngineSpec]:
         from agent.engines import known_engines
+        from controller.native import native_engines
 
+        # An engine the agent runs, or one a board measures with its own benchmark tool.
+        known = sorted(set(known_engines()) | set(native_engines()))
         for e in engines:
-            if e.name not in known_engines():
-                raise ValueError(f"unknown engine {e.name!r}; known: {', '.join(known_engines())}")
+            if e.name not in known:
+                raise ValueError(f"unknown engine {e.name!r}; known: {', '.join(known)}")
         return engines
 
     @model_validator(mode="after")

@@ -30,7 +30,7 @@ from agent.protocol import PROTOCOL_VERSION
 
 __all__ = [
     "NATIVE_BENCHMARKS", "NativeBenchmark", "NativeOutputError", "NativeRun", "NativeSummary",
-    "native_benchmark", "register", "to_result",
+    "native_benchmark", "native_engines", "register", "to_result",
 ]
 
 # As much of the output as a result keeps, like the agent's stderr tail: enough for a person to
@@ -191,6 +191,11 @@ def native_benchmark(name: str) -> NativeBenchmark:
             raise LookupError(f"unknown native benchmark {name!r}; known: {', '.join(sorted(NATIVE_BENCHMARKS))}")
         importlib.import_module(NATIVE_BENCHMARKS[name].partition(":")[0])  # the module registers itself
     return _loaded[name]()
+
+
+def native_engines() -> set[str]:
+    """Every engine some registered tool measures."""
+    return {native_benchmark(name).engine for name in NATIVE_BENCHMARKS}
 
 
 def to_result(job_id: str, bench: NativeBenchmark, summary: NativeSummary,

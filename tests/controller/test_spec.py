@@ -96,6 +96,9 @@ def test_example_lab_inventory_describes_each_kind_of_board() -> None:
     assert boards["atlas200dk-01"].engine_options["paddlelite"]["nnadapter_device"] == "huawei_ascend_npu"
     phones = [b for b in inv.boards if b.transport == "adb"]
     assert len(phones) == 2 and {p.adb.serial for p in phones} == {"2A161FDH2000ZK", "192.168.10.57:5555"}
+    no_python = boards["redmi-note-12"]
+    assert not no_python.agent and {e: t.tool for e, t in no_python.native.items()} == {
+        "tflite": "benchmark_model", "ncnn": "benchncnn", "mnn": "mnn_benchmark"}
     assert all(b.concurrency == 1 for b in inv.boards)  # one job at a time unless a board says otherwise
 
 
