@@ -4,6 +4,7 @@
     python agent-<hash>.pyz probe
     python agent-<hash>.pyz ls DIR          # file names in DIR as JSON ([] when DIR is absent)
     python agent-<hash>.pyz clean JOBDIR    # remove a finished job's work directory
+    python agent-<hash>.pyz prune DIR --max-mb N   # bound the artifact cache, LRU first
 
 ``run`` exits 0 whenever a result (ok or failed) was written, non-zero only when even the
 result could not be written. ``probe`` prints the protocol, fingerprint and engines as JSON.
@@ -131,6 +132,32 @@ def _stop_stale_agent(jobdir: str) -> None:
         pass  # no pid file, no such process, or no /proc: nothing left to stop
 
 
+def cmd_prune(directory: str, max_mb: float) -> int:
+    """Keep the artifact cache under ``max_mb``: the least recently used files go first.
+
+    Prints what was removed as JSON. A file in use is safe: a job's artifacts were touched
+    when the job verified them, and the newest files are the last to go.
+    """
+    path = os.path.expanduser(directory)
+    entries = []
+    for name in os.listdir(path) if os.path.isdir(path) else []:
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            st = os.stat(full)
+            entries.append((st.st_mtime, st.st_size, name))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, name in sorted(entries):
+        if total <= max_mb * 1e6:
+            break
+        os.remove(os.path.join(path, name))
+        total -= size
+        removed.append(name)
+    json.dump({"removed": removed, "kept_mb": total / 1e6}, sys.stdout)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="agent", description="EdgeFarm agent: runs benchmark jobs on a board.")
     sub = parser.add_subparsers(dest="command")
@@ -141,6 +168,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--workdir", help="also report the free disk space where the agent keeps its files")
     sub.add_parser("ls", help="list a directory's file names as JSON").add_argument("dir")
     sub.add_parser("clean", help="remove a job work directory").add_argument("dir")
+    prune = sub.add_parser("prune", help="keep an artifact cache under a size, least recently used first")
+    prune.add_argument("dir")
+    prune.add_argument("--max-mb", type=float, required=True)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args.job, args.out)
@@ -150,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return cmd_ls(args.dir)
     if args.command == "clean":
         return cmd_clean(args.dir)
+    if args.command == "prune":
+        return cmd_prune(args.dir, args.max_mb)
     parser.print_help(sys.stderr)
     return 2
 

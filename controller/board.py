@@ -199,7 +199,23 @@ class BoardSession:
         except TransportError:
             pass  # a board that is gone cannot be cleaned; the next session's clean covers it
 
+    def prune_cache(self) -> list[str]:
+        """Bound the board's artifact cache (the inventory's cache_mb); returns what went.
+
+        Done at the end of a session, so this run's files are the newest and the last to go.
+        A board without the agent keeps its cache: its native tools and models are few.
+        """
+        if not self.board.agent:
+            return []
+        out = self._agent("prune", posixpath.join(self.root, "cache"), "--max-mb", str(self.board.cache_mb))
+        self._cached = None
+        return json.loads(out)["removed"]
+
     def close(self) -> None:
+        try:
+            self.prune_cache()
+        except (TransportError, ValueError):
+            pass  # a board that is gone keeps its cache until the next session ends
         self.transport.close()
 
 

@@ -89,6 +89,7 @@ class Board(Strict):
     agent: bool = Field(True, description="false for a board without Python: only its native tools run")
     tags: list[Name] = Field(default_factory=list)
     concurrency: int = Field(1, ge=1, description="jobs at once on this board; 1 keeps measurements clean")
+    cache_mb: float = Field(2048.0, gt=0, description="artifact cache on the board, pruned least recently used first")
     cpus: list[int] | None = Field(None, min_length=1, description="cores the agent is pinned to; default: all")
     cooldown_s: float = Field(0.0, ge=0, description="pause before each job, so one job's heat does not slow the next")
     max_temperature_c: float | None = Field(None, gt=0, description="wait before a job until the board is this cool")

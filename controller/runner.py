@@ -185,8 +185,10 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
             run = db.get(Run, outcome.run_id)
             run.status = status
             run.finished_at = now()
-            run.summary = {"ok": outcome.ok, "failed": outcome.failed, "skipped": outcome.skipped,
-                           "resumed": outcome.resumed}
+            # Counted from the rows: a resumed run's summary covers its earlier jobs too.
+            statuses = [j.status for j in db.query(Job).filter_by(run_id=run.id)]
+            run.summary = {"ok": statuses.count("ok"), "failed": statuses.count("failed"),
+                           "skipped": outcome.skipped, "resumed": outcome.resumed}
             db.commit()
     return outcome
 

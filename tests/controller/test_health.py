@@ -95,3 +95,4 @@ def test_a_board_failing_its_health_check_is_quarantined_shown_and_released(
     assert "QUARANTINED" not in capsys.readouterr().out
     assert main(["boards", "--release", "sick", "--db", url]) == 2
     assert "is not in quarantine" in capsys.readouterr().err
+

@@ -63,6 +63,7 @@ def test_an_interrupted_run_is_finished_by_resume(tmp_path: Path, edgefarm_home:
     with open_db(url)() as db:
         run = db.get(Run, run_id)
         assert run.status == "done" and db.query(Result).count() == len(after)
+        assert run.summary["ok"] == len(after) and run.summary["resumed"] == len(done_before)
 
     # A finished run has nothing to resume; an unknown one is a one-line error.
     assert main(["run", "--resume", str(run_id), "--db", url]) == 2

@@ -173,3 +173,28 @@ def test_a_board_behind_a_jump_host_is_reached_through_it(tmp_path: Path) -> Non
         entry["ssh"]["jump"]["known_hosts"] = str(tmp_path / "empty_known_hosts")
         with pytest.raises(BoardUnreachable, match=f"root@{jb.host}:22: unknown host key"):
             open_transport(Board.model_validate(entry))
+
+
+def test_a_key_held_by_a_running_ssh_agent_is_used_when_no_key_file_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ssh_board("agentauth", 45) as b:
+        entry = b.inventory_entry()
+        del entry["ssh"]["key_file"]
+        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+        with pytest.raises(BoardUnreachable, match="root@10.231.45.2:22: "):  # no agent, no key: refused
+            open_transport(Board.model_validate(entry))
+
+        sock = tmp_path / "agent.sock"
+        started = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], capture_output=True, text=True, check=True)
+        pid = started.stdout.split("SSH_AGENT_PID=")[1].split(";")[0]
+        try:
+            env = {"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"}
+            subprocess.run(["ssh-add", str(b.key_file)], env=env, capture_output=True, check=True)
+            monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+            t = open_transport(Board.model_validate(entry))
+            try:
+                assert t.run(["echo", "via the agent"], timeout=20).stdout == "via the agent\n"
+            finally:
+                t.close()
+        finally:
+            subprocess.run(["kill", pid], capture_output=True)
