@@ -83,6 +83,10 @@ class SshTransport(Transport):
                 raise BoardUnreachable(f"{self.board.name}: the connection was lost during {argv[0]}")
         code = chan.recv_exit_status()
         chan.close()
+        if code == -1 and not self.client.get_transport().is_active():
+            # paramiko's -1 is "closed without an exit status"; with the connection gone too,
+            # the link or sshd died under the command: a loss, not a result.
+            raise BoardUnreachable(f"{self.board.name}: the connection was lost during {argv[0]}")
         first, _, rest = out.decode(errors="replace").partition("\n")
         return Completed(code, rest, err.decode(errors="replace"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -198,3 +199,26 @@ def test_a_key_held_by_a_running_ssh_agent_is_used_when_no_key_file_is_named(
                 t.close()
         finally:
             subprocess.run(["kill", pid], capture_output=True)
+
+
+def test_a_link_cut_under_a_command_is_a_lost_board_not_a_result(board: SshBoard) -> None:
+    from tests.faults import set_link
+
+    entry = board.inventory_entry()
+    entry["ssh"]["dead_after"] = 3
+    t = open_transport(Board.model_validate(entry))
+    cutter = threading.Timer(1.0, set_link, (board.host_veth, "down"))
+    cutter.start()
+    try:
+        # Noticed within dead_after: not after the command's 60 s timeout, and not as an exit code.
+        with pytest.raises(BoardUnreachable, match="the connection was lost during sleep"):
+            t.run(["sleep", "120"], timeout=60)
+    finally:
+        cutter.join()
+        set_link(board.host_veth, "up")
+        t.close()
+    t = open_transport(Board.model_validate(entry))  # the board is back once the link is
+    try:
+        assert t.run(["true"], timeout=20).exit_code == 0
+    finally:
+        t.close()
