@@ -67,6 +67,7 @@ class BoardRow:
     engines: dict[str, Any]
     last_seen: datetime | None
     last_error: str | None
+    quarantine: str | None = None  # since when and why, while the board is quarantined
 
 
 def database_exists(url: str | None) -> bool:
@@ -141,10 +142,12 @@ def boards(session: Session) -> list[BoardRow]:
     """The boards ever seen, by name."""
     rows = session.execute(
         select(Board.name, Board.chip, Board.transport, Board.fingerprint, Board.engines, Board.last_seen,
-               Board.last_error).order_by(Board.name)
+               Board.last_error, Board.quarantined_at, Board.quarantine_reason).order_by(Board.name)
     )
     return [
         BoardRow(name=r.name, chip=r.chip, transport=r.transport, fingerprint=r.fingerprint or {},
-                 engines=r.engines or {}, last_seen=r.last_seen, last_error=r.last_error)
+                 engines=r.engines or {}, last_seen=r.last_seen, last_error=r.last_error,
+                 quarantine=f"since {r.quarantined_at:%Y-%m-%d %H:%M}: {r.quarantine_reason}"
+                 if r.quarantined_at else None)
         for r in rows
     ]

@@ -150,10 +150,11 @@ FINGERPRINT_KEYS = ("arch", "cpu_model", "cores", "governor", "temperature_c", "
 
 
 def boards_frame(boards: Sequence[BoardRow]) -> pd.DataFrame:
-    columns = ("board", "chip", "transport", "last seen (UTC)", "engines", *FINGERPRINT_KEYS, "last error")
+    columns = ("board", "chip", "transport", "quarantine", "last seen (UTC)", "engines", *FINGERPRINT_KEYS,
+               "last error")
     return _frame(({
-        "board": b.name, "chip": b.chip, "transport": b.transport, "last seen (UTC)": _seconds(b.last_seen),
-        "engines": _engines(b.engines),
+        "board": b.name, "chip": b.chip, "transport": b.transport, "quarantine": b.quarantine,
+        "last seen (UTC)": _seconds(b.last_seen), "engines": _engines(b.engines),
         **{k: _scalar(b.fingerprint.get(k)) for k in FINGERPRINT_KEYS}, "last error": b.last_error,
     } for b in boards), columns)
 

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 from sqlalchemy import select
 
 from agent.protocol import sha256_file
+from controller import queries
 from controller.agent_bundle import build_agent_bundle
 from controller.board import BoardSession
 from controller.cache import Cache
@@ -19,6 +20,7 @@ from controller.health import engine_for, golden
 from controller.inventory import Board
 from controller.store import Board as BoardRow
 from controller.store import Job, open_db
+from dashboard.views import boards_frame
 from tests.conftest import small_ppocr_spec
 
 
@@ -83,6 +85,9 @@ def test_a_board_failing_its_health_check_is_quarantined_shown_and_released(
         sick = db.scalars(select(BoardRow).filter_by(name="sick")).one()
         assert sick.quarantined_at is not None and sick.health_failures == 2
         assert {j.board.name for j in db.scalars(select(Job))} == {"local"}  # 3 runs, all on local
+        shown = boards_frame(queries.boards(db)).set_index("board")["quarantine"]  # the dashboard's table
+    assert shown["sick"].startswith("since ") and "2 failed health checks" in shown["sick"]
+    assert shown.isna()["local"]
 
     assert main(["boards", "--inventory", str(inventory), "--db", url]) == 0
     listing = capsys.readouterr().out
