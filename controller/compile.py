@@ -161,7 +161,7 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
             lambda m=m, ref=ref, shapes=shapes: dataset_task.remote(m.dataset.kind, shapes, m.dataset.samples, m.dataset.seed, ref),
             lambda a, b=build: setattr(b, "dataset", a),
         )
-        if "int8" in spec.variants:
+        if any(PRECISION[v] == "int8" for v in spec.variants):
             q = spec.quantization
             seed = m.dataset.seed + CALIBRATION_SEED_OFFSET
             cached_or_submit(
@@ -188,9 +188,12 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
             if fp32 is None:
                 build.failures[name] = "fp32 did not compile"
                 continue
-            options = spec.quantization.model_dump() if name == "int8" else {}
-            calib = calibration.get(build.spec.name) if name == "int8" else None
-            if name == "int8" and (calib is None or calib.size == 0):
+            quantized = PRECISION[name] == "int8"
+            options = spec.quantization.model_dump() if quantized else {}
+            if name == "int8-mixed":  # its search stops at the budget selection will apply
+                options["budget"] = spec.selection.budget
+            calib = calibration.get(build.spec.name) if quantized else None
+            if quantized and (calib is None or calib.size == 0):
                 build.failures[name] = "no calibration data"
                 continue
             cached_or_submit(

@@ -89,47 +89,70 @@ def int8(inp: RecipeInput, out: Path) -> dict[str, Any]:
     Activations are uint8 and weights int8 (the U8S8 pair that x86 VNNI kernels and OpenVINO's
     QDQ import both run fastest); weights per channel unless the spec turns it off.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    assert inp.fp32 is not None and inp.calibration is not None
+    count = _quantize(inp.fp32, out, inp.calibration, inp.options, exclude=[])
+    return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"),
+            "calibration_samples": count, "per_channel": bool(inp.options.get("per_channel", True))}
+
+
+@recipe("int8-mixed", starts_from="fp32", precision="int8")
+def int8_mixed(inp: RecipeInput, out: Path) -> dict[str, Any]:
+    """int8 with the most sensitive nodes kept in float until the spec's accuracy budget holds
+    on the calibration data (see controller.mixed_precision)."""
+    from controller.mixed_precision import search
 
     assert inp.fp32 is not None and inp.calibration is not None
+    calibration = inp.calibration
+    report = search(inp.fp32, calibration, out, inp.options,
+                    lambda src, dst, exclude: _quantize(src, dst, calibration, inp.options, exclude))
+    return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"), "mixed": report}
+
+
+def _quantize(src: Path, out: Path, calibration: Path, options: dict[str, Any], exclude: list[str]) -> int:
+    """Quantize ``src`` into ``out``, leaving the ``exclude`` nodes in float; returns the sample count."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
-    }[inp.options.get("calibration", "entropy")]
-    reader = _CalibrationReader(inp.calibration)
+    }[options.get("calibration", "entropy")]
+    reader = CalibrationReader(calibration)
     quantize_static(
-        str(inp.fp32),
+        str(src),
         str(out),
         reader,
         quant_format=QuantFormat.QDQ,
-        per_channel=bool(inp.options.get("per_channel", True)),
+        per_channel=bool(options.get("per_channel", True)),
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=method,
+        nodes_to_exclude=exclude,
         # ORT keeps every intermediate tensor of every calibration sample until the reader is
         # empty: over 20 GB for the 640x640 detector. Strides fold them into the ranges or
         # histograms a few samples at a time, which bounds memory and gives the same result.
         extra_options={"CalibStridedMinMax": reader.stride},
     )
-    return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"),
-            "calibration_samples": reader.count, "per_channel": bool(inp.options.get("per_channel", True))}
+    return reader.count
 
 
-class _CalibrationReader:
-    """Feeds ONNX Runtime's calibrator real samples, one at a time, one stride after another."""
+class CalibrationReader:
+    """Feeds ONNX Runtime real samples, one at a time, one stride after another (at most ``limit``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limit: int | None = None) -> None:
         from agent.dataset import load_dataset
 
         self._data = load_dataset(str(path))
-        self.count = self._data.count
+        self.count = min(self._data.count, limit or self._data.count)
         # ORT wants strides that divide the sample count exactly.
         self.stride = next(d for d in range(CALIBRATION_CHUNK, 0, -1) if self.count % d == 0)
         self._next, self._end = 0, self.count
 
     def __len__(self) -> int:
         return self.count
+
+    def __iter__(self):  # ORT's debugging helpers iterate a reader instead of calling get_next
+        return iter(self.get_next, None)
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self._next, self._end = start_index, min(end_index, self.count)

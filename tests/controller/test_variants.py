@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from controller.datasets import make_dataset
 from controller.source import prepare
-from controller.variants import RECIPES, RecipeInput, _CalibrationReader
+from controller.variants import RECIPES, CalibrationReader, RecipeInput
 from tests.models import ocr_model
 
 SHAPE = {"x": ((1, 3, 48, 192), "float32")}
@@ -76,7 +76,7 @@ def test_fp16_keeps_float32_inputs_and_outputs(cls: dict[str, Path]) -> None:
 def test_calibration_strides_divide_the_samples(tmp_path: Path, count: int, stride: int) -> None:
     path = tmp_path / "c.npz"
     make_dataset("ocr-cls", SHAPE, count, 1, path)
-    reader = _CalibrationReader(path)
+    reader = CalibrationReader(path)
     assert reader.stride == stride and len(reader) == count
     seen = 0
     for start in range(0, count, stride):
