@@ -104,12 +104,14 @@ def int8_mixed(inp: RecipeInput, out: Path) -> dict[str, Any]:
     assert inp.fp32 is not None and inp.calibration is not None
     calibration = inp.calibration
     report = search(inp.fp32, calibration, out, inp.options,
-                    lambda src, dst, exclude: _quantize(src, dst, calibration, inp.options, exclude))
+                    lambda src, dst, exclude, op_types: _quantize(src, dst, calibration, inp.options, exclude, op_types))
     return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"), "mixed": report}
 
 
-def _quantize(src: Path, out: Path, calibration: Path, options: dict[str, Any], exclude: list[str]) -> int:
-    """Quantize ``src`` into ``out``, leaving the ``exclude`` nodes in float; returns the sample count."""
+def _quantize(src: Path, out: Path, calibration: Path, options: dict[str, Any], exclude: list[str],
+              op_types: list[str] | None = None) -> int:
+    """Quantize ``src`` into ``out`` (only ``op_types`` when given), leaving the ``exclude`` nodes
+    in float; returns the sample count."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {
@@ -128,6 +130,7 @@ def _quantize(src: Path, out: Path, calibration: Path, options: dict[str, Any], 
         weight_type=QuantType.QInt8,
         calibrate_method=method,
         nodes_to_exclude=exclude,
+        op_types_to_quantize=op_types,
         # ORT keeps every intermediate tensor of every calibration sample until the reader is
         # empty: over 20 GB for the 640x640 detector. Strides fold them into the ranges or
         # histograms a few samples at a time, which bounds memory and gives the same result.

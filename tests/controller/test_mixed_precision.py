@@ -52,12 +52,14 @@ def test_the_search_keeps_nodes_in_float_until_the_budget_holds(cls: tuple[Path,
 
     out = tmp_path / "mixed.onnx"
     report = search(fp32, calibration, out, {"budget": 0.0},
-                    lambda src, dst, exclude: _quantize(src, dst, dim, {"calibration": "minmax"}, exclude))
+                    lambda src, dst, exclude, ops: _quantize(src, dst, dim, {"calibration": "minmax"}, exclude, ops))
     chosen, steps = report["chosen"], report["steps"]
     assert steps[0]["float_nodes"] == 0 and steps[0]["drop"] > 0  # plain int8 missed the budget
     assert report["fp32_accuracy_on_calibration"] == evaluate(fp32, calibration)
     assert report["met_budget"] and chosen["drop"] <= 0.0 and chosen["float_nodes"] > 0
-    assert [s["float_nodes"] for s in steps] == sorted(s["float_nodes"] for s in steps)
+    # Every op first, then only the weighted compute ops, then nodes kept in float on top.
+    assert [(s["scope"], s["float_nodes"]) for s in steps[:2]] == [("all", 0), ("compute", 0)]
+    assert chosen["scope"] == "compute" and report["scope"].startswith("only Conv")
     # The written model is the chosen candidate, and its float nodes are the report's, with why.
     assert evaluate(out, calibration) == chosen["accuracy"]
     assert len(report["kept_float"]) == chosen["float_nodes"]
