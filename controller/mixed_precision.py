@@ -73,10 +73,12 @@ def search(fp32: Path, calibration: Path, out: Path, options: dict[str, Any],
                 for extra in range(1, EXTRA_CANDIDATES + 1):
                     if high + extra <= len(ranking):
                         attempt("compute", high + extra)
-        meeting = [t for t in tried.values() if t["drop"] <= budget]  # in the order tried: most int8 first
+        # Most int8 first: every op before the compute ops only, then the fewest float nodes.
+        meeting = sorted((t for t in tried.values() if t["drop"] <= budget),
+                         key=lambda t: (list(SCOPES).index(t["scope"]), t["float_nodes"]))
         for t in meeting:
             t["p50_ms"] = latency_ms(t["path"], calibration)
-        if meeting:  # the first that met it, unless another is clearly (not by noise) faster
+        if meeting:  # the most int8 that meets it, unless another is clearly (not by noise) faster
             chosen = min(meeting, key=lambda t: t["p50_ms"])
             if chosen["p50_ms"] > meeting[0]["p50_ms"] * (1 - CLEARLY_FASTER):
                 chosen = meeting[0]
