@@ -15,3 +15,4 @@ test-fast: setup
 
 bench: setup
 	.venv/bin/python bench/selection.py
+	.venv/bin/python bench/tool_agreement.py
