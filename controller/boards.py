@@ -39,8 +39,11 @@ def probe_boards(inventory_path: Path | None) -> list[dict[str, Any]]:
 
 def quarantine(db_url: str | None) -> dict[str, str]:
     """Quarantined board -> since when and why, from the results database."""
+    from controller.queries import database_exists
     from controller.store import Board, open_db
 
+    if not database_exists(db_url):  # listing boards must not leave an empty database behind
+        return {}
     with open_db(db_url)() as db:
         return {b.name: f"since {b.quarantined_at:%Y-%m-%d %H:%M}: {b.quarantine_reason}"
                 for b in db.query(Board).filter(Board.quarantined_at.is_not(None))}

@@ -14,6 +14,7 @@ Each backend maps its library's errors onto this tree, with ``raise ... from exc
 from __future__ import annotations
 
 import importlib
+import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,31 @@ class Transport(ABC):
 
     def close(self) -> None:
         return None
+
+
+# -- for transports that reach a remote shell (ssh, adb) ----------------------------------------
+
+def shell_line(argv: Sequence[str], cwd: str | None) -> str:
+    """One shell line that prints its pid, then becomes ``argv`` run in ``cwd``: every part quoted.
+
+    The remote daemon (sshd, adbd) starts the shell as a session leader, so that pid names the
+    command's whole process group if it has to be killed (see ``kill_line``).
+    """
+    command = shlex.join(list(argv))
+    if cwd:
+        command = f"cd -- {shlex.quote(cwd)} && {command}"
+    return "echo $$; exec sh -c " + shlex.quote(command)
+
+
+def split_pid(out: bytes) -> tuple[str | None, str]:
+    """(the pid ``shell_line`` printed, or None; the command's own stdout)."""
+    first, _, rest = out.decode(errors="replace").partition("\n")
+    return (first.strip() if first.strip().isdigit() else None), rest
+
+
+def kill_line(pid: str) -> str:
+    # No "--" before -PID: dash's kill refuses it; bash and mksh (Android's sh) take both.
+    return f"kill -KILL -{pid} {pid}"
 
 
 # name -> "module:Class"; imported on first use.

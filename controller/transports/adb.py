@@ -22,7 +22,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from controller.transports import BoardUnreachable, CommandTimeout, Completed, Transport, TransportError, register
+from controller.transports import (
+    BoardUnreachable,
+    CommandTimeout,
+    Completed,
+    Transport,
+    TransportError,
+    kill_line,
+    register,
+    shell_line,
+    split_pid,
+)
 
 if TYPE_CHECKING:
     from controller.inventory import Board
@@ -87,17 +97,11 @@ class AdbTransport(Transport):
     # -- commands --------------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], timeout: float, cwd: str | None = None) -> Completed:
-        command = shlex.join(list(argv))
-        if cwd:
-            command = f"cd -- {shlex.quote(cwd)} && {command}"
-        # The shell prints its pid and then becomes the command: adbd made it a session
-        # leader, so that pid names the whole process group if it has to be killed.
-        code, out, err = self._shell("echo $$; exec sh -c " + shlex.quote(command), timeout, argv[0])
+        code, out, err = self._shell(shell_line(argv, cwd), timeout, argv[0])
         if code is None:
             self._kill(out)
             raise CommandTimeout(argv, timeout, err.decode(errors="replace")[-2000:])
-        _pid, _, rest = out.decode(errors="replace").partition("\n")
-        return Completed(code, rest, err.decode(errors="replace"))
+        return Completed(code, split_pid(out)[1], err.decode(errors="replace"))
 
     def _shell(self, command: str, timeout: float, what: str) -> tuple[int | None, bytearray, bytearray]:
         """Exit code (None past the timeout), stdout and stderr of one shell,v2 command."""
@@ -147,11 +151,10 @@ class AdbTransport(Transport):
                     return data[0], out, err
 
     def _kill(self, out: bytearray) -> None:
-        pid = out.decode(errors="replace").partition("\n")[0].strip()
-        if pid.isdigit():
+        pid = split_pid(out)[0]
+        if pid is not None:
             try:
-                # No "--" before -PID: dash's kill refuses it; mksh (Android's sh) and bash take both.
-                self._shell(f"kill -KILL -{pid} {pid}", 10, "kill")
+                self._shell(kill_line(pid), 10, "kill")
             except TransportError:
                 pass  # the device is going away anyway; the timeout is what gets reported
 

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shlex
 import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from controller.transports import BoardUnreachable, CommandTimeout, Completed, Transport, TransportError, register
+from controller.transports import (
+    BoardUnreachable,
+    CommandTimeout,
+    Completed,
+    Transport,
+    TransportError,
+    kill_line,
+    register,
+    shell_line,
+    split_pid,
+)
 
 if TYPE_CHECKING:
     from controller.inventory import Board, SshHop
@@ -56,15 +65,9 @@ class SshTransport(Transport):
     # -- commands --------------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], timeout: float, cwd: str | None = None) -> Completed:
-        command = shlex.join(list(argv))
-        if cwd:
-            command = f"cd -- {shlex.quote(cwd)} && {command}"
-        # The shell prints its pid and then becomes the command: sshd made it a session
-        # leader, so that pid names the whole process group if it has to be killed.
-        wrapped = "echo $$; exec sh -c " + shlex.quote(command)
         try:
             chan = self.client.get_transport().open_session(timeout=self.settings.connect_timeout)
-            chan.exec_command(wrapped)
+            chan.exec_command(shell_line(argv, cwd))
         except Exception as exc:  # paramiko raises several unrelated types for a dead link
             raise BoardUnreachable(f"{self.board.name}: {exc}") from exc
         out, err = bytearray(), bytearray()
@@ -87,15 +90,13 @@ class SshTransport(Transport):
             # paramiko's -1 is "closed without an exit status"; with the connection gone too,
             # the link or sshd died under the command: a loss, not a result.
             raise BoardUnreachable(f"{self.board.name}: the connection was lost during {argv[0]}")
-        first, _, rest = out.decode(errors="replace").partition("\n")
-        return Completed(code, rest, err.decode(errors="replace"))
+        return Completed(code, split_pid(out)[1], err.decode(errors="replace"))
 
     def _kill(self, out: bytearray) -> None:
-        pid = out.decode(errors="replace").partition("\n")[0].strip()
-        if pid.isdigit():
+        pid = split_pid(out)[0]
+        if pid is not None:
             try:
-                # No "--": dash's kill rejects it, and a board's login shell may be dash.
-                _, stdout, _ = self.client.exec_command(f"kill -KILL -{pid} {pid}", timeout=10)
+                _, stdout, _ = self.client.exec_command(kill_line(pid), timeout=10)
                 stdout.channel.recv_exit_status()
             except Exception:
                 pass  # the board is going away anyway; the timeout is what gets reported

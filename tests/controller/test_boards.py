@@ -37,3 +37,9 @@ def test_unreachable_board_is_listed_with_the_reason(tmp_path: Path, edgefarm_ho
     assert rows["local"]["reachable"] and rows["local"]["engines"]["onnxruntime"]["available"]
     assert not rows["broken"]["reachable"]
     assert "no-such-python" in rows["broken"]["why"] and rows["broken"]["chip"] == "rk3399"
+
+
+def test_listing_boards_leaves_no_database_behind(tmp_path: Path, edgefarm_home: Path) -> None:
+    db = tmp_path / "never.db"
+    assert main(["boards", "--db", f"sqlite:///{db}"]) == 0
+    assert not db.exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -87,40 +87,34 @@ def test_a_board_lost_for_good_mid_job_is_retried_then_failed_and_the_others_lan
     _steady_is_intact(jobs)
 
 
+def _run_killing(lab: dict[str, SshBoard], tmp_path: Path, match: Callable[[str], bool]) -> dict[str, Job]:
+    """A run during which the flaky board's processes that ``match`` are killed mid-job."""
+    spec, inventory, url = _setup(tmp_path, lab)
+    with when_job_runs(tmp_path / "flaky", lambda: kill_matching(lab["flaky"].namespace, match)) as killed:
+        assert main(["run", str(spec), "--inventory", str(inventory), "--db", url]) == 0
+    assert killed and killed[0], "nothing was killed"
+    jobs = _jobs(url)
+    _steady_is_intact(jobs)
+    return jobs
+
+
 def test_a_killed_agent_is_retried_and_its_second_attempt_lands(
         lab: dict[str, SshBoard], tmp_path: Path, edgefarm_home: Path) -> None:
-    spec, inventory, url = _setup(tmp_path, lab)
-    flaky = lab["flaky"]
-    kill = lambda: kill_matching(flaky.namespace, lambda cmd: " run job.json " in f"{cmd} ")  # noqa: E731
-    with when_job_runs(tmp_path / "flaky", kill) as killed:
-        assert main(["run", str(spec), "--inventory", str(inventory), "--db", url]) == 0
-    assert killed and killed[0], "no agent was killed"
-    jobs = _jobs(url)
-    job = jobs["flaky"]
+    job = _run_killing(lab, tmp_path, lambda cmd: " run job.json " in f"{cmd} ")["flaky"]
     assert job.status == "ok", job.message
     assert job.attempts == 2
     assert "attempt 1: the agent exited" in " ".join(job.result.raw["notes"])
-    _steady_is_intact(jobs)
 
 
 def test_killed_sshd_sessions_are_reconnected_and_the_stale_agent_ended(
         lab: dict[str, SshBoard], tmp_path: Path, edgefarm_home: Path) -> None:
-    spec, inventory, url = _setup(tmp_path, lab)
-    flaky = lab["flaky"]
     # The sessions, not the listener: the daemon that accepts new connections stays up.
-    kill = lambda: kill_matching(  # noqa: E731
-        flaky.namespace, lambda cmd: cmd.startswith("sshd:") and "[listener]" not in cmd)
-    with when_job_runs(tmp_path / "flaky", kill) as killed:
-        assert main(["run", str(spec), "--inventory", str(inventory), "--db", url]) == 0
-    assert killed and killed[0], "no sshd session was killed"
-    jobs = _jobs(url)
-    job = jobs["flaky"]
+    job = _run_killing(lab, tmp_path, lambda cmd: cmd.startswith("sshd:") and "[listener]" not in cmd)["flaky"]
     assert job.status == "ok", job.message
     assert job.attempts == 2 and "attempt 1:" in " ".join(job.result.raw["notes"])
     # The first attempt's agent, orphaned by its dead session, is gone, and so is its folder.
-    assert not [cmd for cmd in namespace_processes(flaky.namespace).values() if "run job.json" in cmd]
+    assert not [cmd for cmd in namespace_processes(lab["flaky"].namespace).values() if "run job.json" in cmd]
     assert not any((tmp_path / "flaky" / "jobs").iterdir())
-    _steady_is_intact(jobs)
 
 
 def test_a_run_over_a_slow_and_lossy_link_completes(
