@@ -136,21 +136,28 @@ def cmd_prune(directory: str, max_mb: float) -> int:
     """Keep the artifact cache under ``max_mb``: the least recently used files go first.
 
     Prints what was removed as JSON. A file in use is safe: a job's artifacts were touched
-    when the job verified them, and the newest files are the last to go.
+    when the job verified them, and the newest files are the last to go. A packed model's
+    unpacked folder (``<file>.d``) counts with its file and goes with it.
     """
+    import shutil
+
     path = os.path.expanduser(directory)
     entries = []
     for name in os.listdir(path) if os.path.isdir(path) else []:
         full = os.path.join(path, name)
         if os.path.isfile(full):
             st = os.stat(full)
-            entries.append((st.st_mtime, st.st_size, name))
+            unpacked = full + ".d"
+            extra = sum(os.path.getsize(os.path.join(unpacked, f)) for f in os.listdir(unpacked)) \
+                if os.path.isdir(unpacked) else 0
+            entries.append((st.st_mtime, st.st_size + extra, name))
     total = sum(size for _, size, _ in entries)
     removed = []
     for _, size, name in sorted(entries):
         if total <= max_mb * 1e6:
             break
         os.remove(os.path.join(path, name))
+        shutil.rmtree(os.path.join(path, name + ".d"), ignore_errors=True)
         total -= size
         removed.append(name)
     json.dump({"removed": removed, "kept_mb": total / 1e6}, sys.stdout)

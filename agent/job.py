@@ -59,6 +59,40 @@ def verify_artifacts(artifacts: Dict[str, Any], workdir: str) -> Dict[str, str]:
     return paths
 
 
+def unpack_model(path: str) -> str:
+    """A model packed as a tar (several files, e.g. ncnn's .param + .bin) -> the path of its first
+    member, unpacked once into ``<file>.d`` beside it; any other model file is returned as is.
+
+    The tar's hash was checked with the other artifacts; members must be plain files with plain
+    names, so a bad archive cannot write outside its folder.
+    """
+    import tarfile
+
+    if not path.endswith(".tar"):
+        return path
+    target = path + ".d"
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+        for m in members:
+            if not m.isfile() or os.path.basename(m.name) != m.name or m.name in ("", ".", ".."):
+                raise ValueError("model archive %s: member %r is not a plain file name" % (path, m.name))
+        if not members:
+            raise ValueError("model archive %s is empty" % path)
+        if not os.path.isdir(target):
+            partial = "%s.%d.part" % (target, os.getpid())
+            os.makedirs(partial, exist_ok=True)
+            for m in members:
+                source = tar.extractfile(m)
+                with open(os.path.join(partial, m.name), "wb") as out:
+                    out.write(source.read() if source is not None else b"")
+            try:
+                os.rename(partial, target)  # atomic: a second job never sees half a folder
+            except OSError:
+                if not os.path.isdir(target):
+                    raise
+        return os.path.join(target, members[0].name)
+
+
 def _feeds_for(engine: Engine, data: Dataset, what: str) -> Callable[[List[int]], Dict[str, np.ndarray]]:
     """A function indices -> the model's inputs only, after checking the file has them all."""
     names = engine.input_names()
@@ -157,7 +191,7 @@ class _JobRun:
         engine = self.engine = get_engine(name)
         result["engine"]["version"] = engine.version()
         t0 = time.perf_counter()
-        engine.load(paths["model"], options)
+        engine.load(unpack_model(paths["model"]), options)
         result["phases"]["load_ms"] = (time.perf_counter() - t0) * 1000.0
         result["engine"].update({"precision": engine.precision(), "device": engine.device()})
 

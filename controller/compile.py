@@ -17,7 +17,7 @@ from controller.cache import Cache, key_of
 from controller.errors import ModelError, one_line
 from controller.source import Prepared, prepare
 from controller.spec import LoadedSpec, ModelSpec
-from controller.variants import PRECISION, RECIPE_VERSION, RECIPES, STARTS_FROM
+from controller.variants import NEEDS_CALIBRATION, PRECISION, RECIPE_VERSION, RECIPES, STARTS_FROM
 
 PREPARE_VERSION = 1
 CALIBRATION_SEED_OFFSET = 1_000_003  # calibration never sees an evaluation sample
@@ -40,6 +40,7 @@ class ModelBuild:
     inputs: Artifact  # the first samples of the dataset, for latency and throughput
     variants: dict[str, Artifact] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # variant -> why it did not compile
+    calibration: Artifact | None = None  # calibration samples, when anything quantizes
 
 
 def _versions() -> dict[str, str]:
@@ -108,6 +109,38 @@ def prepare_sources(loaded: LoadedSpec, cache: Cache) -> dict[str, Prepared]:
     return out
 
 
+class _Tasks:
+    """Ray tasks whose artifacts are cached by key: a hit is used at once, a miss is submitted,
+    and ``wait`` stores each result as it arrives (a failure is recorded, never cached)."""
+
+    def __init__(self, cache: Cache, on_step: Callable[[str], None]) -> None:
+        self.cache, self.on_step = cache, on_step
+        self.pending: dict[Any, tuple[str, str, str, Callable[[Artifact], None]]] = {}
+
+    def get(self, kind: str, key: str, suffix: str, submit: Callable[[], Any],
+            done: Callable[[Artifact], None]) -> None:
+        hit = self.cache.lookup(kind, key, suffix)
+        if hit:
+            done(_artifact(*hit))
+            self.on_step(f"{kind} (cached)")
+        else:
+            self.pending[submit()] = (kind, key, suffix, done)
+
+    def wait(self) -> None:
+        import ray
+
+        while self.pending:
+            ready, _ = ray.wait(list(self.pending), num_returns=1)
+            kind, key, suffix, done = self.pending.pop(ready[0])
+            try:
+                data, meta = ray.get(ready[0])
+            except Exception as exc:  # recorded on its variant or job, and never cached
+                done(Artifact(Path(), "", 0, {"error": one_line(exc)}))
+            else:
+                done(_artifact(self.cache.store(kind, key, suffix, data, meta), meta))
+            self.on_step(kind)
+
+
 def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
               on_step: Callable[[str], None] = lambda _msg: None) -> list[ModelBuild]:
     import ray
@@ -122,32 +155,9 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
     recipe_task = ray.remote(max_calls=1)(_task_recipe)
     dataset_task = ray.remote(max_calls=1)(_task_dataset)
     builds: list[ModelBuild] = []
-    # ObjectRef -> (cache kind, key, suffix, what to do with the artifact)
-    pending: dict[Any, tuple[str, str, str, Callable[[Artifact], None]]] = {}
-
-    def cached_or_submit(kind: str, key: str, suffix: str, submit: Callable[[], Any],
-                         done: Callable[[Artifact], None]) -> None:
-        hit = cache.lookup(kind, key, suffix)
-        if hit:
-            done(_artifact(*hit))
-            on_step(f"{kind} (cached)")
-        else:
-            pending[submit()] = (kind, key, suffix, done)
-
-    def wait_all() -> None:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            kind, key, suffix, done = pending.pop(ready[0])
-            try:
-                data, meta = ray.get(ready[0])
-            except Exception as exc:  # recorded on its variant, and never cached
-                done(Artifact(Path(), "", 0, {"error": one_line(exc)}))
-            else:
-                done(_artifact(cache.store(kind, key, suffix, data, meta), meta))
-            on_step(kind)
+    tasks = _Tasks(cache, on_step)
 
     # Wave 1: datasets (evaluation + calibration) and the fused fp32 variant of every model.
-    calibration: dict[str, Artifact] = {}
     for m in spec.models:
         p = prepared[m.name]
         source_bytes = p.path.read_bytes()
@@ -156,25 +166,25 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
         builds.append(build)
         data_key = dict(kind=m.dataset.kind, shapes=shapes, v=DATASET_VERSION, model=p.sha256)
         ref = ray.put(source_bytes)
-        cached_or_submit(
+        tasks.get(
             "datasets", key_of(samples=m.dataset.samples, seed=m.dataset.seed, **data_key), ".npz",
             lambda m=m, ref=ref, shapes=shapes: dataset_task.remote(m.dataset.kind, shapes, m.dataset.samples, m.dataset.seed, ref),
             lambda a, b=build: setattr(b, "dataset", a),
         )
-        if any(PRECISION[v] == "int8" for v in spec.variants):
+        if _needs_calibration(spec):
             q = spec.quantization
             seed = m.dataset.seed + CALIBRATION_SEED_OFFSET
-            cached_or_submit(
+            tasks.get(
                 "datasets", key_of(samples=q.samples, seed=seed, **data_key), ".npz",
                 lambda m=m, ref=ref, shapes=shapes, q=q, seed=seed: dataset_task.remote(m.dataset.kind, shapes, q.samples, seed, ref),
-                lambda a, name=m.name: calibration.__setitem__(name, a),
+                lambda a, b=build: setattr(b, "calibration", a if a.size else None),
             )
-        cached_or_submit(
+        tasks.get(
             "variants", _variant_key("fp32", p.sha256, None, {}, versions), ".onnx",
             lambda ref=ref: recipe_task.remote("fp32", ref, None, None, {}),
             lambda a, b=build: _record(b, "fp32", a),
         )
-    wait_all()
+    tasks.wait()
 
     # Wave 2: variants built from the fused fp32 artifact.
     for build in builds:
@@ -188,22 +198,19 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
             if fp32 is None:
                 build.failures[name] = "fp32 did not compile"
                 continue
-            quantized = PRECISION[name] == "int8"
-            options = spec.quantization.model_dump() if quantized else {}
-            if name == "int8-mixed":  # its search stops at the budget selection will apply
-                options["budget"] = spec.selection.budget
-            calib = calibration.get(build.spec.name) if quantized else None
-            if quantized and (calib is None or calib.size == 0):
+            options = _recipe_options(name, spec)
+            calib = build.calibration if name in NEEDS_CALIBRATION else None
+            if name in NEEDS_CALIBRATION and calib is None:
                 build.failures[name] = "no calibration data"
                 continue
-            cached_or_submit(
+            tasks.get(
                 "variants",
                 _variant_key(name, fp32.sha256, calib.sha256 if calib else None, options, versions), ".onnx",
                 lambda name=name, fp32=fp32, calib=calib, options=options: recipe_task.remote(
                     name, b"", fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options),
                 lambda a, b=build, name=name: _record(b, name, a),
             )
-    wait_all()
+    tasks.wait()
 
     for build in builds:
         # A few different real samples for latency (the agent cycles through them), and
@@ -219,6 +226,85 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
             hit = (target, {})
         build.inputs = _artifact(*hit)
     return builds
+
+
+def _needs_calibration(spec: Any) -> bool:
+    return any(v in NEEDS_CALIBRATION for v in spec.variants)
+
+
+def _recipe_options(name: str, spec: Any) -> dict[str, Any]:
+    options = spec.quantization.model_dump() if PRECISION[name] == "int8" else {}
+    if name == "int8-mixed":  # its search stops at the budget selection will apply
+        options["budget"] = spec.selection.budget
+    return options
+
+
+# --- conversions for engines that do not read ONNX ------------------------------------------
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    """One conversion a run needs: a model's variant for an engine and target."""
+
+    model: str
+    variant: str
+    engine: str
+    target: str
+
+
+def _task_convert(engine: str, variant: str, precision: str, target: str, model: bytes, fp32: bytes,
+                  calibration: bytes | None, options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    from controller.convert import ConvertInput, converter_for
+
+    converter = converter_for(engine)
+    assert converter is not None
+    with tempfile.TemporaryDirectory(prefix="edgefarm-convert-") as tmp:
+        d = Path(tmp)
+        (d / "model.onnx").write_bytes(model)
+        (d / "fp32.onnx").write_bytes(fp32)
+        if calibration is not None:
+            (d / "calibration.npz").write_bytes(calibration)
+        out = d / ("out" + converter.suffix)
+        meta = converter.convert(ConvertInput(
+            variant, precision, d / "model.onnx", d / "fp32.onnx",
+            d / "calibration.npz" if calibration is not None else None, target, options), out)
+        return out.read_bytes(), meta
+
+
+def convert_all(builds: list[ModelBuild], requests: set[ConvertRequest], cache: Cache,
+                on_step: Callable[[str], None] = lambda _msg: None) -> dict[ConvertRequest, Artifact]:
+    """Every requested conversion, cached by content; a failed one is an Artifact with an error."""
+    import ray
+
+    from controller.convert import converter_for
+
+    by_name = {b.spec.name: b for b in builds}
+    task = ray.remote(max_calls=1)(_task_convert)
+    tasks = _Tasks(cache, on_step)
+    out: dict[ConvertRequest, Artifact] = {}
+    for r in sorted(requests, key=lambda r: (r.model, r.variant, r.engine, r.target)):
+        build = by_name[r.model]
+        converter = converter_for(r.engine)
+        variant, fp32 = build.variants.get(r.variant), build.variants.get("fp32")
+        if converter is None or variant is None or fp32 is None:
+            continue
+        calib = build.calibration if r.variant in NEEDS_CALIBRATION else None
+        try:
+            tools = converter.tool_versions()
+        except Exception as exc:  # a missing tool fails these jobs, with the reason
+            out[r] = Artifact(Path(), "", 0, {"error": one_line(exc)})
+            continue
+        key = key_of(kind="conversion", engine=r.engine, v=converter.version, target=r.target, tools=tools,
+                     variant=r.variant, model=variant.sha256, fp32=fp32.sha256,
+                     calibration=calib.sha256 if calib else None)
+        tasks.get(
+            "conversions", key, converter.suffix,
+            lambda r=r, variant=variant, fp32=fp32, calib=calib: task.remote(
+                r.engine, r.variant, PRECISION[r.variant], r.target, variant.path.read_bytes(),
+                fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, {}),
+            lambda a, r=r: out.__setitem__(r, a),
+        )
+    tasks.wait()
+    return out
 
 
 def _variant_key(name: str, input_sha: str, calib_sha: str | None, options: dict[str, Any],

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.cache import Cache
-from controller.compile import Artifact, ModelBuild, build_all, prepare_sources
+from controller.compile import Artifact, ConvertRequest, ModelBuild, build_all, convert_all, prepare_sources
 from controller.errors import EdgeFarmError, one_line
 from controller.health import Golden, engine_for, golden, record
 from controller.inventory import Board, Inventory
@@ -33,6 +33,8 @@ class Planned:
     engine: str
     options: dict[str, Any]
     label: str
+    target: str = ""  # the converter's target, for an engine that does not read ONNX
+    artifact: Artifact | None = None  # what the board loads, when it is not the ONNX variant
     row_id: int = 0
     failure: tuple[str, str] | None = None  # (stage, message) when it cannot even be sent
     stored: bool = False  # a resumed run already has its result
@@ -143,6 +145,8 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         probes.update(_start_boards(sessions, boards, actors, outcome, golden(cache)))
 
         plan = [p for b in boards if b.name in probes for p in _plan_board(b, probes[b.name], builds, spec)]
+        with progress.stage("convert for engines", total=None) as step:
+            _convert(plan, builds, cache, step)
         with sessions() as db:
             plan = _store_plan(db, run.id, plan, resuming=resume is not None)
             db.commit()
@@ -289,8 +293,9 @@ def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], s
                     # Pinned to n cores, an engine that starts a thread per core would oversubscribe.
                     base["threads"] = board.threads or len(board.cpus or [])
                 info = engines_found.get(eng.name, {})
+                target = _target(board, eng.name, probe.get("fingerprint", {}).get("arch", ""))
                 for label, options in _configs(eng.name, variant, info, base):
-                    p = Planned(board.name, build, variant, eng.name, options, label)
+                    p = Planned(board.name, build, variant, eng.name, options, label, target)
                     if variant in build.failures:
                         p.failure = ("convert", f"variant {variant} did not compile: {build.failures[variant]}")
                     elif not info.get("available"):
@@ -298,6 +303,30 @@ def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], s
                                              f"{info.get('reason') or 'not found'}")
                     plan.append(p)
     return plan
+
+
+def _convert(plan: list[Planned], builds: list[ModelBuild], cache: Cache, on_step: Any) -> None:
+    """Give each job for an engine with its own format the converted model, or the reason it has none."""
+    wanted = [(p, ConvertRequest(p.model.spec.name, p.variant, p.engine, p.target))
+              for p in plan if p.target and not p.failure]
+    done = convert_all(builds, {r for _, r in wanted}, cache, on_step)
+    for p, request in wanted:
+        artifact = done.get(request)
+        if artifact is None or artifact.size == 0:
+            why = artifact.meta.get("error") if artifact else "nothing to convert"
+            p.failure = ("convert", f"{p.engine} conversion ({p.target}) of {p.variant} failed: {why}")
+        else:
+            p.artifact = artifact
+
+
+def _target(board: Board, engine: str, arch: str) -> str:
+    """The converter target for ``engine`` on ``board`` ("" when the engine reads ONNX)."""
+    from controller.convert import converter_for
+
+    converter = converter_for(engine)
+    if converter is None:
+        return ""
+    return str(board.engine_options.get(engine, {}).get("target") or converter.default_target(arch))
 
 
 def _configs(engine: str, variant: str, info: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -345,7 +374,9 @@ def _store_plan(db: Any, run_id: int, plan: list[Planned], resuming: bool) -> li
                 defaults=dict(size_bytes=art.size if art else 0, recipe=art.meta if art else {"error": m.failures.get(p.variant)}),
             )
         job = Job(run_id=run_id, board_id=board_rows[p.board].id, variant_id=variant_rows[key].id,
-                  engine=p.engine, options=p.options, label=p.label)
+                  engine=p.engine, options=p.options, label=p.label,
+                  artifact={"sha256": p.artifact.sha256, "size_bytes": p.artifact.size, "target": p.target,
+                            "conversion": p.artifact.meta} if p.artifact else None)
         db.add(job)
         db.flush()
         p.row_id = job.id
@@ -401,7 +432,7 @@ def _job_payload(p: Planned, spec: Spec) -> dict[str, Any]:
 
 
 def _files(p: Planned) -> dict[str, tuple[Path, str]]:
-    art = p.model.variants[p.variant]
+    art = p.artifact or p.model.variants[p.variant]
     return {
         "model": (art.path, art.sha256),
         "inputs": (p.model.inputs.path, p.model.inputs.sha256),

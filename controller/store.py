@@ -94,6 +94,8 @@ class Job(Base):
     engine: Mapped[str] = mapped_column(String(32))
     options: Mapped[dict] = mapped_column(JSON)
     label: Mapped[str] = mapped_column(String(64))  # what selection calls this config, e.g. fp32@bf16
+    # The file the engine loaded when a converter made it (sha256, size_bytes, target, conversion).
+    artifact: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | ok | failed
     stage: Mapped[str | None] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(Text)

@@ -32,15 +32,19 @@ RECIPES: dict[str, Recipe] = {}
 # Which artifact a recipe reads: "source" or "fp32".
 STARTS_FROM: dict[str, str] = {}
 PRECISION: dict[str, str] = {}
+# Recipes that read calibration samples (rendered apart from the evaluation samples).
+NEEDS_CALIBRATION: set[str] = set()
 
 
-def recipe(name: str, *, starts_from: str, precision: str) -> Callable[[Recipe], Recipe]:
+def recipe(name: str, *, starts_from: str, precision: str, calibrated: bool = False) -> Callable[[Recipe], Recipe]:
     def deco(fn: Recipe) -> Recipe:
         if name in RECIPES:
             raise ValueError(f"variant recipe {name!r} is already registered")
         RECIPES[name] = fn
         STARTS_FROM[name] = starts_from
         PRECISION[name] = precision
+        if calibrated:
+            NEEDS_CALIBRATION.add(name)
         return fn
 
     return deco
@@ -82,7 +86,7 @@ def fp16(inp: RecipeInput, out: Path) -> dict[str, Any]:
     return {"ops": op_counts(out)}
 
 
-@recipe("int8", starts_from="fp32", precision="int8")
+@recipe("int8", starts_from="fp32", precision="int8", calibrated=True)
 def int8(inp: RecipeInput, out: Path) -> dict[str, Any]:
     """ONNX Runtime static post-training quantization: QDQ, int8 weights, real calibration data.
 
@@ -95,7 +99,7 @@ def int8(inp: RecipeInput, out: Path) -> dict[str, Any]:
             "calibration_samples": count, "per_channel": bool(inp.options.get("per_channel", True))}
 
 
-@recipe("int8-mixed", starts_from="fp32", precision="int8")
+@recipe("int8-mixed", starts_from="fp32", precision="int8", calibrated=True)
 def int8_mixed(inp: RecipeInput, out: Path) -> dict[str, Any]:
     """int8 with the most sensitive nodes kept in float until the spec's accuracy budget holds
     on the calibration data (see controller.mixed_precision)."""
