@@ -55,14 +55,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"ppocr_db", "failures_db"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-
-BOARD_PYTHON = ROOT / ".venv-board" / "bin" / "python"
-
-
-def board_python_version() -> str:
-    """The version of the test boards' interpreter (scripts/setup.sh makes it differ from ours)."""
-    import subprocess
-
-    return subprocess.run([str(BOARD_PYTHON), "-c", "import platform; print(platform.python_version())"],
-                          check=True, capture_output=True, text=True).stdout.strip()
