@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sel = sub.add_parser("select", help="print the engine-selection table")
     sel.add_argument("--budget", type=float, default=0.01, help="largest accepted accuracy drop against fp32")
+    sel.add_argument("--objective", choices=["latency", "throughput"], default="latency",
+                     help="lowest p50 at batch 1, or most items/s at any measured batch size")
+    sel.add_argument("--latency-ceiling", type=float, metavar="MS",
+                     help="with --objective throughput: a batch's p50 must stay under this")
     sel.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
     _db_flag(sel)
 
@@ -100,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _resumed_spec(args) if args.resume and not (args.spec or args.model) else _load(args)
     inventory, source = load_inventory(args.inventory)
     outcome = execute(loaded, inventory, source, args.db, args.ray_address, resume=args.resume)
-    _finish(args.db, outcome, [m.name for m in loaded.spec.models], loaded.spec.selection.budget)
+    _finish(args.db, outcome, [m.name for m in loaded.spec.models], loaded.spec.selection)
     return 0
 
 
@@ -118,17 +122,19 @@ def _resumed_spec(args: argparse.Namespace):  # -> LoadedSpec
         return LoadedSpec(spec=parse(Spec, run.spec, source), source=source, base=Path(run.spec_base or "."))
 
 
-def _finish(db: str | None, outcome, models: list[str], budget: float) -> None:
-    from controller.selection import latest_candidates, render, select_best
+def _finish(db: str | None, outcome, models: list[str], rule) -> None:  # rule: SelectionSpec
+    from controller.selection import describe_rule, latest_candidates, render, select_best
     from controller.store import describe, open_db
 
     with open_db(db)() as session:
-        chosen = select_best([c for c in latest_candidates(session) if c.model in models], budget)
+        chosen = select_best([c for c in latest_candidates(session) if c.model in models], rule.budget,
+                             rule.objective, rule.latency_ceiling_ms)
     resumed = f" ({outcome.resumed} stored before, not run again)" if outcome.resumed else ""
     print(f"\nrun {outcome.run_id}: {outcome.ok} jobs ok, {outcome.failed} failed{resumed}")
     for board, why in outcome.skipped.items():
         print(f"board {board} skipped: {why}")
-    print(f"\nengine selection (accuracy budget {budget:g}):\n{render(chosen, 'table')}\n")
+    print(f"\nengine selection ({describe_rule(rule.budget, rule.objective, rule.latency_ceiling_ms)}):\n"
+          f"{render(chosen, 'table')}\n")
     print(f"database:  {describe(db)}")
     print(f"dashboard: edgefarm dashboard --db {describe(db)}")
 
@@ -148,7 +154,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from controller.store import open_db
 
     with open_db(args.db)() as session:
-        print(render(selections(session, args.budget), args.format))
+        print(render(selections(session, args.budget, args.objective, args.latency_ceiling), args.format))
     return 0
 
 

@@ -35,7 +35,9 @@ def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
                        "changes": regression.summary(changes)}
         db.commit()
         models = [m.name for m in loaded.spec.models]
-        chosen = select_best([c for c in latest_candidates(db) if c.model in models], loaded.spec.selection.budget)
+        rule = loaded.spec.selection
+        chosen = select_best([c for c in latest_candidates(db) if c.model in models], rule.budget,
+                             rule.objective, rule.latency_ceiling_ms)
     report.write_markdown(report_dir / "report.md", run.id, prev.id if prev else None, changes, render(chosen, "md"))
     report.write_junit(report_dir / "junit.xml", run.id, changes)
     bad = [c for c in changes if c.bad]

@@ -294,7 +294,7 @@ def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], s
                     base["threads"] = board.threads or len(board.cpus or [])
                 info = engines_found.get(eng.name, {})
                 target = _target(board, eng.name, probe.get("fingerprint", {}).get("arch", ""))
-                for label, options in _configs(eng.name, variant, info, base):
+                for label, options in _thread_sweep(spec, eng.options, _configs(eng.name, variant, info, base)):
                     p = Planned(board.name, build, variant, eng.name, options, label, target)
                     if variant in build.failures:
                         p.failure = ("convert", f"variant {variant} did not compile: {build.failures[variant]}")
@@ -327,6 +327,16 @@ def _target(board: Board, engine: str, arch: str) -> str:
     if converter is None:
         return ""
     return str(board.engine_options.get(engine, {}).get("target") or converter.default_target(arch))
+
+
+def _thread_sweep(spec: Spec, engine_options: dict[str, Any],
+                  configs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Each configuration once per thread count of ``measure.threads`` ("int8/t2"), unless the
+    spec fixes the engine's threads itself."""
+    threads = spec.measure.threads
+    if not threads or "threads" in engine_options:
+        return configs
+    return [(f"{label}/t{t}", {**options, "threads": t}) for label, options in configs for t in threads]
 
 
 def _configs(engine: str, variant: str, info: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -76,6 +76,8 @@ class MeasureSpec(Strict):
     min_seconds: float = Field(2.0, ge=0)
     max_seconds: float = Field(120.0, gt=0)
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    threads: list[int] | None = Field(
+        None, description="thread counts to sweep, each its own configuration; default: the engine's or board's own")
     throughput_seconds: float = Field(1.0, gt=0)
     job_timeout: float = Field(1800.0, gt=0, description="seconds before a hung job is killed")
 
@@ -86,9 +88,20 @@ class MeasureSpec(Strict):
             raise ValueError("batch sizes must be positive integers")
         return sorted(set(sizes))
 
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, threads: list[int] | None) -> list[int] | None:
+        if threads is not None and (not threads or any(t < 1 for t in threads)):
+            raise ValueError("thread counts must be positive integers")
+        return sorted(set(threads)) if threads else None
+
 
 class SelectionSpec(Strict):
     budget: float = Field(0.01, ge=0, description="largest accepted accuracy drop against fp32")
+    objective: Literal["latency", "throughput"] = Field(
+        "latency", description="lowest p50 at batch 1, or most items/s at any measured batch size")
+    latency_ceiling_ms: float | None = Field(
+        None, gt=0, description="throughput objective: a batch's p50 must stay under this")
 
 
 class RegressionSpec(Strict):

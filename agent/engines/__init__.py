@@ -21,6 +21,9 @@ __all__ = [
 _LAZY: Dict[str, str] = {
     "onnxruntime": "agent.engines.onnxruntime:OnnxRuntimeEngine",
     "openvino": "agent.engines.openvino:OpenVinoEngine",
+    "paddlelite": "agent.engines.paddlelite:PaddleLiteEngine",
+    "ncnn": "agent.engines.ncnn:NcnnEngine",
+    "mnn": "agent.engines.mnn:MnnEngine",
 }
 _REGISTERED: Dict[str, Type[Engine]] = {}
 

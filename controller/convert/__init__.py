@@ -70,6 +70,9 @@ class Converter(ABC):
 
 # Built-in converters, engine -> "module:Class"; each module imports its tools inside convert().
 _LAZY: dict[str, str] = {
+    "paddlelite": "controller.convert.paddlelite:PaddleLiteConverter",
+    "ncnn": "controller.convert.ncnn:NcnnConverter",
+    "mnn": "controller.convert.mnn:MnnConverter",
 }
 _REGISTERED: dict[str, type[Converter]] = {}
 

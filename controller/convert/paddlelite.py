@@ -1,0 +1,270 @@
+"""Paddle Lite converter: a variant's ONNX -> x2paddle -> Paddle inference model -> opt -> ``.nb``.
+
+x2paddle, paddlepaddle and Paddle Lite's opt live in their own interpreter (Paddle Lite has wheels
+for Python 3.8 and 3.10 only; paddlepaddle 2.6 needs numpy < 2): ``$EDGEFARM_PADDLE_PYTHON``, else
+``.venv-paddle/bin/python`` beside the controller's venv. The controller prepares the ONNX here
+(names x2paddle can turn into Python identifiers, batch fixed at 1) and runs
+``_x2paddle_tool.py`` there as a subprocess.
+
+Precisions: fp32 converts the fused fp32 model for any target. fp16 is opt's own (weights and
+compute halved at load) and exists for ARM boards only: the x86 and OpenCL kernels have none,
+so an fp16 job for those targets fails at convert. int8 variants are ONNX QDQ models, whose
+QuantizeLinear/DequantizeLinear x2paddle cannot map: they fail at convert with x2paddle's message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import keyword
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from controller.convert import ConversionError, Converter, ConvertInput, register
+
+TOOL = Path(__file__).with_name("_x2paddle_tool.py")
+# Paddle Lite's valid_targets: its own CPU/GPU back ends, then NNAdapter devices (each is given
+# with the board CPU's back end, e.g. "rockchip_npu,arm", for the ops the device lacks).
+CPU_TARGETS = ("x86", "arm")
+TARGETS = (
+    "x86", "arm", "opencl",
+    "huawei_ascend_npu", "huawei_kirin_npu", "rockchip_npu", "amlogic_npu", "imagination_nna",
+    "mediatek_apu", "verisilicon_timvx", "kunlunxin_xtcl", "cambricon_mlu", "android_nnapi",
+    "nvidia_tensorrt", "intel_openvino", "qualcomm_qnn", "eeasytech_npu",
+)
+FP16_TARGETS = ("arm",)  # opt's enable_fp16 is ARM-only: x86 and OpenCL have no fp16 kernels here
+CONVERT_TIMEOUT_S = 900.0
+VERSIONS_TIMEOUT_S = 120.0
+_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ARCH_TARGET = {"x86_64": "x86", "amd64": "x86", "i686": "x86", "i386": "x86",
+                "aarch64": "arm", "arm64": "arm", "armv7l": "arm", "armv8l": "arm", "armv7": "arm"}
+
+
+def paddle_python() -> Path:
+    """The interpreter x2paddle, paddlepaddle and paddlelite are installed in."""
+    told = os.environ.get("EDGEFARM_PADDLE_PYTHON")
+    return Path(told) if told else Path(sys.prefix).parent / ".venv-paddle" / "bin" / "python"
+
+
+def _require_tool() -> Path:
+    python = paddle_python()
+    if not python.is_file():
+        raise ConversionError(
+            f"Paddle tool interpreter not found: {python}; run scripts/setup.sh (it makes .venv-paddle with "
+            "x2paddle, paddlepaddle and paddlelite) or set EDGEFARM_PADDLE_PYTHON"
+        )
+    return python
+
+
+def sanitize_names(model: Any) -> dict[str, str]:
+    """Rename every value and node of ``model`` (an onnx.ModelProto, in place) to [A-Za-z0-9_]
+    names x2paddle can turn into Python identifiers ('@', '.', '/' break its generated code).
+
+    Names already safe stay, so the inputs the agent feeds by name ('x') keep their names;
+    renamed ones never collide with another name. Returns {old: new} for the renamed values.
+    """
+    graphs = list(_graphs(model.graph))
+    values: list[str] = []
+    for g in graphs:
+        values += [v.name for v in (*g.input, *g.output, *g.value_info)]
+        values += [t.name for t in g.initializer] + [t.values.name for t in g.sparse_initializer]
+        for node in g.node:
+            values += [*node.input, *node.output]
+    taken = {n for n in values if _is_safe(n)}
+    mapping: dict[str, str] = {}
+    for name in values:
+        if name and not _is_safe(name) and name not in mapping:
+            mapping[name] = _fresh(name, taken)
+
+    def rename(name: str) -> str:
+        return mapping.get(name, name)
+
+    node_names = {n.name for g in graphs for n in g.node if _is_safe(n.name)}
+    for g in graphs:
+        for v in (*g.input, *g.output, *g.value_info):
+            v.name = rename(v.name)
+        for t in g.initializer:
+            t.name = rename(t.name)
+        for s in g.sparse_initializer:
+            s.values.name = rename(s.values.name)
+            s.indices.name = rename(s.indices.name)
+        for node in g.node:
+            node.input[:] = [rename(n) for n in node.input]
+            node.output[:] = [rename(n) for n in node.output]
+            if not _is_safe(node.name):
+                node.name = _fresh(node.name or node.op_type, node_names)
+    return mapping
+
+
+def _is_safe(name: str) -> bool:
+    return bool(_SAFE.match(name)) and not keyword.iskeyword(name)
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if not base or not (base[0].isalpha() or base[0] == "_"):
+        base = "v_" + base
+    candidate, n = base, 1
+    while candidate in taken or keyword.iskeyword(candidate):
+        candidate, n = f"{base}_{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _graphs(graph: Any):
+    """The graph and every subgraph (If/Loop/Scan bodies) under it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+def fix_batch(model: Any, batch: int = 1) -> None:
+    """Give every symbolic input dimension ``batch`` (only the batch axis is left symbolic by
+    controller.source.prepare): x2paddle and opt want static shapes, and a .nb runs at batch 1."""
+    from onnx import shape_inference
+
+    initializers = {t.name for t in model.graph.initializer}
+    changed = False
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        for d in inp.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.Clear()
+                d.dim_value = batch
+                changed = True
+    if changed:  # the old intermediate shapes still say "batch"
+        del model.graph.value_info[:]
+        inferred = shape_inference.infer_shapes(model)
+        model.graph.value_info.extend(inferred.graph.value_info)
+
+
+def fold_constants(src: Path, out: Path) -> Path:
+    """ONNX Runtime's basic level on the fixed-shape model: Shape -> Slice -> Concat chains that
+    only a dynamic batch kept alive become constants. x2paddle maps a Reshape whose shape is
+    computed at run time wrongly (PP-OCRv4's recogniser then fails to export)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(out)
+    try:
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types from C++
+        raise ConversionError(f"onnxruntime cannot fold constants of {src.name}: {str(exc).strip().splitlines()[0][:300]}") from None
+    return out
+
+
+@register
+class PaddleLiteConverter(Converter):
+    """x2paddle + Paddle Lite opt, in the Paddle tool interpreter."""
+
+    engine = "paddlelite"
+    suffix = ".nb"
+    version = 1
+    targets = TARGETS
+
+    def default_target(self, arch: str) -> str:
+        return _ARCH_TARGET.get(arch.strip().lower(), "arm" if arch.lower().startswith("arm") else "x86")
+
+    def tool_versions(self) -> dict[str, str]:
+        return dict(_tool_versions(str(_require_tool())))
+
+    def convert(self, inp: ConvertInput, out: Path) -> dict[str, Any]:
+        import onnx
+
+        target = inp.target or "x86"
+        places = _valid_places(target)
+        fp16 = inp.precision == "fp16"
+        if fp16 and places[0] not in FP16_TARGETS:
+            raise ConversionError(
+                f"Paddle Lite has no fp16 kernels for target {target!r}; fp16 (opt --enable_fp16) needs target arm"
+            )
+        # fp16 is opt's own: it halves the fp32 model, the ONNX fp16 variant's Casts would only get in its way.
+        source = inp.fp32 if fp16 else inp.model
+        python = _require_tool()
+        with tempfile.TemporaryDirectory(prefix="edgefarm-paddle-") as tmp:
+            work = Path(tmp)
+            model = onnx.load(str(source))
+            # The .nb gets back the original input names: the board feeds it by them.
+            initializers = {t.name for t in model.graph.initializer}
+            inputs = [i.name for i in model.graph.input if i.name not in initializers]
+            fix_batch(model, 1)
+            onnx.save(model, str(work / "fixed.onnx"))
+            model = onnx.load(str(fold_constants(work / "fixed.onnx", work / "folded.onnx")))
+            renamed = sanitize_names(model)
+            outputs = [o.name for o in model.graph.output]
+            clean = work / "model.onnx"
+            onnx.save(model, str(clean))
+            result_file = work / "result.json"
+            nb = work / "model.nb"
+            argv = [str(python), "-I", str(TOOL), "convert", "--onnx", str(clean), "--work", str(work),
+                    "--target", ",".join(places), "--out", str(nb), "--result", str(result_file),
+                    "--input-names", json.dumps(inputs)]
+            if fp16:
+                argv.append("--fp16")
+            _run(argv, CONVERT_TIMEOUT_S)
+            result = json.loads(result_file.read_text())
+            # The board reads outputs by position: x2paddle must keep them one for one.
+            if len(result["outputs"]) != len(outputs):
+                raise ConversionError(
+                    f"x2paddle made {len(result['outputs'])} outputs from {len(outputs)} ONNX outputs {outputs}"
+                )
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(nb, out)
+        return {
+            "target": ",".join(places),
+            "precision": "fp16" if fp16 else inp.precision,
+            "source": "fp32" if fp16 else inp.variant,
+            "renamed_values": len(renamed),
+            "paddle_inputs": result["inputs"],
+            "paddle_outputs": result["outputs"],
+            "onnx_outputs": outputs,
+            "tools": result["versions"],
+        }
+
+
+def _valid_places(target: str) -> list[str]:
+    """``target`` as opt's valid places: an NNAdapter device alone gets the CPU back end added."""
+    places = [p.strip() for p in target.split(",") if p.strip()]
+    unknown = [p for p in places if p not in TARGETS]
+    if not places or unknown:
+        raise ConversionError(f"Paddle Lite target {target!r} is not one of {', '.join(TARGETS)}")
+    if not any(p in CPU_TARGETS for p in places) and places != ["opencl"]:
+        places.append("arm")
+    if places == ["opencl"]:
+        places.append("arm")  # opencl kernels fall back to ARM ones for the ops they lack
+    return places
+
+
+@functools.lru_cache(maxsize=4)
+def _tool_versions(python: str) -> tuple[tuple[str, str], ...]:
+    with tempfile.TemporaryDirectory(prefix="edgefarm-paddle-") as tmp:
+        result = Path(tmp) / "versions.json"
+        _run([python, "-I", str(TOOL), "versions", "--result", str(result)], VERSIONS_TIMEOUT_S)
+        return tuple(sorted(json.loads(result.read_text()).items()))
+
+
+def _run(argv: list[str], timeout: float) -> None:
+    """Run the tool; its "error: ..." line (or the last line it printed) becomes the ConversionError."""
+    # -I (isolated) keeps the controller's PYTHONPATH and this folder, whose paddlelite.py would
+    # shadow the paddlelite package, out of the tool's sys.path.
+    env = dict(os.environ, GLOG_minloglevel="2")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ConversionError(f"Paddle conversion took longer than {timeout:.0f} s: {' '.join(argv[1:3])}") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
+        message = errors[-1] if errors else (lines[-1] if lines else f"exit code {proc.returncode}")
+        raise ConversionError(f"paddlelite conversion failed: {message[:400]}")
