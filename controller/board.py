@@ -48,8 +48,9 @@ class BoardSession:
 
     # -- agent commands --------------------------------------------------------------------
 
-    def _agent(self, *args: str, timeout: float = SMALL_TIMEOUT, cwd: str | None = None) -> str:
-        done = self.transport.run([self.python, self.agent, *args], timeout=timeout, cwd=cwd)
+    def _agent(self, *args: str, timeout: float = SMALL_TIMEOUT, cwd: str | None = None,
+               python: str | None = None) -> str:
+        done = self.transport.run([python or self.python, self.agent, *args], timeout=timeout, cwd=cwd)
         if done.exit_code != 0:
             raise TransportError(f"agent {args[0]} exited {done.exit_code}: {_tail(done.stderr, 300)}")
         return done.stdout
@@ -67,6 +68,13 @@ class BoardSession:
             probe = json.loads(self._agent("probe", "--workdir", self.root, timeout=PROBE_TIMEOUT))
             if probe.get("protocol") != PROTOCOL_VERSION:
                 raise TransportError(f"agent speaks protocol {probe.get('protocol')}, not {PROTOCOL_VERSION}")
+            for engine, python in self.board.engine_python.items():  # that engine as its interpreter sees it
+                try:
+                    found = json.loads(self._agent("probe", timeout=PROBE_TIMEOUT, python=python))["engines"]
+                    probe["engines"][engine] = {**found.get(engine, {"available": False}), "python": python}
+                except (TransportError, ValueError, KeyError) as exc:
+                    probe["engines"][engine] = {"available": False, "version": None,
+                                                "reason": f"its interpreter {python} did not run the agent: {exc}"}
         probe["engines"].update(native_engines(self))  # a native tool measures its engine on this board
         self.fingerprint = probe["fingerprint"]
         return probe
@@ -168,8 +176,9 @@ class BoardSession:
             local_job.write_text(json.dumps(job))
             with self._files:
                 self.transport.put(local_job, posixpath.join(workdir, "job.json"))
+            python = self.board.engine_python.get(job["engine"]["name"], self.python)
             done = self.transport.run(
-                [self.python, self.agent, "run", "job.json", "--out", "result.json"], timeout=timeout, cwd=workdir
+                [python, self.agent, "run", "job.json", "--out", "result.json"], timeout=timeout, cwd=workdir
             )
             local_result = Path(tmp) / "result.json"
             try:

@@ -79,6 +79,10 @@ class Board(Strict):
     ssh: SshSettings | None = Field(None, description="how to reach the board, for transport ssh")
     adb: AdbSettings | None = Field(None, description="how to reach the board, for transport adb")
     python: str | None = Field(None, description="interpreter that runs the agent; default: the controller's own")
+    engine_python: dict[Name, str] = Field(
+        default_factory=dict,
+        description="another interpreter for one engine's jobs, where its wheels need another Python "
+                    "(Paddle Lite: 3.10 at most), e.g. {paddlelite: /opt/lite/bin/python3.10}")
     workdir: str | None = Field(None, description="agent work directory on the board")
     engines: list[Name] | None = Field(None, description="engines allowed on this board; default: all found")
     threads: int | None = Field(None, ge=1, description="engine threads; default: the engine's own")
@@ -143,8 +147,17 @@ class Inventory(Strict):
         raise ConfigError(f"{source}: boards: unknown board {name!r}; the inventory has: {known}")
 
 
-# The embedded default: this machine, reached without a network. inventory/local.yaml says the same.
-DEFAULT = Inventory(boards=[Board(name="local")])
+def _local_board() -> Board:
+    """This machine, reached without a network; Paddle Lite's jobs run in the Paddle tools'
+    interpreter when there is one, since the controller's Python may be too new for its wheels."""
+    from controller.workspace import paddle_python
+
+    lite = paddle_python()
+    return Board(name="local", engine_python={"paddlelite": str(lite)} if lite else {})
+
+
+# The embedded default. inventory/local.yaml says the same.
+DEFAULT = Inventory(boards=[_local_board()])
 
 
 def load_inventory(path: Path | None) -> tuple[Inventory, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -12,3 +13,14 @@ def workspace() -> Path:
 
 def cache_dir() -> Path:
     return workspace() / "cache"
+
+
+def paddle_python() -> Path | None:
+    """The interpreter with the Paddle tools (x2paddle, paddlepaddle, Paddle Lite), whose wheels
+    stop at Python 3.10: $EDGEFARM_PADDLE_PYTHON, else ``.venv-paddle`` beside the controller's
+    own virtual environment (scripts/setup.sh makes it), else None."""
+    given = os.environ.get("EDGEFARM_PADDLE_PYTHON")
+    if given:
+        return Path(given)
+    beside = Path(sys.prefix).parent / ".venv-paddle" / "bin" / "python"
+    return beside if beside.is_file() else None
