@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -40,14 +41,27 @@ def sessions(url: str) -> sessionmaker[Session]:
     return store.open_db(url)
 
 
-def controls(models: list[str], chips: list[str]) -> tuple[float, list[str], list[str]]:
-    """Accuracy budget and filters in the sidebar; an empty filter means all."""
+@dataclass
+class Controls:
+    budget: float
+    objective: str  # "latency" or "throughput"
+    ceiling_ms: float | None
+    models: list[str]
+    chips: list[str]
+
+
+def controls(models: list[str], chips: list[str]) -> Controls:
+    """Selection rule and filters in the sidebar; an empty filter means all."""
     with st.sidebar:
         budget = st.slider("Accuracy budget (max drop vs ONNX Runtime fp32)", 0.0, 0.1, 0.01, step=0.001,
                            format="%.3f", key="budget")
+        objective = st.radio("Optimize for", ["latency", "throughput"], horizontal=True, key="objective",
+                             help="latency: lowest p50 at batch 1; throughput: most items/s at any batch size")
+        ceiling = st.number_input("Latency ceiling per batch (ms, 0 = none)", min_value=0.0, value=0.0,
+                                  key="ceiling", disabled=objective != "throughput")
         picked_models = st.multiselect("Models", models, placeholder="all models", key="models")
         picked_chips = st.multiselect("Chips", chips, placeholder="all chips", key="chips")
-    return budget, picked_models or models, picked_chips or chips
+    return Controls(budget, objective, ceiling or None, picked_models or models, picked_chips or chips)
 
 
 def banner(runs: list[queries.RunRow]) -> None:
@@ -67,12 +81,17 @@ def banner(runs: list[queries.RunRow]) -> None:
                    "their stage and message are under Runs.")
 
 
-def selection_section(sels: list[selection.Selection], budget: float) -> None:
+def selection_section(sels: list[selection.Selection], c: Controls) -> None:
     st.header("Engine selection")
-    st.caption(f"Fastest configuration per (model, chip) whose accuracy drop against ONNX Runtime fp32 on that "
-               f"chip is at most **{budget:g}**; speed-up is against the same baseline. Newest result per "
-               "configuration.")
-    st.table(views.styled(views.selection_frame(sels)), hide_index=True)
+    fastest = "Most items/s at any measured batch size" if c.objective == "throughput" else "Lowest p50"
+    ceiling = f" with a batch p50 of at most **{c.ceiling_ms:g} ms**" if c.objective == "throughput" and c.ceiling_ms else ""
+    st.caption(f"{fastest}{ceiling} per (model, chip), among configurations whose accuracy drop against ONNX "
+               f"Runtime fp32 on that chip is at most **{c.budget:g}**; speed-up is against the same baseline. "
+               "Newest result per configuration.")
+    frame = views.selection_frame(sels)
+    if c.objective != "throughput":  # batch and items/s say which batch the throughput rule chose
+        frame = frame.drop(columns=["batch", "items/s"])
+    st.table(views.styled(frame), hide_index=True)
     for sel in sels:
         if sel.best is None:
             st.warning(views.nothing_message(sel))
@@ -92,6 +111,11 @@ def charts_section(session: Session, cands: list[selection.Candidate], budget: f
     st.altair_chart(charts.accuracy_points(df, budget))
     st.subheader("Latency vs accuracy")
     st.altair_chart(charts.latency_vs_accuracy(df))
+    batches = views.throughput_frame(cands)
+    if not batches.empty:
+        st.subheader("Throughput per batch size")
+        st.caption("Items per second at each measured batch size; a model whose batch is fixed has one point.")
+        st.altair_chart(charts.throughput_lines(batches))
 
     st.subheader("Latency distribution of one result")
     by_job = {c.job_id: c for c in cands}
@@ -156,15 +180,16 @@ def main() -> None:
 def render(session: Session) -> None:
     runs = queries.runs(session)
     cands = selection.latest_candidates(session)
-    budget, models, chips = controls(sorted({c.model for c in cands}), sorted({c.chip for c in cands}))
+    picked = controls(sorted({c.model for c in cands}), sorted({c.chip for c in cands}))
     if not runs:
         st.info(EMPTY)
         return
     banner(runs)
-    cands = [c for c in cands if c.model in models and c.chip in chips]
+    cands = [c for c in cands if c.model in picked.models and c.chip in picked.chips]
     if cands:
-        selection_section(selection.select_best(cands, budget), budget)  # also sets each drop and speed-up
-        charts_section(session, cands, budget)
+        # select_best also sets each candidate's drop and speed-up, which the charts show.
+        selection_section(selection.select_best(cands, picked.budget, picked.objective, picked.ceiling_ms), picked)
+        charts_section(session, cands, picked.budget)
     else:
         st.info("No successful measurement matches the filters yet; the runs below say what happened.")
     runs_section(session, runs)

@@ -92,6 +92,23 @@ def latency_vs_accuracy(df: pd.DataFrame, width: int = 220, columns: int = 3) ->
     return _facet(points, data, columns)
 
 
+def throughput_lines(df: pd.DataFrame, width: int = 220, columns: int = 3) -> alt.FacetChart:
+    """Items/s against batch size, a line per engine x variant, one panel per model."""
+    import altair as alt
+
+    data, order = _prepare(df)
+    data["configuration"] = data["engine"] + " " + data["variant"]
+    lines = alt.Chart().mark_line(point=True).encode(
+        x=alt.X("batch:O", title="batch size", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("items_per_s:Q", title="items/s"),
+        color=alt.Color("engine:N", **ENGINE_COLOR),
+        strokeDash=alt.StrokeDash("variant:N", sort=order, legend=alt.Legend(orient="top")),
+        detail="configuration:N",
+        tooltip=["model", "chip", "engine", "variant", "batch", "items_per_s", "batch_p50_ms"],
+    ).properties(width=width, height=200)
+    return _facet(lines, data, columns)
+
+
 def distribution(samples: Sequence[float], width: int = 420) -> alt.VConcatChart:
     """Histogram of raw samples with p50/p90/p99 rules, and the samples in measurement order
     (drift there means thermal throttling or a noisy neighbour, not the engine)."""

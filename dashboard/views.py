@@ -24,12 +24,12 @@ NONE = "nothing within budget"
 # How each display column is printed; latency as `edgefarm select` prints it (4 significant digits).
 FORMATS: dict[str, str] = {
     "p50 ms": "{:.4g}", "p90 ms": "{:.4g}", "p99 ms": "{:.4g}", "speed-up": "{:.2f}x",
-    "accuracy": "{:.4f}", "drop": "{:+.4f}", "peak MB": "{:.0f}", "size MB": "{:.3g}", "cv": "{:.1%}",
+    "accuracy": "{:.4f}", "drop": "{:+.4f}", "peak MB": "{:.0f}", "items/s": "{:.4g}", "size MB": "{:.3g}", "cv": "{:.1%}",
 }
 
 
 # Integer columns that can be empty: without a nullable dtype a missing value turns 38 into 38.0.
-INTEGERS = ("job", "run", "n", "cores")
+INTEGERS = ("job", "run", "n", "cores", "batch")
 
 
 def _frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
@@ -52,14 +52,14 @@ def styled(df: pd.DataFrame) -> Styler:
 def _candidate(c: Candidate) -> dict[str, Any]:
     return {
         "engine": c.engine, "variant": c.variant, "precision": c.precision, "p50 ms": c.p50_ms,
-        "p90 ms": c.p90_ms, "speed-up": c.speedup_vs_baseline, "metric": c.accuracy_metric,
+        "p90 ms": c.p90_ms, "batch": c.batch, "items/s": c.items_per_s, "speed-up": c.speedup_vs_baseline, "metric": c.accuracy_metric,
         "accuracy": c.accuracy, "drop": c.accuracy_drop, "peak MB": c.peak_rss_mb,
         "size MB": c.size_bytes / 1e6, "board": c.board, "job": c.job_id,
     }
 
 
 SELECTION_COLUMNS = ("model", "chip", "result", "engine", "variant", "precision", "p50 ms", "p90 ms",
-                     "speed-up", "metric", "accuracy", "drop", "peak MB", "size MB", "board", "job")
+                     "batch", "items/s", "speed-up", "metric", "accuracy", "drop", "peak MB", "size MB", "board", "job")
 
 
 def selection_frame(sels: Sequence[Selection]) -> pd.DataFrame:
@@ -93,6 +93,14 @@ def candidates_frame(cands: Sequence[Candidate]) -> pd.DataFrame:
         "model", "chip", "board", "engine", "variant", "precision", "p50_ms", "p90_ms", "accuracy_metric",
         "accuracy", "accuracy_drop", "speedup_vs_baseline", "job_id", "run_id",
     ])
+
+
+def throughput_frame(cands: Sequence[Candidate]) -> pd.DataFrame:
+    """One row per (configuration, measured batch size): items/s and the batch's p50."""
+    return _frame(({"model": c.model, "chip": c.chip, "engine": c.engine, "variant": c.variant,
+                    "batch": r["batch"], "items_per_s": r["items_per_s"], "batch_p50_ms": r.get("p50_ms")}
+                   for c in cands for r in c.throughput if r.get("items_per_s") and "error" not in r),
+                  ["model", "chip", "engine", "variant", "batch", "items_per_s", "batch_p50_ms"])
 
 
 RUN_COLUMNS = ("run", "spec", "kind", "status", "verdict", "started (UTC)", "finished (UTC)", "jobs ok",

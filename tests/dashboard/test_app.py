@@ -166,7 +166,7 @@ def test_filters_narrow_the_table(monkeypatch: pytest.MonkeyPatch, ppocr_db: str
 def test_charts_show_every_measured_configuration(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
     at = start(monkeypatch, ppocr_db)
     charts = at.get("vega_lite_chart")
-    assert len(charts) == 4  # latency bars, accuracy, latency vs accuracy, distribution
+    assert len(charts) == 5  # latency bars, accuracy, latency vs accuracy, throughput, distribution
     with open_db(ppocr_db)() as session:
         cands = selection.latest_candidates(session)
     spec = json.loads(charts[0].proto.spec)
@@ -177,6 +177,23 @@ def test_charts_show_every_measured_configuration(monkeypatch: pytest.MonkeyPatc
     assert shown == pytest.approx({(c.model, c.engine, c.variant): c.p50_ms for c in cands})
     assert {"onnxruntime", "openvino"} <= set(bars["engine"])
     assert {"fp32", "fp16", "int8"} <= set(bars["variant"])
+    lines = chart_data(charts[3])[0]
+    measured = {(c.model, c.engine, c.variant, r["batch"]): r["items_per_s"]
+                for c in cands for r in c.throughput if "error" not in r}
+    assert len({b for *_, b in measured}) > 1  # the spec sweeps batch sizes
+    assert {(r.model, r.engine, r.variant, r.batch): r.items_per_s for r in lines.itertuples()} == pytest.approx(measured)
+
+
+def test_the_throughput_objective_changes_the_selection_rule(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    at.radio(key="objective").set_value("throughput").run()
+    at.number_input(key="ceiling").set_value(1000.0).run()
+    assert not at.exception
+    assert any("Most items/s" in c.value and "1000 ms" in c.value for c in at.caption)
+    with open_db(ppocr_db)() as session:
+        chosen = selection.selections(session, 0.01, "throughput", 1000.0)
+    shown = at.table[0].value
+    assert set(shown["batch"]) == {s.best.batch for s in chosen if s.best}
 
 
 def test_latency_distribution_shows_raw_samples(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
@@ -188,7 +205,7 @@ def test_latency_distribution_shows_raw_samples(monkeypatch: pytest.MonkeyPatch,
     assert at.selectbox(key="result").value != job_id
     at.selectbox(key="result").set_value(job_id).run()
     assert not at.exception
-    data = chart_data(at.get("vega_lite_chart")[3])
+    data = chart_data(at.get("vega_lite_chart")[4])
     raw = next(d for d in data if "iteration" in d.columns)
     assert raw["ms"].tolist() == pytest.approx(samples)
     assert any(f"{len(samples)} raw samples" in c.value for c in at.caption)
