@@ -270,7 +270,7 @@ def _task_convert(engine: str, variant: str, precision: str, target: str, model:
         return out.read_bytes(), meta
 
 
-def convert_all(builds: list[ModelBuild], requests: set[ConvertRequest], cache: Cache,
+def convert_all(spec: Any, builds: list[ModelBuild], requests: set[ConvertRequest], cache: Cache,
                 on_step: Callable[[str], None] = lambda _msg: None) -> dict[ConvertRequest, Artifact]:
     """Every requested conversion, cached by content; a failed one is an Artifact with an error."""
     import ray
@@ -293,14 +293,15 @@ def convert_all(builds: list[ModelBuild], requests: set[ConvertRequest], cache: 
         except Exception as exc:  # a missing tool fails these jobs, with the reason
             out[r] = Artifact(Path(), "", 0, {"error": one_line(exc)})
             continue
+        options = _recipe_options(r.variant, spec)  # an engine that quantizes itself follows the spec
         key = key_of(kind="conversion", engine=r.engine, v=converter.version, target=r.target, tools=tools,
                      variant=r.variant, model=variant.sha256, fp32=fp32.sha256,
-                     calibration=calib.sha256 if calib else None)
+                     calibration=calib.sha256 if calib else None, options=options)
         tasks.get(
             "conversions", key, converter.suffix,
-            lambda r=r, variant=variant, fp32=fp32, calib=calib: task.remote(
+            lambda r=r, variant=variant, fp32=fp32, calib=calib, options=options: task.remote(
                 r.engine, r.variant, PRECISION[r.variant], r.target, variant.path.read_bytes(),
-                fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, {}),
+                fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options),
             lambda a, r=r: out.__setitem__(r, a),
         )
     tasks.wait()

@@ -146,7 +146,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
 
         plan = [p for b in boards if b.name in probes for p in _plan_board(b, probes[b.name], builds, spec)]
         with progress.stage("convert for engines", total=None) as step:
-            _convert(plan, builds, cache, step)
+            _convert(spec, plan, builds, cache, step)
         with sessions() as db:
             plan = _store_plan(db, run.id, plan, resuming=resume is not None)
             db.commit()
@@ -305,11 +305,11 @@ def _plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], s
     return plan
 
 
-def _convert(plan: list[Planned], builds: list[ModelBuild], cache: Cache, on_step: Any) -> None:
+def _convert(spec: Spec, plan: list[Planned], builds: list[ModelBuild], cache: Cache, on_step: Any) -> None:
     """Give each job for an engine with its own format the converted model, or the reason it has none."""
     wanted = [(p, ConvertRequest(p.model.spec.name, p.variant, p.engine, p.target))
               for p in plan if p.target and not p.failure]
-    done = convert_all(builds, {r for _, r in wanted}, cache, on_step)
+    done = convert_all(spec, builds, {r for _, r in wanted}, cache, on_step)
     for p, request in wanted:
         artifact = done.get(request)
         if artifact is None or artifact.size == 0:
