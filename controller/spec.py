@@ -63,6 +63,8 @@ class QuantizationSpec(Strict):
     calibration: Literal["minmax", "entropy", "percentile"] = "entropy"
     samples: int = Field(32, ge=1, le=10_000, description="calibration samples, never the evaluation ones")
     per_channel: bool = True
+    op_types: list[str] | None = Field(
+        None, description="quantize only these op types, e.g. [Conv, MatMul, Gemm]; default: every op ORT can")
 
 
 class EngineSpec(Strict):

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 # Bump a recipe's version when its output would change for the same input: it is part of
 # the cache key.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the fp32 recipe's record names the fusions it applied (controller.fusion)
 CALIBRATION_CHUNK = 4
 
 
@@ -71,7 +71,9 @@ def fp32_fused(inp: RecipeInput, out: Path) -> dict[str, Any]:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.optimized_model_filepath = str(out)
     ort.InferenceSession(str(inp.source), opts, providers=["CPUExecutionProvider"])
-    return _fusion_report(inp.source, out)
+    from controller.fusion import fusions
+
+    return fusions(inp.source, out)
 
 
 @recipe("fp16", starts_from="fp32", precision="fp16")
@@ -94,9 +96,10 @@ def int8(inp: RecipeInput, out: Path) -> dict[str, Any]:
     QDQ import both run fastest); weights per channel unless the spec turns it off.
     """
     assert inp.fp32 is not None and inp.calibration is not None
-    count = _quantize(inp.fp32, out, inp.calibration, inp.options, exclude=[])
+    count = _quantize(inp.fp32, out, inp.calibration, inp.options, exclude=[], op_types=inp.options.get("op_types"))
     return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"),
-            "calibration_samples": count, "per_channel": bool(inp.options.get("per_channel", True))}
+            "calibration_samples": count, "per_channel": bool(inp.options.get("per_channel", True)),
+            "op_types": inp.options.get("op_types") or "all"}
 
 
 @recipe("int8-mixed", starts_from="fp32", precision="int8", calibrated=True)
@@ -170,9 +173,3 @@ class CalibrationReader:
         batch = self._data.batch([self._next])
         self._next += 1
         return batch
-
-
-def _fusion_report(before: Path, after: Path) -> dict[str, Any]:
-    b, a = op_counts(before), op_counts(after)
-    removed = {op: b[op] - a.get(op, 0) for op in b if b[op] > a.get(op, 0)}
-    return {"ops": a, "ops_removed": removed, "nodes_before": sum(b.values()), "nodes_after": sum(a.values())}
