@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-
 # Run by path, this folder is sys.path[0]: its paddlelite.py (the controller's converter) would
 # shadow the paddlelite package. The controller also runs it with -I, which leaves it out.
 _HERE = str(Path(__file__).resolve().parent)
@@ -104,6 +103,45 @@ def rename_feeds(model: Path, names: List[str], work: Path) -> Dict[str, Any]:
     }
 
 
+def quantize(model: Path, calibration: Path, work: Path, algo: str) -> Path:
+    """Paddle's own post-training quantization of the fp32 inference model on the calibration
+    samples (a plain .npz, input name -> float32 [N, ...]): quantize/dequantize pairs opt turns
+    into int8 kernels. x2paddle cannot read ONNX QDQ models, so int8 starts from fp32 here."""
+    import numpy as np
+    import paddle
+    from paddle.static.quantization import PostTrainingQuantization
+
+    with np.load(calibration) as data:
+        arrays = {name: data[name] for name in data.files}
+    count = min(len(a) for a in arrays.values())
+    samples = [{name: a[i:i + 1] for name, a in arrays.items()} for i in range(count)]
+
+    class Samples(paddle.io.DataLoader):  # PTQ accepts only a DataLoader; it just iterates it
+        def __init__(self) -> None:  # noqa: D107 (no worker processes, no dataset: a list)
+            pass
+
+        def __call__(self) -> Any:
+            return iter(samples)
+
+        def __len__(self) -> int:
+            return count
+
+    paddle.enable_static()
+    ptq = PostTrainingQuantization(
+        executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=str(model.parent),
+        model_filename=model.name, params_filename=model.with_suffix(".pdiparams").name,
+        # onnx_format=True (quantize_linear ops) makes a graph with a cycle for some set orders
+        # (PYTHONHASHSEED) on the cls model; the fake_quantize format Paddle Lite also reads does not.
+        data_loader=Samples(), batch_nums=count, algo=algo, onnx_format=False,
+        quantizable_op_type=["conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2"],
+        weight_quantize_type="channel_wise_abs_max",
+    )
+    ptq.quantize()
+    out = work / "quantized"
+    ptq.save_quantized_model(str(out), model_filename="model.pdmodel", params_filename="model.pdiparams")
+    return out / "model.pdmodel"
+
+
 def lite_opt(model: Path, target: str, out: Path, fp16: bool) -> None:
     """Paddle Lite's opt: the inference model -> a naive-buffer .nb for ``target``."""
     from paddlelite.lite import Opt
@@ -118,7 +156,24 @@ def lite_opt(model: Path, target: str, out: Path, fp16: bool) -> None:
         opt.enable_fp16()
     opt.run()
     if not out.is_file():
-        raise ToolError("paddle_lite_opt wrote no %s for valid_targets %r (see its log above)" % (out.name, target))
+        raise ToolError("paddle_lite_opt wrote no %s for valid_targets %r" % (out.name, target))
+
+
+# Kernel keys a .nb stores per op, "op/alias/target/precision/layout", with Paddle Lite's enums.
+_KERNEL = re.compile(rb"([a-z][a-z0-9_]*)/([a-z0-9_]+)/(\d{1,2})/(\d{1,2})/(\d{1,2})(?![0-9])")
+_TARGETS = {1: "host", 2: "x86", 4: "arm", 5: "opencl", 6: "any", 18: "nnadapter"}
+_PRECISIONS = {1: "fp32", 2: "int8", 3: "int32", 4: "any", 5: "fp16", 6: "bool", 7: "int64"}
+
+
+def kernel_summary(nb: Path) -> Dict[str, int]:
+    """How many ops run on which back end in which precision, e.g. {"arm/int8": 53, ...}:
+    what opt really chose, since it ignores a request its build cannot honour."""
+    counts: Dict[str, int] = {}
+    for match in _KERNEL.finditer(nb.read_bytes()):
+        target, precision = int(match.group(3)), int(match.group(4))
+        key = "%s/%s" % (_TARGETS.get(target, str(target)), _PRECISIONS.get(precision, str(precision)))
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _line(exc: BaseException) -> str:
@@ -135,6 +190,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--target", default="x86")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--fp16", action="store_true")
+    parser.add_argument("--calibration", type=Path, help="int8: calibration samples, a plain .npz")
+    parser.add_argument("--algo", default="KL", help="int8: PTQ algorithm (KL, hist, mse, avg, abs_max, min_max)")
     parser.add_argument("--input-names", default="[]", help="the ONNX input names, a JSON list, in order")
     args = parser.parse_args(argv)
     try:
@@ -146,7 +203,16 @@ def main(argv: List[str]) -> int:
             model = onnx_to_paddle(args.onnx, args.work)
             names = [str(n) for n in json.loads(args.input_names)]
             result = rename_feeds(model, names, args.work)
-            lite_opt(Path(result.pop("model")), args.target, args.out, args.fp16)
+            model = Path(result.pop("model"))
+            if args.calibration is not None:
+                model = quantize(model, args.calibration, args.work, args.algo)
+            lite_opt(model, args.target, args.out, args.fp16)
+            result["kernels"] = kernels = kernel_summary(args.out)
+            wanted = "fp16" if args.fp16 else "int8" if args.calibration is not None else None
+            if wanted and not any(k.endswith("/" + wanted) for k in kernels):
+                raise ToolError("paddle_lite_opt %s made no %s kernel for valid_targets %r (kernels: %s); its build "
+                                "lacks them" % (versions()["paddlelite"], wanted, args.target,
+                                                ", ".join("%s %d" % kv for kv in kernels.items())))
             result["versions"] = versions()
     except ToolError as exc:
         sys.stderr.write("error: %s\n" % exc)
