@@ -15,9 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_ppocr_spec(tmp: Path, name: str = "ppocr-test", **measure: object) -> Path:
-    """examples/ppocr.yaml, made small: 24 labelled samples per model, short measurement."""
+    """examples/ppocr.yaml, made small: 24 labelled samples per model, short measurement, the two
+    engines that read ONNX themselves (tests/controller/test_engines_run.py runs the others)."""
     spec = yaml.safe_load((ROOT / "examples" / "ppocr.yaml").read_text())
     spec["name"] = name
+    spec["engines"] = ["onnxruntime", "openvino"]
+    spec["variants"] = ["fp32", "fp16", "int8"]
     for model in spec["models"]:
         model["dataset"]["samples"] = 24
     spec["quantization"] = {"calibration": "minmax", "samples": 8, "per_channel": True}

@@ -70,6 +70,7 @@ class Converter(ABC):
 
 # Built-in converters, engine -> "module:Class"; each module imports its tools inside convert().
 _LAZY: dict[str, str] = {
+    "openvino": "controller.convert.openvino:OpenVinoConverter",
     "paddlelite": "controller.convert.paddlelite:PaddleLiteConverter",
     "ncnn": "controller.convert.ncnn:NcnnConverter",
     "mnn": "controller.convert.mnn:MnnConverter",
