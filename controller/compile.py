@@ -44,10 +44,10 @@ class ModelBuild:
 
 
 def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
+    """The tools whose upgrade changes a variant: part of every variant's cache key."""
+    from importlib import metadata
 
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {name: metadata.version(name) for name in ("onnx", "onnxruntime", "nncf")}
 
 
 def _artifact(path: Path, meta: dict[str, Any]) -> Artifact:

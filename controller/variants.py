@@ -115,6 +115,16 @@ def int8_mixed(inp: RecipeInput, out: Path) -> dict[str, Any]:
     return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"), "mixed": report}
 
 
+@recipe("int8-nncf", starts_from="fp32", precision="int8", calibrated=True)
+def int8_nncf(inp: RecipeInput, out: Path) -> dict[str, Any]:
+    """OpenVINO's own int8: NNCF post-training quantization on the calibration samples (ONNX
+    backend, activations stored unsigned so OpenVINO runs them right); see controller.nncf_quant."""
+    from controller.nncf_quant import nncf_int8
+
+    assert inp.fp32 is not None and inp.calibration is not None
+    return nncf_int8(inp.fp32, inp.calibration, out, inp.options)
+
+
 def _quantize(src: Path, out: Path, calibration: Path, options: dict[str, Any], exclude: list[str],
               op_types: list[str] | None = None) -> int:
     """Quantize ``src`` into ``out`` (only ``op_types`` when given), leaving the ``exclude`` nodes
