@@ -59,38 +59,46 @@ def verify_artifacts(artifacts: Dict[str, Any], workdir: str) -> Dict[str, str]:
     return paths
 
 
-def unpack_model(path: str) -> str:
-    """A model packed as a tar (several files, e.g. ncnn's .param + .bin) -> the path of its first
-    member, unpacked once into ``<file>.d`` beside it; any other model file is returned as is.
+def archive_members(path: str) -> List[str]:
+    """The member names of a model packed as a tar (several files, e.g. ncnn's .param + .bin), the
+    file the engine loads first. Members must be plain files with plain names, so a bad archive
+    cannot write outside its folder."""
+    import tarfile
 
-    The tar's hash was checked with the other artifacts; members must be plain files with plain
-    names, so a bad archive cannot write outside its folder.
-    """
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    for m in members:
+        if not m.isfile() or os.path.basename(m.name) != m.name or m.name in ("", ".", ".."):
+            raise ValueError("model archive %s: member %r is not a plain file name" % (path, m.name))
+    if not members:
+        raise ValueError("model archive %s is empty" % path)
+    return [m.name for m in members]
+
+
+def unpack_model(path: str) -> str:
+    """A model packed as a tar -> the path of its first member, unpacked once into ``<file>.d``
+    beside it; any other model file is returned as is. The tar's hash was checked with the other
+    artifacts."""
     import tarfile
 
     if not path.endswith(".tar"):
         return path
+    names = archive_members(path)
     target = path + ".d"
-    with tarfile.open(path) as tar:
-        members = tar.getmembers()
-        for m in members:
-            if not m.isfile() or os.path.basename(m.name) != m.name or m.name in ("", ".", ".."):
-                raise ValueError("model archive %s: member %r is not a plain file name" % (path, m.name))
-        if not members:
-            raise ValueError("model archive %s is empty" % path)
-        if not os.path.isdir(target):
-            partial = "%s.%d.part" % (target, os.getpid())
-            os.makedirs(partial, exist_ok=True)
-            for m in members:
-                source = tar.extractfile(m)
-                with open(os.path.join(partial, m.name), "wb") as out:
+    if not os.path.isdir(target):
+        partial = "%s.%d.part" % (target, os.getpid())
+        os.makedirs(partial, exist_ok=True)
+        with tarfile.open(path) as tar:
+            for name in names:
+                source = tar.extractfile(name)
+                with open(os.path.join(partial, name), "wb") as out:
                     out.write(source.read() if source is not None else b"")
-            try:
-                os.rename(partial, target)  # atomic: a second job never sees half a folder
-            except OSError:
-                if not os.path.isdir(target):
-                    raise
-        return os.path.join(target, members[0].name)
+        try:
+            os.rename(partial, target)  # atomic: a second job never sees half a folder
+        except OSError:
+            if not os.path.isdir(target):
+                raise
+    return os.path.join(target, names[0])
 
 
 def _feeds_for(engine: Engine, data: Dataset, what: str) -> Callable[[List[int]], Dict[str, np.ndarray]]:

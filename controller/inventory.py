@@ -82,7 +82,8 @@ class Board(Strict):
     engine_python: dict[Name, str] = Field(
         default_factory=dict,
         description="another interpreter for one engine's jobs, where its wheels need another Python "
-                    "(Paddle Lite: 3.10 at most), e.g. {paddlelite: /opt/lite/bin/python3.10}")
+                    "(Paddle Lite: 3.10 at most), e.g. {paddlelite: /opt/lite/bin/python3.10}; a local board "
+                    "whose agent runs in the controller's Python takes .venv-paddle for paddlelite when it exists")
     workdir: str | None = Field(None, description="agent work directory on the board")
     engines: list[Name] | None = Field(None, description="engines allowed on this board; default: all found")
     threads: int | None = Field(None, ge=1, description="engine threads; default: the engine's own")
@@ -126,6 +127,14 @@ class Board(Strict):
                 raise ValueError(f"native.{engine}: {spec.tool} measures {measures}, not {engine}")
         if not self.agent and not self.native:
             raise ValueError("a board without the agent (agent: false) needs at least one 'native' tool")
+        if self.transport == "local" and self.python is None and "paddlelite" not in self.engine_python:
+            # The controller's Python may be too new for Paddle Lite's wheels; setup makes the
+            # Paddle tools' interpreter, which runs them on this machine.
+            from controller.workspace import paddle_python
+
+            lite = paddle_python()
+            if lite:
+                self.engine_python["paddlelite"] = str(lite)
         return self
 
 
@@ -147,17 +156,8 @@ class Inventory(Strict):
         raise ConfigError(f"{source}: boards: unknown board {name!r}; the inventory has: {known}")
 
 
-def _local_board() -> Board:
-    """This machine, reached without a network; Paddle Lite's jobs run in the Paddle tools'
-    interpreter when there is one, since the controller's Python may be too new for its wheels."""
-    from controller.workspace import paddle_python
-
-    lite = paddle_python()
-    return Board(name="local", engine_python={"paddlelite": str(lite)} if lite else {})
-
-
-# The embedded default. inventory/local.yaml says the same.
-DEFAULT = Inventory(boards=[_local_board()])
+# The embedded default: this machine, reached without a network. inventory/local.yaml says the same.
+DEFAULT = Inventory(boards=[Board(name="local")])
 
 
 def load_inventory(path: Path | None) -> tuple[Inventory, str]:

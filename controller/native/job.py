@@ -8,10 +8,13 @@ inventory asks, run the tool, read its summary into the agent's result record.
 
 from __future__ import annotations
 
+import posixpath
+import tarfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from agent.job import archive_members
 from agent.protocol import PROTOCOL_VERSION, failed, sha256_file
 from controller.errors import one_line
 from controller.native import NativeOutputError, NativeRun, native_benchmark, to_result
@@ -68,15 +71,22 @@ def run_native(session: "BoardSession", job: dict[str, Any], files: dict[str, tu
     spec = session.board.native[engine]
     bench = native_benchmark(spec.tool)
     model, model_sha = files["model"]
-    if model.suffix not in bench.model_suffixes:
+    try:
+        members = archive_members(str(model)) if model.suffix == ".tar" else None
+    except (OSError, ValueError, tarfile.TarError) as exc:
+        return failed(job_id, "verify", one_line(exc))
+    loads = PurePosixPath(members[0]).suffix if members else model.suffix
+    if loads not in bench.model_suffixes:
         return failed(job_id, "convert", f"{bench.name} takes {', '.join(bench.model_suffixes)} models; "
-                                         f"this variant is a {model.suffix} file")
+                                         f"this variant is a {loads} file")
     stage = "verify"
     try:
         binary = Path(spec.binary).expanduser()
         remote_binary = _push_verified(session, binary, sha256_file(str(binary)))
         session.transport.run(["chmod", "755", remote_binary], timeout=SHELL_TIMEOUT)
         remote_model = _push_verified(session, model, model_sha)
+        if members:
+            remote_model = _unpack(session, remote_model, members)
         stage = "measure"
         asked = job["native"]
         run = NativeRun(warmup=bench.fixed_warmup if bench.fixed_warmup is not None else asked["warmup"],
@@ -97,6 +107,17 @@ def run_native(session: "BoardSession", job: dict[str, Any], files: dict[str, tu
         return failed(job_id, stage, one_line(exc))
     result["fingerprint"] = session.fingerprint
     return result
+
+
+def _unpack(session: "BoardSession", archive: str, members: list[str]) -> str:
+    """Unpack a verified model archive into ``<archive>.d`` on the board with its own tar (toybox
+    and busybox have one); the tool loads the first member, and finds the rest beside it."""
+    folder = archive + ".d"
+    for argv in (["mkdir", "-p", folder], ["tar", "-xf", archive, "-C", folder]):
+        done = session.transport.run(argv, timeout=SHELL_TIMEOUT)
+        if done.exit_code != 0:
+            raise RuntimeError(f"{argv[0]} on the board exited {done.exit_code}: {done.stderr.strip()[-300:]}")
+    return posixpath.join(folder, members[0])
 
 
 def _push_verified(session: "BoardSession", local: Path, sha256: str) -> str:

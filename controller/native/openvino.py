@@ -36,7 +36,7 @@ class BenchmarkApp(NativeBenchmark):
     name = "benchmark_app"
     engine = "openvino"
     binary = "benchmark_app"
-    model_suffixes = (".onnx",)
+    model_suffixes = (".xml",)  # IR, as the controller converts it; the tool also reads .onnx
     fixed_warmup = 1
     percentile_method = "median of the iteration latencies"
 

@@ -408,7 +408,7 @@ def test_registry_loads_each_tool_by_name() -> None:
         assert bench.name == name
         engines[bench.engine] = bench.model_suffixes
     assert engines == {"paddlelite": (".nb",), "tflite": (".tflite",), "ncnn": (".param",), "mnn": (".mnn",),
-                       "openvino": (".onnx",)}
+                       "openvino": (".xml",)}
     with pytest.raises(LookupError, match="unknown native benchmark 'benchncnn2'; known: benchmark_app"):
         native_benchmark("benchncnn2")
 
@@ -466,27 +466,31 @@ def test_benchmark_app_output_cut_short_is_an_error() -> None:
 def test_benchmark_app_argv_and_refusals() -> None:
     bench = native_benchmark("benchmark_app")
     run = NativeRun(warmup=1, iterations=50, threads=2, input_shape=[1, 3, 48, 192], precision="fp16")
-    assert bench.argv("/data/local/tmp/bin/ba", ["/tmp/m o'del.onnx"], run) == [
-        "/data/local/tmp/bin/ba", "-m", "/tmp/m o'del.onnx", "-d", "CPU", "-hint", "none", "-api", "sync",
+    assert bench.argv("/data/local/tmp/bin/ba", ["/tmp/m o'del.xml"], run) == [
+        "/data/local/tmp/bin/ba", "-m", "/tmp/m o'del.xml", "-d", "CPU", "-hint", "none", "-api", "sync",
         "-nireq", "1", "-nstreams", "1", "-niter", "50", "-nthreads", "2", "-shape", "[1,3,48,192]",
         "-infer_precision", "f16"]
     with pytest.raises(ValueError, match="exactly one first inference"):
-        bench.argv("ba", ["m.onnx"], NativeRun(warmup=5, iterations=50))
+        bench.argv("ba", ["m.xml"], NativeRun(warmup=5, iterations=50))
     with pytest.raises(ValueError, match="precisions are"):
-        bench.argv("ba", ["m.onnx"], NativeRun(warmup=1, iterations=5, precision="int4"))
+        bench.argv("ba", ["m.xml"], NativeRun(warmup=1, iterations=5, precision="int4"))
 
 
-def test_benchmark_app_runs_for_real_and_its_output_is_read() -> None:
+def test_benchmark_app_runs_for_real_and_its_output_is_read(tmp_path: Path) -> None:
     import shutil
     import subprocess
     import sys
+
+    import openvino as ov
 
     from tests.models import ocr_model
 
     binary = shutil.which("benchmark_app", path=str(Path(sys.executable).parent))
     assert binary, "the openvino wheel installs benchmark_app next to the interpreter"
+    ir = tmp_path / "cls.xml"
+    ov.save_model(ov.Core().read_model(str(ocr_model("cls"))), str(ir), compress_to_fp16=False)
     bench = native_benchmark("benchmark_app")
-    argv = bench.argv(binary, [str(ocr_model("cls"))],
+    argv = bench.argv(binary, [str(ir)],
                       NativeRun(warmup=1, iterations=20, threads=1, input_shape=(1, 3, 48, 192), precision="fp32"))
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     s = bench.parse(done.stdout + done.stderr)

@@ -29,7 +29,7 @@ def test_example_spec_loads_and_resolves_bundled_models() -> None:
     spec = loaded.spec
     assert [m.name for m in spec.models] == ["ppocr-det", "ppocr-rec", "ppocr-cls"]
     assert spec.variants == ["fp32", "fp16", "int8"]
-    assert [e.name for e in spec.engines] == ["onnxruntime", "openvino"]
+    assert [e.name for e in spec.engines] == ["onnxruntime", "openvino", "paddlelite", "ncnn", "mnn"]
     for m in spec.models:
         assert m.resolve_path(loaded.base).is_file(), m.path
         assert m.dataset.samples >= 200
