@@ -236,6 +236,14 @@ def _recipe_options(name: str, spec: Any) -> dict[str, Any]:
     options = spec.quantization.model_dump() if PRECISION[name] == "int8" else {}
     if name == "int8-mixed":  # its search stops at the budget selection will apply
         options["budget"] = spec.selection.budget
+    if name == "pruned":
+        from controller.finetune import trainer_version
+
+        options = spec.pruning.model_dump()
+        if options["budget"] is None:
+            options["budget"] = spec.selection.budget
+        # With torch the variant is fine-tuned, without it surgery alone: part of the cache key.
+        options["trainer"] = trainer_version()
     return options
 
 

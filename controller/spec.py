@@ -67,6 +67,34 @@ class QuantizationSpec(Strict):
         None, description="quantize only these op types, e.g. [Conv, MatMul, Gemm]; default: every op ORT can")
 
 
+class PruningSpec(Strict):
+    """The pruned variant (controller.pruning): structured channel pruning under the accuracy
+    budget, then fine-tuning with distillation where torch is installed."""
+
+    budget: float | None = Field(None, ge=0, description="accuracy drop allowed on calibration; default: selection's")
+    target_flops: float | None = Field(
+        None, gt=0, lt=1, description="share of the MACs to remove; default: 0.4 when fine-tuning, else the budget's")
+    target_params: float | None = Field(None, gt=0, lt=1, description="share of the weights to remove")
+    ratios: list[float] = Field([0.25, 0.5, 0.75], min_length=1, description="per-layer ratios the sensitivity tries")
+    max_ratio: float = Field(0.75, gt=0, lt=1, description="most of one layer's channels ever cut")
+    round_to: int = Field(8, ge=1, description="channels go in multiples of this (vector widths)")
+    criterion: Literal["activation", "l1"] = "activation"
+    samples: int = Field(256, ge=8, description="calibration samples the sensitivity and the budget are measured on")
+    finetune: Literal["auto", "off"] = Field("auto", description="auto: fine-tune when torch is installed")
+    distill: bool = Field(True, description="knowledge distillation from the fp32 model in the loss")
+    train_samples: int = Field(4000, ge=64, description="freshly rendered fine-tuning samples")
+    epochs: int = Field(4, ge=1)
+    attempts: int = Field(2, ge=1, description="training runs, backing off towards surgery alone on a miss")
+    max_seconds: float = Field(900.0, gt=0, description="longest fine-tuning run")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, ratios: list[float]) -> list[float]:
+        if any(not 0 < r < 1 for r in ratios):
+            raise ValueError(f"ratios must lie in (0, 1), got {ratios}")
+        return sorted(set(ratios))
+
+
 class EngineSpec(Strict):
     name: Name
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
@@ -117,6 +145,7 @@ class Spec(Strict):
     models: list[ModelSpec] = Field(min_length=1)
     variants: list[str] = Field(default_factory=lambda: ["fp32", "fp16", "int8"])
     quantization: QuantizationSpec = QuantizationSpec()
+    pruning: PruningSpec = PruningSpec()
     engines: list[EngineSpec] = Field(
         default_factory=lambda: [EngineSpec(name="onnxruntime"), EngineSpec(name="openvino")]
     )

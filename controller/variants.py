@@ -3,7 +3,7 @@
 A registry in the manner of Olive's passes: each recipe registers under its variant name and
 imports its heavy libraries inside the function. Recipes are pure functions of their inputs,
 so the controller caches their outputs by content hash (see ``controller.compile``).
-A new variant (pruned, for example) is one more decorated function here.
+A new variant is one more decorated function here.
 """
 
 from __future__ import annotations
@@ -123,6 +123,15 @@ def int8_nncf(inp: RecipeInput, out: Path) -> dict[str, Any]:
 
     assert inp.fp32 is not None and inp.calibration is not None
     return nncf_int8(inp.fp32, inp.calibration, out, inp.options)
+
+
+@recipe("pruned", starts_from="fp32", precision="fp32", calibrated=True)
+def pruned(inp: RecipeInput, out: Path) -> dict[str, Any]:
+    """Structured channel pruning by per-layer sensitivity under the accuracy budget, fine-tuned
+    with distillation from fp32 where torch is installed; see controller.pruning."""
+    from controller.pruning import variant
+
+    return variant(inp, out)
 
 
 def _quantize(src: Path, out: Path, calibration: Path, options: dict[str, Any], exclude: list[str],

