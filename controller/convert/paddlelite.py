@@ -24,7 +24,6 @@ import keyword
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
