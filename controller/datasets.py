@@ -82,6 +82,44 @@ def make_dataset(
     return meta
 
 
+def rendered(dataset: Path) -> bool:
+    """Was ``dataset`` made by controller.datasets (so more samples like it can be made)?"""
+    with np.load(dataset, allow_pickle=False) as npz:
+        source = json.loads(str(npz["__meta__"])).get("source") or {}
+    return "kind" in source and "seed" in source
+
+
+def extend_dataset(dataset: Path, samples: int, model: Path, out: Path, seed_offset: int = 0) -> Path:
+    """The dataset ``dataset`` was rendered as (same kind), with ``samples`` samples and its seed
+    plus ``seed_offset``: offset 0 extends the set itself (a smaller set is a prefix of a bigger)."""
+    import onnx
+
+    with np.load(dataset, allow_pickle=False) as npz:
+        meta = json.loads(str(npz["__meta__"]))
+    source = meta.get("source") or {}
+    if "kind" not in source or "seed" not in source:
+        raise ValueError(f"{dataset} does not say how it was made (no source kind and seed)")
+    if seed_offset == 0 and samples <= int(meta["count"]):
+        return dataset
+    proto = onnx.load(str(model), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = {}
+    for v in proto.graph.input:
+        if v.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+        inputs[v.name] = (tuple([1, *dims[1:]]), str(np.dtype(dtype)))
+    make_dataset(source["kind"], inputs, samples, int(source["seed"]) + seed_offset, out, model_path=model)
+    return out
+
+
+def sample_bytes(dataset: Path) -> int:
+    """Bytes of one sample's stored inputs."""
+    with np.load(dataset, allow_pickle=False) as npz:
+        return max(1, sum(npz[k].nbytes // max(len(npz[k]), 1) for k in npz.files if k.startswith("input:")))
+
+
 def _rngs(seed: int, kind: str) -> Callable[[int], np.random.Generator]:
     """Sample i's own generator: a smaller set is the prefix of a bigger one."""
     return lambda i: np.random.default_rng((seed, _KIND_SALT[kind], i))

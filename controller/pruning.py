@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from controller.datasets import extend_dataset, rendered, sample_bytes
+
 RATIOS = (0.25, 0.5, 0.75)
 MAX_RATIO = 0.75
 ROUND_TO = 8
@@ -637,44 +639,6 @@ def _longest_prefix(n: int, ok: Any) -> int:
 # --- the variant -----------------------------------------------------------------------------
 
 
-def rendered(dataset: Path) -> bool:
-    """Was ``dataset`` made by controller.datasets (so more samples like it can be made)?"""
-    import json
-
-    with np.load(dataset, allow_pickle=False) as npz:
-        source = json.loads(str(npz["__meta__"])).get("source") or {}
-    return "kind" in source and "seed" in source
-
-
-def extend_dataset(dataset: Path, samples: int, model: Path, out: Path, seed_offset: int = 0) -> Path:
-    """The dataset ``dataset`` was rendered as (same kind), with ``samples`` samples and its seed
-    plus ``seed_offset``: offset 0 extends the set itself (a smaller set is a prefix of a bigger)."""
-    import json
-
-    import onnx
-
-    from controller.datasets import make_dataset
-
-    with np.load(dataset, allow_pickle=False) as npz:
-        meta = json.loads(str(npz["__meta__"]))
-    source = meta.get("source") or {}
-    if "kind" not in source or "seed" not in source:
-        raise PruningError(f"{dataset} does not say how it was made (no source kind and seed)")
-    if seed_offset == 0 and samples <= int(meta["count"]):
-        return dataset
-    proto = onnx.load(str(model), load_external_data=False)
-    inits = {i.name for i in proto.graph.initializer}
-    inputs = {}
-    for v in proto.graph.input:
-        if v.name in inits:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
-        inputs[v.name] = (tuple([1, *dims[1:]]), str(np.dtype(dtype)))
-    make_dataset(source["kind"], inputs, samples, int(source["seed"]) + seed_offset, out, model_path=model)
-    return out
-
-
 def variant(inp: Any, out: Path) -> dict[str, Any]:
     """The "pruned" variant recipe (controller.variants registers it): a RecipeInput in, meta out."""
     from controller.variants import op_counts
@@ -833,7 +797,7 @@ def _finetune_search(model: Any, groups: list[Group], table: list[dict[str, Any]
             return {"status": "no training data: the calibration set was not rendered and none was given"}
         samples = int(options.get("train_samples") or finetune.TRAIN_SAMPLES)
         # Rendered samples stay in memory as uint8: a 640x640 detector would need 5 GB for 4000.
-        samples = max(64, min(samples, TRAIN_BYTES // _sample_bytes(calibration)))
+        samples = max(64, min(samples, TRAIN_BYTES // sample_bytes(calibration)))
         train = extend_dataset(calibration, samples, fp32, tmp / "train.npz", seed_offset=TRAIN_SEED_OFFSET)
     samples = _count(train)
     attempts = int(options.get("attempts") or 2)
@@ -865,12 +829,6 @@ def _finetune_search(model: Any, groups: list[Group], table: list[dict[str, Any]
     if best_model is not None:
         out["model"] = best_model
     return out
-
-
-def _sample_bytes(dataset: Path) -> int:
-    """Bytes of one sample's stored inputs."""
-    with np.load(dataset, allow_pickle=False) as npz:
-        return max(1, sum(npz[k].nbytes // max(len(npz[k]), 1) for k in npz.files if k.startswith("input:")))
 
 
 def _count(dataset: Path) -> int:

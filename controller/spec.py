@@ -65,6 +65,8 @@ class QuantizationSpec(Strict):
     per_channel: bool = True
     op_types: list[str] | None = Field(
         None, description="quantize only these op types, e.g. [Conv, MatMul, Gemm]; default: every op ORT can")
+    budget_samples: int = Field(
+        256, ge=8, description="int8-mixed: samples the budget is checked on (the calibration set, extended)")
 
 
 class PruningSpec(Strict):

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from controller.datasets import _write_npz, make_dataset
+from agent.dataset import load_dataset
+from controller.datasets import _write_npz, extend_dataset, make_dataset
 from controller.mixed_precision import evaluate, search, sensitivity
 from controller.source import prepare
 from controller.variants import RECIPES, RecipeInput, _quantize
@@ -51,11 +52,15 @@ def test_the_search_keeps_nodes_in_float_until_the_budget_holds(cls: tuple[Path,
     _write_npz(dim, meta, arrays)
 
     out = tmp_path / "mixed.onnx"
-    report = search(fp32, calibration, out, {"budget": 0.0},
+    report = search(fp32, calibration, out, {"budget": 0.0, "budget_samples": 64},
                     lambda src, dst, exclude, ops: _quantize(src, dst, dim, {"calibration": "minmax"}, exclude, ops))
     chosen, steps = report["chosen"], report["steps"]
     assert steps[0]["float_nodes"] == 0 and steps[0]["drop"] > 0  # plain int8 missed the budget
-    assert report["fp32_accuracy_on_calibration"] == evaluate(fp32, calibration)
+    # The budget is judged on the calibration set extended with its own seed, not on the few
+    # samples the quantizer calibrates on.
+    judged = extend_dataset(calibration, 64, fp32, tmp_path / "judged.npz")
+    assert report["samples"] == 64 > load_dataset(str(calibration)).count
+    assert report["fp32_accuracy_on_calibration"] == evaluate(fp32, judged)
     assert report["met_budget"] and chosen["drop"] <= 0.0 and chosen["float_nodes"] > 0
     # Every op first, then only the weighted compute ops, then nodes kept in float on top.
     assert [(s["scope"], s["float_nodes"]) for s in steps[:2]] == [("all", 0), ("compute", 0)]
@@ -64,6 +69,6 @@ def test_the_search_keeps_nodes_in_float_until_the_budget_holds(cls: tuple[Path,
     assert chosen["float_nodes"] == fewest or chosen["p50_ms"] < 0.95 * next(
         s["p50_ms"] for s in steps if s["scope"] == "compute" and s["float_nodes"] == fewest)
     # The written model is the chosen candidate, and its float nodes are the report's, with why.
-    assert evaluate(out, calibration) == chosen["accuracy"]
+    assert evaluate(out, judged) == chosen["accuracy"]
     assert len(report["kept_float"]) == chosen["float_nodes"]
     assert all("SQNR falls" in k["why"] for k in report["kept_float"])

@@ -12,14 +12,13 @@ import pytest
 from onnx import numpy_helper
 
 from controller import finetune
-from controller.datasets import _write_npz, make_dataset
+from controller.datasets import _write_npz, extend_dataset, make_dataset
 from controller.pruning import (
     PruningError,
     accuracy,
     apply,
     channel_activity,
     cost,
-    extend_dataset,
     find_groups,
     greedy_order,
     importance,
