@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
     _db_flag(sel)
 
+    var = sub.add_parser("variants", help="what each variant's recipe did: fusions, calibration, float nodes, pruning")
+    var.add_argument("--model", help="only this model")
+    var.add_argument("--format", choices=["table", "json"], default="table", help="json: the full records")
+    _db_flag(var)
+
     nightly = sub.add_parser("nightly", help="run a spec and report regressions against the previous run")
     nightly.add_argument("spec", type=Path)
     nightly.add_argument("--report", type=Path, required=True, metavar="DIR", help="writes DIR/report.md and DIR/junit.xml")
@@ -158,6 +163,15 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_variants(args: argparse.Namespace) -> int:
+    from controller.store import open_db
+    from controller.variant_records import latest_variants, render
+
+    with open_db(args.db)() as session:
+        print(render(latest_variants(session, args.model), args.format))
+    return 0
+
+
 def cmd_nightly(args: argparse.Namespace) -> int:
     from controller.inventory import load_inventory
     from controller.nightly import nightly
@@ -180,7 +194,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0  # not reached: the process is now Streamlit
 
 
-COMMANDS = {"run": cmd_run, "boards": cmd_boards, "select": cmd_select, "nightly": cmd_nightly,
+COMMANDS = {"run": cmd_run, "boards": cmd_boards, "select": cmd_select, "variants": cmd_variants, "nightly": cmd_nightly,
             "dashboard": cmd_dashboard}
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ CONVERTED = ("openvino", "paddlelite", "ncnn", "mnn")
 
 
 @pytest.mark.slow
-def test_every_engine_runs_its_own_format(tmp_path: Path, edgefarm_home: Path) -> None:
+def test_every_engine_runs_its_own_format(tmp_path: Path, edgefarm_home: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     spec_path = small_ppocr_spec(tmp_path, "engines")
     spec = yaml.safe_load(spec_path.read_text())
     spec["models"] = [m for m in spec["models"] if m["name"] == "ppocr-cls"]
@@ -60,5 +61,8 @@ def test_every_engine_runs_its_own_format(tmp_path: Path, edgefarm_home: Path) -
     with open_db(url)() as db:
         sizes = {j.variant.name: j.variant.size_bytes for j in db.scalars(select(Job).filter_by(engine="onnxruntime"))}
     assert sizes["pruned"] < sizes["fp32"]
+    assert main(["variants", "--db", url]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.split()[1:2] == ["pruned"]]
+    assert "MACs -" in line and "groups cut" in line and "budget 0.03" in line
     (sel,) = picked
     assert sel.best is not None and sel.best.engine in {"onnxruntime", *CONVERTED}

@@ -99,6 +99,21 @@ def test_select_formats_and_budget(ppocr_db: str, capsys: pytest.CaptureFixture[
     assert md.count("| ppocr-") == 3
 
 
+def test_variants_says_what_each_recipe_did(ppocr_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["variants", "--db", ppocr_db, "--model", "ppocr-cls"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    by_variant = {line.split()[1]: line for line in lines[1:]}
+    assert set(by_variant) == {"fp32", "fp16", "int8"} and all(line.startswith("ppocr-cls") for line in lines[1:])
+    assert "569 -> 182 nodes" in by_variant["fp32"] and "conv+bn x35" in by_variant["fp32"]
+    # The small spec's quantization settings, read back from the int8 recipe's record.
+    assert "minmax calibration on 8 samples, per-channel weights" in by_variant["int8"]
+    assert main(["variants", "--db", ppocr_db, "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {(r["model"], r["variant"]) for r in records} == {
+        (m, v) for m in ("ppocr-det", "ppocr-rec", "ppocr-cls") for v in ("fp32", "fp16", "int8")}
+    assert all(r["record"]["ops"] for r in records)
+
+
 def test_nothing_within_budget_shows_nearest(ppocr_db: str) -> None:
     with open_db(ppocr_db)() as db:
         # Without any fp32 figure on the chip nothing can be judged: say so, list the nearest.
