@@ -70,16 +70,22 @@ def _pruning(p: dict[str, Any]) -> str:
             f"{tuned}; calibration drop {p['drop_on_calibration']:+.4f}, {verdict} budget {p['budget']:g}")
 
 
+def rows(variants: list[Variant]) -> list[dict[str, Any]]:
+    """One row per variant: model, variant, size in MB, how many times smaller than fp32, summary."""
+    fp32 = {v.model.name: v.size_bytes for v in variants if v.name == "fp32"}
+    return [{"model": v.model.name, "variant": v.name, "size_mb": v.size_bytes / 1e6,
+             "smaller_x": fp32[v.model.name] / v.size_bytes if v.model.name in fp32 and v.size_bytes else None,
+             "what_the_recipe_did": summary(v.name, v.recipe or {})} for v in variants]
+
+
 def render(variants: list[Variant], fmt: str) -> str:
     if fmt == "json":
         return json.dumps([{"model": v.model.name, "variant": v.name, "sha256": v.sha256, "size_bytes": v.size_bytes,
                             "record": v.recipe} for v in variants], indent=2, default=str)
     if not variants:
         return "no variants yet: run `edgefarm run` first"
-    fp32 = {v.model.name: v.size_bytes for v in variants if v.name == "fp32"}
-    lines = []
-    for v in variants:
-        ratio = f"{fp32[v.model.name] / v.size_bytes:.2f}x" if v.model.name in fp32 and v.size_bytes else "-"
-        lines.append(f"{v.model.name:<12} {v.name:<10} {v.size_bytes / 1e6:7.2f} MB {ratio:>6}  "
-                     f"{summary(v.name, v.recipe or {})}")
-    return "\n".join([f"{'model':<12} {'variant':<10} {'size':>10} {'vs fp32':>6}  what the recipe did", *lines])
+    lines = [f"{'model':<12} {'variant':<10} {'size':>10} {'vs fp32':>7}  what the recipe did"]
+    for r in rows(variants):
+        ratio = f"{r['smaller_x']:.2f}x" if r["smaller_x"] else "-"
+        lines.append(f"{r['model']:<12} {r['variant']:<10} {r['size_mb']:7.2f} MB {ratio:>7}  {r['what_the_recipe_did']}")
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ except ImportError:  # a plain checkout: `streamlit run` puts dashboard/ on sys.
 import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller import queries, selection, store
+from controller import queries, selection, store, variant_records
 from dashboard import charts, views
 
 MAX_TAILS = 20  # a run where everything failed would otherwise bury the page in tracebacks
@@ -192,6 +192,10 @@ def render(session: Session) -> None:
         charts_section(session, cands, picked.budget)
     else:
         st.info("No successful measurement matches the filters yet; the runs below say what happened.")
+    st.header("Variants")
+    st.caption("What each variant's recipe did; `edgefarm variants --format json` gives the full records.")
+    st.dataframe(variant_records.rows(variant_records.latest_variants(session)), hide_index=True,
+                 column_config={"what_the_recipe_did": st.column_config.TextColumn(width="large")})
     runs_section(session, runs)
     st.header("Boards")
     st.dataframe(views.boards_frame(queries.boards(session)), hide_index=True)

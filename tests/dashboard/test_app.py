@@ -302,3 +302,13 @@ def test_nothing_within_budget_names_the_nearest(
     for sel, shown in zip(sels, nearest):
         assert [tuple(r) for r in shown[["engine", "variant", "job"]].values] == [
             (c.engine, c.variant, c.job_id) for c in sel.nearest]
+
+
+def test_variants_section_says_what_each_recipe_did(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
+    at = start(monkeypatch, ppocr_db)
+    table = frame_with(at.dataframe, "what_the_recipe_did")
+    assert len(table) == 9 and set(table["variant"]) == {"fp32", "fp16", "int8"}
+    fp32 = table[table["variant"] == "fp32"]
+    assert (fp32["smaller_x"] == 1.0).all() and fp32["what_the_recipe_did"].str.contains(" nodes; ").all()
+    int8 = table[table["variant"] == "int8"]
+    assert (int8["smaller_x"] > 1.5).all() and int8["what_the_recipe_did"].str.contains("calibration on 8").all()
