@@ -25,7 +25,10 @@ def latest_variants(session: Session, model: str | None = None) -> list[Variant]
     for v in session.scalars(query):
         if model is None or v.model.name == model:
             newest[v.model.name, v.name] = v  # later jobs overwrite earlier ones
-    return [newest[k] for k in sorted(newest)]
+    from controller.variants import RECIPES
+
+    order = list(RECIPES)  # fp32 first, then as the recipes are registered
+    return [newest[k] for k in sorted(newest, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order)))]
 
 
 def summary(name: str, record: dict[str, Any]) -> str:
@@ -46,8 +49,9 @@ def summary(name: str, record: dict[str, Any]) -> str:
         channels = "per-channel" if record.get("per_channel", True) else "per-tensor"
         return (f"{record['calibration']} calibration on {record.get('calibration_samples', '?')} samples, "
                 f"{channels} weights, ops quantized: {scope if isinstance(scope, str) else ', '.join(scope)}")
-    keys = ", ".join(k for k in record if k != "ops")
-    return keys or name
+    ops = record.get("ops") or {}
+    casts = f", {ops['Cast']} Cast" if ops.get("Cast") else ""
+    return f"{sum(ops.values())} nodes{casts}" if ops else name
 
 
 def _mixed(m: dict[str, Any]) -> str:
