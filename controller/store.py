@@ -10,6 +10,7 @@ Only figures and descriptions are stored: never a password, key or token from an
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -147,9 +148,25 @@ def open_db(url: str | None = None) -> sessionmaker[Session]:
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         _sqlite_pragmas(engine)
-    Base.metadata.create_all(engine)
+    _create_tables(engine)
     _add_missing_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _create_tables(engine: Engine, attempts: int = 5) -> None:
+    """create_all, safe against another process creating the same tables at the same moment
+    (a run and the dashboard starting on a new database): its check-then-create is not atomic,
+    so a table made in between fails the create; checking again then finds it."""
+    from sqlalchemy.exc import DatabaseError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except DatabaseError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.1 * attempt)
 
 
 def _add_missing_columns(engine: Engine) -> None:

@@ -3,6 +3,8 @@ and the rows already there stay."""
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
 import sqlite3
 from pathlib import Path
 
@@ -25,3 +27,31 @@ def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_ro
         assert (board.name, board.chip, board.health_failures, board.quarantined_at) == ("rk3399-a", "rk3399", 0, None)
     with sqlite3.connect(path) as conn:
         assert "spec_base" in {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+
+
+def _open_when_released(url: str, barrier: "multiprocessing.synchronize.Barrier",
+                        errors: "multiprocessing.Queue[str | None]") -> None:
+    barrier.wait()
+    try:
+        open_db(url)
+        errors.put(None)
+    except Exception as exc:  # reported to the test, which names it
+        errors.put(repr(exc))
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """A run and the dashboard (or two runs) starting on a database that does not exist yet:
+    each creates the tables, and none may fail because another one created them first."""
+    ctx = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
+        barrier, errors = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_when_released, args=(url, barrier, errors)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [errors.get(timeout=10) for _ in procs] == [None] * 6
+        with sqlite3.connect(tmp_path / f"race{attempt}.db") as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"runs", "jobs", "results", "variants"} <= tables
