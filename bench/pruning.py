@@ -143,7 +143,8 @@ def bench_model(which: str, budget: float, tmp: Path, runs: int, train_ocr: set[
     import onnx
 
     from controller import finetune
-    from controller.pruning import TRAIN_SEED_OFFSET, accuracy, cost, prune
+    from controller.evaluation import accuracy
+    from controller.pruning import TRAIN_SEED_OFFSET, cost, prune
 
     tmp.mkdir(parents=True, exist_ok=True)
     if which == "digits":

@@ -114,6 +114,12 @@ def extend_dataset(dataset: Path, samples: int, model: Path, out: Path, seed_off
     return out
 
 
+def count(dataset: Path) -> int:
+    """How many samples a dataset file holds (read from its metadata, no array loaded)."""
+    with np.load(dataset, allow_pickle=False) as npz:
+        return int(json.loads(str(npz["__meta__"]))["count"])
+
+
 def sample_bytes(dataset: Path) -> int:
     """Bytes of one sample's stored inputs."""
     with np.load(dataset, allow_pickle=False) as npz:

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
+
+from controller.datasets import count, extend_dataset, rendered, sample_bytes
+from controller.evaluation import accuracy, latency_ms
 
 # What is quantized. "compute": the ops that carry weights, where int8 kernels pay; the
 # normalisation, activation and elementwise ops around them stay float. On the PaddleOCR
@@ -34,7 +36,6 @@ SCOPE_WHY = {"all": "every op quantized",
              "compute": "only Conv, ConvTranspose, MatMul and Gemm quantized; every other op stays float"}
 # Candidates tried past the fewest float nodes that meet the budget, to find the fastest.
 EXTRA_CANDIDATES = 2
-LATENCY_RUNS = 30
 CLEARLY_FASTER = 0.05  # below this, a latency difference on the controller is noise
 BUDGET_SAMPLES = 256
 BUDGET_BYTES = 256 << 20  # rendered samples stay in memory as stored (uint8 images)
@@ -48,8 +49,8 @@ def search(fp32: Path, calibration: Path, out: Path, options: dict[str, Any],
     with tempfile.TemporaryDirectory(prefix="edgefarm-mixed-") as tmp_dir:
         tmp = Path(tmp_dir)
         calibration = judged_on(calibration, fp32, int(options.get("budget_samples") or BUDGET_SAMPLES), tmp)
-        samples = _count(calibration)
-        reference = evaluate(fp32, calibration)
+        samples = count(calibration)
+        reference = accuracy(fp32, calibration)
         tried: dict[tuple[str, int], dict[str, Any]] = {}
         ranking: list[dict[str, Any]] = []
 
@@ -58,7 +59,7 @@ def search(fp32: Path, calibration: Path, out: Path, options: dict[str, Any],
             if (scope, k) not in tried:
                 path = tmp / f"q-{len(tried)}.onnx"
                 quantize(fp32, path, [r["node"] for r in ranking[:k]], SCOPES[scope])
-                score = evaluate(path, calibration)
+                score = accuracy(path, calibration)
                 tried[scope, k] = {"scope": scope, "float_nodes": k, "accuracy": score, "drop": reference - score,
                                    "path": path}
             return tried[scope, k]["drop"] <= budget
@@ -109,63 +110,10 @@ def judged_on(calibration: Path, fp32: Path, samples: int, tmp: Path) -> Path:
     more than a budget: a candidate that met the budget there lost 0.03 on the evaluation
     samples. Rendered sets are extended (the first samples stay the same), up to what fits in
     BUDGET_BYTES; a set that was not rendered is used as it is."""
-    from controller.datasets import extend_dataset, rendered, sample_bytes
-
     if not rendered(calibration):
         return calibration
-    samples = max(_count(calibration), min(samples, BUDGET_BYTES // sample_bytes(calibration)))
+    samples = max(count(calibration), min(samples, BUDGET_BYTES // sample_bytes(calibration)))
     return extend_dataset(calibration, samples, fp32, tmp / "budget.npz")
-
-
-def _count(dataset: Path) -> int:
-    from agent.dataset import load_dataset
-
-    return load_dataset(str(dataset)).count
-
-
-def evaluate(model: Path, dataset: Path) -> float:
-    """The task metric of ``model`` on a labelled dataset, computed as the agent computes it."""
-    from agent.dataset import load_dataset
-    from agent.engines import get_engine
-    from agent.metrics import evaluator_for
-
-    data = load_dataset(str(dataset))
-    engine = get_engine("onnxruntime")
-    engine.load(str(model), {"threads": 1})
-    try:
-        evaluator = evaluator_for(data)
-        names = engine.input_names()
-        for i in range(data.count):
-            batch = data.batch([i])
-            evaluator.add(i, engine.run({n: batch[n] for n in names}))
-        return float(evaluator.result()["value"])
-    finally:
-        engine.close()
-
-
-def latency_ms(model: Path, dataset: Path) -> float:
-    """Median latency of one sample on ONNX Runtime's CPU provider, one thread: a tie-breaker
-    between candidates, not a figure for the results table (boards measure those)."""
-    import numpy as np
-
-    from agent.dataset import load_dataset
-    from agent.engines import get_engine
-
-    data = load_dataset(str(dataset))
-    engine = get_engine("onnxruntime")
-    engine.load(str(model), {"threads": 1})
-    try:
-        batch = data.batch([0])
-        feed = {n: batch[n] for n in engine.input_names()}
-        engine.run(feed)
-        times = []
-        for _ in range(LATENCY_RUNS):
-            t0 = time.perf_counter()
-            engine.run(feed)
-            times.append((time.perf_counter() - t0) * 1000.0)
-        return float(np.median(times))
-    finally:
-        engine.close()
 
 
 def sensitivity(fp32: Path, qdq: Path, calibration: Path) -> list[dict[str, Any]]:

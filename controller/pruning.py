@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from controller.datasets import extend_dataset, rendered, sample_bytes
+from controller.datasets import count, extend_dataset, rendered, sample_bytes
+from controller.evaluation import accuracy
 
 RATIOS = (0.25, 0.5, 0.75)
 MAX_RATIO = 0.75
@@ -499,56 +500,6 @@ def cost(model: Any) -> dict[str, int]:
 # --- measuring -------------------------------------------------------------------------------
 
 
-def accuracy(model: Any, dataset: Path, threads: int = 1) -> float:
-    """The task metric of an ONNX model (proto or path) on a labelled dataset, as the agent
-    computes it, on ONNX Runtime's CPU provider in batches where the model allows them."""
-    import onnxruntime as ort
-
-    from agent.dataset import load_dataset
-    from agent.metrics import evaluator_for
-
-    data = load_dataset(str(dataset))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    blob = model if isinstance(model, (str, Path)) else model.SerializeToString()
-    session = ort.InferenceSession(str(blob) if isinstance(blob, Path) else blob, opts,
-                                   providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    fixed = any(isinstance(i.shape[0], int) for i in session.get_inputs())
-    step = 1 if fixed else 16
-    evaluator = evaluator_for(data)
-    for start in range(0, data.count, step):
-        idx = list(range(start, min(start + step, data.count)))
-        batch = data.batch(idx)
-        outs = session.run(None, {n: batch[n] for n in names})
-        for k, i in enumerate(idx):
-            evaluator.add(i, [o[k:k + 1] for o in outs])
-    return float(evaluator.result()["value"])
-
-
-def latency_ms(model: Any, dataset: Path, runs: int = 30, threads: int = 1) -> float:
-    """Median single-sample latency on ONNX Runtime's CPU provider (a tie-breaker and a bench
-    figure, not a board measurement)."""
-    import onnxruntime as ort
-
-    from agent.dataset import load_dataset
-
-    data = load_dataset(str(dataset))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    blob = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
-    session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-    feed = {i.name: data.batch([0])[i.name] for i in session.get_inputs()}
-    session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times))
-
-
 def sensitivity(model: Any, groups: list[Group], dataset: Path, ratios: tuple[float, ...] = RATIOS,
                 round_to: int = ROUND_TO, threads: int = 1,
                 activity: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
@@ -698,7 +649,7 @@ def prune(fp32: Path, calibration: Path, out: Path, options: dict[str, Any], tra
         tmp = Path(tmp_dir)
         data = (extend_dataset(calibration, int(options.get("samples") or SAMPLES), fp32, tmp / "sensitivity.npz")
                 if rendered(calibration) else calibration)
-        used = _count(data)
+        used = count(data)
         reference = accuracy(model, data, threads)
         t0 = time.perf_counter()
         activity = channel_activity(model, groups, data, threads=threads) if criterion == "activation" else None
@@ -799,7 +750,7 @@ def _finetune_search(model: Any, groups: list[Group], table: list[dict[str, Any]
         # Rendered samples stay in memory as uint8: a 640x640 detector would need 5 GB for 4000.
         samples = max(64, min(samples, TRAIN_BYTES // sample_bytes(calibration)))
         train = extend_dataset(calibration, samples, fp32, tmp / "train.npz", seed_offset=TRAIN_SEED_OFFSET)
-    samples = _count(train)
+    samples = count(train)
     attempts = int(options.get("attempts") or 2)
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -829,10 +780,3 @@ def _finetune_search(model: Any, groups: list[Group], table: list[dict[str, Any]
     if best_model is not None:
         out["model"] = best_model
     return out
-
-
-def _count(dataset: Path) -> int:
-    import json
-
-    with np.load(dataset, allow_pickle=False) as npz:
-        return int(json.loads(str(npz["__meta__"]))["count"])

@@ -52,30 +52,29 @@ if [ -z "${BOARD_PYTHON:-}" ]; then  # the first candidate that really runs (a p
     if [ -n "$candidate" ] && "$candidate" -c "" 2>/dev/null; then BOARD_PYTHON=$candidate; break; fi
   done
 fi
-if [ ! -x "$BOARD_VENV/bin/python" ]; then
+
+# venv_310 DIR WHY-IF-MISSING PACKAGE...: a Python 3.10 venv with these packages, made once.
+venv_310() {
+  local dir=$1 missing=$2
+  shift 2
+  [ -x "$dir/bin/python" ] && return 0
   if [ -z "${BOARD_PYTHON:-}" ]; then
-    echo "setup: no Python 3.10 found for the test boards (set BOARD_PYTHON); the second SSH test board will fail" >&2
-  else
-    echo "setup: creating $BOARD_VENV with $BOARD_PYTHON"
-    "$BOARD_PYTHON" -m venv "$BOARD_VENV"
-    "$BOARD_VENV/bin/pip" install -q --upgrade pip
-    "$BOARD_VENV/bin/pip" install -q numpy onnxruntime
+    echo "setup: no Python 3.10 found (set BOARD_PYTHON): $missing" >&2
+    return 0
   fi
-fi
+  echo "setup: creating $dir with $BOARD_PYTHON"
+  "$BOARD_PYTHON" -m venv "$dir"
+  "$dir/bin/pip" install -q --upgrade pip
+  "$dir/bin/pip" install -q "$@"
+}
+venv_310 "$BOARD_VENV" "the second SSH test board will fail" numpy onnxruntime
+
 # The Paddle tools: x2paddle and paddlepaddle (ONNX -> Paddle), Paddle Lite's opt (-> .nb) and its
 # runtime. Paddle Lite's wheels stop at Python 3.10 and this build misreads numpy 2 arrays, so they
 # get an interpreter of their own; the controller converts with it and the local board runs
 # Paddle Lite jobs in it. x2paddle imports six and requests without declaring them.
 PADDLE_VENV=${PADDLE_VENV:-.venv-paddle}
-if [ ! -x "$PADDLE_VENV/bin/python" ]; then
-  if [ -z "${BOARD_PYTHON:-}" ]; then
-    echo "setup: no Python 3.10 for the Paddle tools; Paddle Lite jobs will fail at convert" >&2
-  else
-    echo "setup: creating $PADDLE_VENV with $BOARD_PYTHON"
-    "$BOARD_PYTHON" -m venv "$PADDLE_VENV"
-    "$PADDLE_VENV/bin/pip" install -q --upgrade pip
-    "$PADDLE_VENV/bin/pip" install -q "paddlepaddle==2.6.2" "x2paddle==1.6.0" "paddlelite==2.13rc0" \
-      "onnx==1.16.2" "numpy==1.26.4" "protobuf==3.20.3" "six==1.17.0" "requests==2.34.2"
-  fi
-fi
+venv_310 "$PADDLE_VENV" "Paddle Lite jobs will fail at convert" \
+  "paddlepaddle==2.6.2" "x2paddle==1.6.0" "paddlelite==2.13rc0" \
+  "onnx==1.16.2" "numpy==1.26.4" "protobuf==3.20.3" "six==1.17.0" "requests==2.34.2"
 echo "setup: ready ($("$VENV/bin/python" --version), $VENV; test boards: $BOARD_VENV; Paddle tools: $PADDLE_VENV)"

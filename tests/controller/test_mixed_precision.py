@@ -11,7 +11,8 @@ import pytest
 
 from agent.dataset import load_dataset
 from controller.datasets import _write_npz, extend_dataset, make_dataset
-from controller.mixed_precision import evaluate, search, sensitivity
+from controller.evaluation import accuracy
+from controller.mixed_precision import search, sensitivity
 from controller.source import prepare
 from controller.variants import RECIPES, RecipeInput, _quantize
 from tests.models import ocr_model
@@ -60,7 +61,7 @@ def test_the_search_keeps_nodes_in_float_until_the_budget_holds(cls: tuple[Path,
     # samples the quantizer calibrates on.
     judged = extend_dataset(calibration, 64, fp32, tmp_path / "judged.npz")
     assert report["samples"] == 64 > load_dataset(str(calibration)).count
-    assert report["fp32_accuracy_on_calibration"] == evaluate(fp32, judged)
+    assert report["fp32_accuracy_on_calibration"] == accuracy(fp32, judged)
     assert report["met_budget"] and chosen["drop"] <= 0.0 and chosen["float_nodes"] > 0
     # Every op first, then only the weighted compute ops, then nodes kept in float on top.
     assert [(s["scope"], s["float_nodes"]) for s in steps[:2]] == [("all", 0), ("compute", 0)]
@@ -69,6 +70,6 @@ def test_the_search_keeps_nodes_in_float_until_the_budget_holds(cls: tuple[Path,
     assert chosen["float_nodes"] == fewest or chosen["p50_ms"] < 0.95 * next(
         s["p50_ms"] for s in steps if s["scope"] == "compute" and s["float_nodes"] == fewest)
     # The written model is the chosen candidate, and its float nodes are the report's, with why.
-    assert evaluate(out, judged) == chosen["accuracy"]
+    assert accuracy(out, judged) == chosen["accuracy"]
     assert len(report["kept_float"]) == chosen["float_nodes"]
     assert all("SQNR falls" in k["why"] for k in report["kept_float"])

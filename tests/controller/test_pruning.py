@@ -13,9 +13,9 @@ from onnx import numpy_helper
 
 from controller import finetune
 from controller.datasets import _write_npz, extend_dataset, make_dataset
+from controller.evaluation import accuracy
 from controller.pruning import (
     PruningError,
-    accuracy,
     apply,
     channel_activity,
     cost,
