@@ -215,6 +215,7 @@ class _JobRun:
             min_iterations=int(measure["min_iterations"]),
             min_seconds=float(measure["min_seconds"]),
             max_seconds=None if measure["max_seconds"] is None else float(measure["max_seconds"]),
+            inner=engine.last_latency_ms,
         )
         pool.clear()  # free the samples before the throughput batches are built
         result["throughput"] = measure_throughput(

@@ -45,17 +45,22 @@ def measure_latency(
     min_seconds: float,
     max_seconds: Optional[float] = None,
     clock: Clock = time.perf_counter,
+    inner: Optional[Callable[[], Optional[float]]] = None,
 ) -> Dict[str, Any]:
     """Time ``run(i)`` after ``warmup`` untimed calls; stop on count AND time, or at max_seconds.
 
     Returns :func:`latency_stats` plus "warmup", "elapsed_s" and "stopped_by"
     ("target" when both minimums were met, "max_seconds" when the cap cut the run short).
+    ``inner`` reads the engine's own timing of the call just made (ms, or None); when it gives
+    one for every call, "engine" holds their p50/mean/min/max, so the Python call's share of
+    the latency is known.
     """
     if min_iterations < 1:
         raise ValueError("min_iterations must be >= 1, not %r" % min_iterations)
     for i in range(max(int(warmup), 0)):
         run(i)
     samples: List[float] = []
+    engine_samples: List[Optional[float]] = []
     stopped_by = "target"
     start = clock()
     i = 0
@@ -64,6 +69,8 @@ def measure_latency(
         run(i)
         t1 = clock()
         samples.append((t1 - t0) * 1000.0)
+        if inner is not None:
+            engine_samples.append(inner())
         i += 1
         elapsed = t1 - start
         if i >= min_iterations and elapsed >= min_seconds:
@@ -73,6 +80,9 @@ def measure_latency(
             break
     stats = latency_stats(samples)
     stats.update({"warmup": int(warmup), "elapsed_s": clock() - start, "stopped_by": stopped_by})
+    if engine_samples and None not in engine_samples:
+        timed = latency_stats([float(v) for v in engine_samples])  # type: ignore[arg-type]
+        stats["engine"] = {k: timed[k] for k in ("p50", "mean", "min", "max", "n")}
     return stats
 
 

@@ -450,6 +450,16 @@ def _files(p: Planned) -> dict[str, tuple[Path, str]]:
     }
 
 
+def _raw(result: dict[str, Any]) -> dict[str, Any]:
+    """The result record for Result.raw: the latency samples have their own columns."""
+    lat = result["latency"]
+    raw = {k: v for k, v in result.items() if k != "latency"}
+    raw["latency_source"] = lat.get("source", "agent")
+    if lat.get("engine"):  # the engine's own timing, which its native tool would report
+        raw["engine_latency"] = lat["engine"]
+    return raw
+
+
 def _store_result(db: Any, job: Job, result: dict[str, Any]) -> None:
     job.attempts = result.get("attempts", 1)
     job.finished_at = now()
@@ -472,7 +482,7 @@ def _store_result(db: Any, job: Job, result: dict[str, Any]) -> None:
         min_ms=lat["min"], max_ms=lat["max"], n=lat["n"], cv=lat["cv"], samples_ms=lat["samples_ms"],
         throughput=result.get("throughput", []), peak_rss_mb=(result.get("memory") or {}).get("peak_rss_mb"),
         accuracy_metric=acc.get("metric"), accuracy=acc.get("value"), accuracy_detail=acc or None,
-        fingerprint=result.get("fingerprint", {}), raw={k: v for k, v in result.items() if k != "latency"} | {"latency_source": lat.get("source", "agent")},
+        fingerprint=result.get("fingerprint", {}), raw=_raw(result),
     ))
     db.flush()
 

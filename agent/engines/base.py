@@ -90,6 +90,14 @@ class Engine(abc.ABC):
     def input_shapes(self) -> Dict[str, List[Optional[int]]]:
         """Each input's shape; a dynamic dimension is None."""
 
+    def last_latency_ms(self) -> Optional[float]:
+        """The engine's own timing of the last run(), without the Python call around it.
+
+        None where the library keeps no such figure. It lets a measurement be compared with the
+        engine's native benchmark tool, which reports this timing and not the call's.
+        """
+        return None
+
     def close(self) -> None:
         """Release the model. Safe to call twice or before load."""
 

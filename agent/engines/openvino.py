@@ -4,12 +4,15 @@ Options: ``threads`` -> INFERENCE_NUM_THREADS, ``precision`` -> INFERENCE_PRECIS
 ("fp32"/"f32", "bf16", "fp16"/"f16"; None = the device's default, which on a CPU with
 AVX512_BF16 or AMX computes an fp32 model in bfloat16), ``device`` (default "CPU"),
 ``model_precision`` (the artifact's precision, told by the controller; "int8" is reported as
-such because the hint only governs the layers that stay in floating point).
+such because the hint only governs the layers that stay in floating point), ``static_shapes``
+(default true: a model with dynamic dimensions is compiled again for each input shape it is
+fed, up to four shapes, as benchmark_app's -shape and a deployment would; false runs the
+dynamic model as it is).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -21,6 +24,12 @@ _TO_OV = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _FROM_OV = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 # OPTIMIZATION_CAPABILITIES entries that are precisions, in the order they are reported.
 _CAPABILITIES = (("FP32", "fp32"), ("FP16", "fp16"), ("BF16", "bf16"), ("INT8", "int8"))
+# The CPU plugin runs a model with a dynamic dimension through kernels that infer shapes on every
+# call: the text classifier takes 0.65 ms a call against 0.53 ms compiled for [1,3,48,192]. Each
+# static compile costs memory, so only the first few shapes get one (batch 1 and the sweep's).
+STATIC_SHAPES_MAX = 4
+
+Shapes = Tuple[Tuple[int, ...], ...]
 
 
 def _ov() -> Any:
@@ -60,6 +69,12 @@ class OpenVinoEngine(Engine):
         self._request: Any = None
         self._outputs: List[Any] = []
         self._device = "CPU"
+        self._config: Dict[str, Any] = {}
+        self._names: List[str] = []
+        self._dynamic = False
+        # input shapes -> (request, outputs) of the model compiled for them; None: it would not
+        self._static: Dict[Shapes, Optional[Tuple[Any, List[Any]]]] = {}
+        self._last: Any = None
         self._share_inputs = True
 
     @classmethod
@@ -99,9 +114,15 @@ class OpenVinoEngine(Engine):
             config["INFERENCE_PRECISION_HINT"] = _TO_OV[wanted]
         core = ov.Core()
         model = core.read_model(model_path)
+        self._config = config
         self._compiled = core.compile_model(model, self._device, config)
         self._request = self._compiled.create_infer_request()
         self._outputs = list(self._compiled.outputs)
+        self._names = self.input_names()
+        self._dynamic = options.get("static_shapes", True) is not False and any(
+            port.get_partial_shape().is_dynamic for port in model.inputs
+        )
+        self._static = {}
 
     def _require(self) -> Any:
         if self._compiled is None:
@@ -110,18 +131,50 @@ class OpenVinoEngine(Engine):
 
     def run(self, inputs: Dict[str, np.ndarray]) -> List[np.ndarray]:
         self._require()
+        request, outputs = self._request_for(inputs)
+        self._last = request
         if self._share_inputs:
             # Sharing skips a copy of every input per call (ONNX Runtime does not copy either),
             # so the two engines are timed on the same work.
             try:
-                result = self._request.infer(inputs, share_inputs=True)
+                result = request.infer(inputs, share_inputs=True)
             except TypeError:  # releases before 2023.1 have no share_inputs
                 self._share_inputs = False
-                result = self._request.infer(inputs)
+                result = request.infer(inputs)
         else:
-            result = self._request.infer(inputs)
+            result = request.infer(inputs)
         # Outputs are copies (share_outputs is off), so the next call cannot overwrite them.
-        return [result[port] for port in self._outputs]
+        return [result[port] for port in outputs]
+
+    def _request_for(self, inputs: Dict[str, np.ndarray]) -> Tuple[Any, List[Any]]:
+        """The request compiled for these inputs' shapes, or the dynamic model's."""
+        if not self._dynamic:
+            return self._request, self._outputs
+        try:
+            shapes = tuple(tuple(int(d) for d in np.shape(inputs[n])) for n in self._names)
+        except KeyError:  # infer() names the missing input better than we would
+            return self._request, self._outputs
+        if shapes not in self._static and len(self._static) < STATIC_SHAPES_MAX:
+            self._static[shapes] = self._compile_static(shapes)
+        return self._static.get(shapes) or (self._request, self._outputs)
+
+    def _compile_static(self, shapes: Shapes) -> Optional[Tuple[Any, List[Any]]]:
+        ov = _ov()
+        core = ov.Core()
+        model = core.read_model(self.model_path)
+        try:
+            model.reshape({i: list(shape) for i, shape in enumerate(shapes)})
+            compiled = core.compile_model(model, self._device, self._config)
+        except RuntimeError:
+            # A model that cannot take these shapes statically (a Reshape with a baked-in
+            # size, say) still runs dynamically: slower, but the measurement goes on.
+            return None
+        return compiled.create_infer_request(), list(compiled.outputs)
+
+    def last_latency_ms(self) -> Optional[float]:
+        # InferRequest.latency: the runtime's own timing of infer(), as benchmark_app reports.
+        latency = getattr(self._last, "latency", None)
+        return None if latency is None else float(latency)
 
     def precision(self) -> str:
         if canonical_precision(self.options.get("model_precision")) == "int8":
@@ -147,3 +200,5 @@ class OpenVinoEngine(Engine):
         self._request = None
         self._compiled = None
         self._outputs = []
+        self._static = {}
+        self._last = None

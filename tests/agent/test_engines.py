@@ -115,6 +115,26 @@ def test_openvino_outputs_are_not_overwritten_by_the_next_run() -> None:
         np.testing.assert_array_equal(kept, first)
 
 
+def test_openvino_compiles_the_shapes_it_is_fed_and_stays_right() -> None:
+    from agent.engines.openvino import STATIC_SHAPES_MAX
+
+    x = _cls_input(STATIC_SHAPES_MAX + 2)
+    with get_engine("onnxruntime") as ort:
+        ort.load(str(cls_model_path()), {})
+        expected = ort.run({"x": x})[0]
+    for static in (True, False):
+        with get_engine("openvino") as engine:
+            engine.load(str(cls_model_path()), {"precision": "fp32", "static_shapes": static})
+            # one batch size more than get a static compile: the last runs dynamically
+            for batch in range(1, STATIC_SHAPES_MAX + 2):
+                out = engine.run({"x": x[:batch]})[0]
+                np.testing.assert_allclose(out, expected[:batch], atol=1e-4)
+                compiled = engine._last.get_compiled_model().inputs[0].get_partial_shape()
+                assert compiled.is_static == (static and batch <= STATIC_SHAPES_MAX), (static, batch)
+                assert 0 < engine.last_latency_ms() < 10_000
+            assert engine.input_shapes()["x"][0] is None  # the model's own shape, still dynamic
+
+
 def test_onnxruntime_reports_the_precision_the_controller_tells() -> None:
     with get_engine("onnxruntime") as engine:
         engine.load(str(cls_model_path()), {"model_precision": "int8"})

@@ -38,6 +38,19 @@ def test_max_seconds_cuts_the_run_and_says_so() -> None:
     assert stats["elapsed_s"] < 1.0
 
 
+def test_the_engines_own_timing_is_summarised_beside_the_calls() -> None:
+    told = iter(range(1, 1000))
+    stats = measure_latency(lambda i: None, warmup=2, min_iterations=9, min_seconds=0.0,
+                            inner=lambda: float(next(told)))
+    # read once per timed call, never for the warm-up: 1..9
+    assert stats["engine"] == {"p50": 5.0, "mean": 5.0, "min": 1.0, "max": 9.0, "n": 9}
+
+
+def test_no_engine_timing_when_the_engine_does_not_say() -> None:
+    stats = measure_latency(lambda i: None, warmup=0, min_iterations=5, min_seconds=0.0, inner=lambda: None)
+    assert stats["n"] == 5 and "engine" not in stats
+
+
 def test_min_iterations_must_be_positive() -> None:
     with pytest.raises(ValueError):
         measure_latency(lambda i: None, warmup=0, min_iterations=0, min_seconds=0.0)
