@@ -34,7 +34,7 @@ import numpy as np
 TRAIN_SAMPLES = 4000
 EPOCHS = 4
 BATCH = 32
-LR = 1e-3
+LR = 1e-4
 TEMPERATURE = 2.0
 ALPHA = 0.7  # share of the distillation term
 MAX_SECONDS = 900.0
@@ -358,12 +358,19 @@ def _attrs_tensor(node: Any) -> Any:
 # --- heads and losses ------------------------------------------------------------------------
 
 
+# Ops that keep the elements in their order: a Softmax behind them is still the output's Softmax
+# (exporters flatten a 3-D Softmax to 2-D and reshape it back, as PP-OCR's recogniser has it).
+RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+
 def _heads(model: Any) -> list[dict[str, Any]]:
     """Per graph output: which tensor the loss reads (pre-softmax / pre-sigmoid where it can)."""
     producer = {o: n for n in model.graph.node for o in n.output}
     heads = []
     for k, v in enumerate(model.graph.output):
         node = producer.get(v.name)
+        while node is not None and node.op_type in RESHAPES and node.input[0] in producer:
+            node = producer[node.input[0]]
         if node is not None and node.op_type == "Softmax":
             heads.append({"output": k, "tensor": node.input[0], "kind": "softmax",
                           "axis": int(_attrs(node).get("axis", -1))})
@@ -382,7 +389,8 @@ def _distill_loss(heads: list[dict[str, Any]], student: dict[str, Any], teacher:
     total = 0.0
     for h in heads:
         s = student[h["tensor"]]
-        t = torch.from_numpy(teacher[h["output"]]).to(s.dtype)
+        # The teacher's graph output, in the layout of the tensor the head reads (see RESHAPES).
+        t = torch.from_numpy(teacher[h["output"]]).to(s.dtype).reshape(s.shape)
         if h["kind"] == "softmax":
             axis = h["axis"] % s.dim()
             t_logits = torch.log(t.clamp_min(1e-12))  # logits up to a constant the softmax cancels
