@@ -168,10 +168,13 @@ def bench_model(which: str, budget: float, tmp: Path, runs: int, train_ocr: set[
     if report["finetuned"]:
         models["pruned, no training"] = keep["untrained"]
         models["pruned + FT (KD)"] = out
-        no_kd, train_report = finetune.finetune(teacher, keep["untrained"], paths["train"],
-                                                dict(options, distill=False))
-        models["pruned + FT (labels only)"] = no_kd
-        extra["no_kd_train"] = train_report
+        try:  # the same cut trained on labels alone, where the task has labels to train on
+            no_kd, train_report = finetune.finetune(teacher, keep["untrained"], paths["train"],
+                                                    dict(options, distill=False))
+            models["pruned + FT (labels only)"] = no_kd
+            extra["no_kd_train"] = train_report
+        except finetune.FinetuneUnsupported as e:
+            extra["no_kd_train"] = {"skipped": str(e)}
     elif which in ("rec", "det") and finetune.available():
         # What training would cost here: seconds per step on the pruned model.
         timing = tmp / "timing.npz"
@@ -252,7 +255,9 @@ def _print(res: dict[str, Any], budget: float) -> None:
         t = a["train"]
         print(f"  fine-tune attempt: {a['steps']} greedy steps, MACs {_si(a['macs'])}, calibration drop "
               f"{a['drop']:+.4f}, {t['epochs']} epochs x {t['samples']} samples in {t['seconds']:.0f} s")
-    if "no_kd_train" in res:
+    if "skipped" in res.get("no_kd_train", {}):
+        print(f"  labels-only fine-tune: not possible, {res['no_kd_train']['skipped']}")
+    elif "no_kd_train" in res:
         print(f"  labels-only fine-tune: {res['no_kd_train']['seconds']:.0f} s")
     if "train_sample_seconds" in res:
         s = res["train_sample_seconds"]
