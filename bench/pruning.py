@@ -254,7 +254,7 @@ def _print(res: dict[str, Any], budget: float) -> None:
     for a in ft.get("attempts", []):
         t = a["train"]
         print(f"  fine-tune attempt: {a['steps']} greedy steps, MACs {_si(a['macs'])}, calibration drop "
-              f"{a['drop']:+.4f}, {t['epochs']} epochs x {t['samples']} samples in {t['seconds']:.0f} s")
+              f"{a['drop']:+.4f}, {t['epochs']} epochs x {t['samples']} samples, batch {t['batch']}, in {t['seconds']:.0f} s")
     if "skipped" in res.get("no_kd_train", {}):
         print(f"  labels-only fine-tune: not possible, {res['no_kd_train']['skipped']}")
     elif "no_kd_train" in res:

@@ -34,6 +34,9 @@ import numpy as np
 TRAIN_SAMPLES = 4000
 EPOCHS = 4
 BATCH = 32
+# Training keeps every intermediate tensor of a batch for the backward pass: the 640x640
+# detector holds 0.7 GB of them per sample, so the batch shrinks to fit this much.
+ACTIVATION_BYTES = 8 << 30
 LR = 1e-4
 TEMPERATURE = 2.0
 ALPHA = 0.7  # share of the distillation term
@@ -405,6 +408,14 @@ def _distill_loss(heads: list[dict[str, Any]], student: dict[str, Any], teacher:
     return total
 
 
+def batch_size(model: Any) -> int:
+    """BATCH, or fewer samples where their activations would not fit in ACTIVATION_BYTES."""
+    from controller.pruning import cost
+
+    per_sample = 4 * max(1, cost(model)["activations"])  # float32
+    return max(1, min(BATCH, ACTIVATION_BYTES // per_sample))
+
+
 # --- training --------------------------------------------------------------------------------
 
 
@@ -419,7 +430,7 @@ def finetune(teacher: Any, student: Any, train: Path, options: dict[str, Any],
     from agent.dataset import load_dataset
 
     epochs = int(options.get("epochs") or EPOCHS)
-    batch = int(options.get("batch") or BATCH)
+    batch = int(options.get("batch") or batch_size(student))
     lr = float(options.get("lr") or LR)
     temperature = float(options.get("temperature") or TEMPERATURE)
     alpha = float(options.get("alpha") if options.get("alpha") is not None else ALPHA)

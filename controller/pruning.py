@@ -473,7 +473,9 @@ def apply(model: Any, groups: list[Group], plan: dict[int, np.ndarray]) -> Any:
 
 
 def cost(model: Any) -> dict[str, int]:
-    """MACs of the weighted ops at batch 1 (Conv, ConvTranspose, Gemm, MatMul) and parameters."""
+    """MACs of the weighted ops at batch 1 (Conv, ConvTranspose, Gemm, MatMul), parameters, and
+    activations: the elements of every node output at batch 1, which training keeps for the
+    backward pass (symbolic dimensions count as 1, so this is a floor)."""
     shapes = _shapes(model)
     inits = {i.name: list(i.dims) for i in model.graph.initializer}
 
@@ -494,7 +496,8 @@ def cost(model: Any) -> dict[str, int]:
                 k = a[-2] if n.op_type == "Gemm" and _attrs(n).get("transA", 0) else a[-1]
                 macs += numel(o) * int(k or 1)
     params = sum(int(np.prod(d)) for d in inits.values() if d)
-    return {"macs": int(macs), "params": int(params)}
+    activations = sum(numel(shapes.get(o)) for n in model.graph.node for o in n.output)
+    return {"macs": int(macs), "params": int(params), "activations": int(activations)}
 
 
 # --- measuring -------------------------------------------------------------------------------

@@ -383,6 +383,26 @@ def test_the_pruned_variant_fine_tunes_the_ppocr_classifier(cls: dict[str, Path]
     assert accuracy(out, cls["eval"]) >= accuracy(cls["fp32"], cls["eval"]) - 0.05
 
 
+def test_the_activation_count_is_what_onnx_runtime_computes_and_sizes_the_training_batch(
+        cls: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    model = onnx.load(str(cls["fp32"]))
+    every = onnx.load(str(cls["fp32"]))
+    known = {o.name for o in every.graph.output}
+    every.graph.output.extend(onnx.ValueInfoProto(name=o) for n in every.graph.node for o in n.output
+                              if o not in known)
+    session = ort.InferenceSession(every.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 3, 48, 192), np.float32)
+    assert cost(model)["activations"] == sum(o.size for o in session.run(None, {"x": x}))
+
+    assert finetune.batch_size(model) == finetune.BATCH  # 48x192 inputs: a full batch fits
+    monkeypatch.setattr(finetune, "ACTIVATION_BYTES", 10 * 4 * cost(model)["activations"])
+    assert finetune.batch_size(model) == 10
+    monkeypatch.setattr(finetune, "ACTIVATION_BYTES", 1)
+    assert finetune.batch_size(model) == 1
+
+
 @pytest.mark.parametrize("which, shape, reason", [
     ("det", [1, 3, 640, 640], "concatenated along channels"),  # the FPN joins four scales
     ("rec", [1, 3, 48, 320], "moves channels to another axis"),  # the backbone's map becomes a sequence
