@@ -149,7 +149,7 @@ def bench_model(which: str, budget: float, tmp: Path, runs: int, train_ocr: set[
     tmp.mkdir(parents=True, exist_ok=True)
     if which == "digits":
         paths = _digits(tmp)
-        options: dict[str, Any] = {"round_to": 4, "target_params": 0.6, "epochs": 30, "lr": 1e-3, "ratios": [0.25, 0.5, 0.625, 0.75]}
+        options: dict[str, Any] = {"round_to": 4, "target_params": 0.6, "epochs": 30, "lr": 1e-2, "ratios": [0.25, 0.5, 0.625, 0.75]}
     else:
         options = dict(OCR[which]["options"], samples=OCR[which]["samples"])
         if which in train_ocr:

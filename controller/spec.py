@@ -86,7 +86,7 @@ class PruningSpec(Strict):
     distill: bool = Field(True, description="knowledge distillation from the fp32 model in the loss")
     train_samples: int = Field(4000, ge=64, description="freshly rendered fine-tuning samples")
     epochs: int = Field(4, ge=1)
-    lr: float = Field(1e-4, gt=0, lt=1, description="Adam's learning rate; larger ones wreck the recogniser's attention")
+    lr: float = Field(1e-3, gt=0, lt=1, description="Adam's learning rate relative to each weight tensor's RMS")
     attempts: int = Field(2, ge=1, description="training runs, backing off towards surgery alone on a miss")
     max_seconds: float = Field(900.0, gt=0, description="longest fine-tuning run")
 
