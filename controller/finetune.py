@@ -477,8 +477,9 @@ def finetune(teacher: Any, student: Any, train: Path, options: dict[str, Any],
     # batch norm leaves tensors whose scales span five orders of magnitude (RMS 3e-5 to 4 in the
     # PaddleOCR detector): one rate for all wrecks the small ones. Each tensor's rate is lr times
     # its RMS instead, the same relative step everywhere.
-    optimizer = torch.optim.Adam([{"params": [p], "lr": lr * max(float(p.detach().pow(2).mean().sqrt()), RMS_FLOOR)}
-                                  for p in module.parameters()], lr=lr)
+    rates = [{"params": [p], "lr": lr * max(float(p.detach().pow(2).mean().sqrt()), RMS_FLOOR)}
+             for p in module.parameters()]
+    optimizer = torch.optim.Adam(rates, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, plan["total"]) / plan["total"])))
     rng = np.random.default_rng(seed)
