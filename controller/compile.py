@@ -198,7 +198,7 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
             if fp32 is None:
                 build.failures[name] = "fp32 did not compile"
                 continue
-            options = _recipe_options(name, spec)
+            options = _recipe_options(name, spec, build.spec)
             calib = build.calibration if name in NEEDS_CALIBRATION else None
             if name in NEEDS_CALIBRATION and calib is None:
                 build.failures[name] = "no calibration data"
@@ -232,14 +232,14 @@ def _needs_calibration(spec: Any) -> bool:
     return any(v in NEEDS_CALIBRATION for v in spec.variants)
 
 
-def _recipe_options(name: str, spec: Any) -> dict[str, Any]:
+def _recipe_options(name: str, spec: Any, model: ModelSpec) -> dict[str, Any]:
     options = spec.quantization.model_dump() if PRECISION[name] == "int8" else {}
     if name == "int8-mixed":  # its search stops at the budget selection will apply
         options["budget"] = spec.selection.budget
     if name == "pruned":
         from controller.finetune import trainer_version
 
-        options = spec.pruning.model_dump()
+        options = spec.pruning_for(model).model_dump()
         if options["budget"] is None:
             options["budget"] = spec.selection.budget
         # With torch the variant is fine-tuned, without it surgery alone: part of the cache key.
@@ -301,7 +301,7 @@ def convert_all(spec: Any, builds: list[ModelBuild], requests: set[ConvertReques
         except Exception as exc:  # a missing tool fails these jobs, with the reason
             out[r] = Artifact(Path(), "", 0, {"error": one_line(exc)})
             continue
-        options = _recipe_options(r.variant, spec)  # an engine that quantizes itself follows the spec
+        options = _recipe_options(r.variant, spec, build.spec)  # an engine that quantizes itself follows the spec
         key = key_of(kind="conversion", engine=r.engine, v=converter.version, target=r.target, tools=tools,
                      variant=r.variant, model=variant.sha256, fp32=fp32.sha256,
                      calibration=calib.sha256 if calib else None, options=options)

@@ -42,23 +42,6 @@ class DatasetSpec(Strict):
     seed: int = 0
 
 
-class ModelSpec(Strict):
-    name: Name
-    path: str = Field(description="a file path, or pkg:PACKAGE/inside/path for a file a package ships")
-    inputs: dict[str, InputSpec] = Field(default_factory=dict)
-    dataset: DatasetSpec = DatasetSpec()
-
-    def resolve_path(self, base: Path) -> Path:
-        if self.path.startswith("pkg:"):
-            package, _, inner = self.path[4:].partition("/")
-            found = importlib.util.find_spec(package)
-            if found is None or not found.submodule_search_locations:
-                raise ConfigError(f"model {self.name}: path: package {package!r} is not installed")
-            return Path(list(found.submodule_search_locations)[0]) / inner
-        path = Path(self.path).expanduser()
-        return path if path.is_absolute() else base / path
-
-
 class QuantizationSpec(Strict):
     calibration: Literal["minmax", "entropy", "percentile"] = "entropy"
     samples: int = Field(32, ge=1, le=10_000, description="calibration samples, never the evaluation ones")
@@ -96,6 +79,25 @@ class PruningSpec(Strict):
         if any(not 0 < r < 1 for r in ratios):
             raise ValueError(f"ratios must lie in (0, 1), got {ratios}")
         return sorted(set(ratios))
+
+
+class ModelSpec(Strict):
+    name: Name
+    path: str = Field(description="a file path, or pkg:PACKAGE/inside/path for a file a package ships")
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    dataset: DatasetSpec = DatasetSpec()
+    pruning: PruningSpec | None = Field(
+        None, description="this model's pruning keys over the spec's own (a learning rate or a target per model)")
+
+    def resolve_path(self, base: Path) -> Path:
+        if self.path.startswith("pkg:"):
+            package, _, inner = self.path[4:].partition("/")
+            found = importlib.util.find_spec(package)
+            if found is None or not found.submodule_search_locations:
+                raise ConfigError(f"model {self.name}: path: package {package!r} is not installed")
+            return Path(list(found.submodule_search_locations)[0]) / inner
+        path = Path(self.path).expanduser()
+        return path if path.is_absolute() else base / path
 
 
 class EngineSpec(Strict):
@@ -196,6 +198,12 @@ class Spec(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         return self
+
+    def pruning_for(self, model: ModelSpec) -> PruningSpec:
+        """The spec's pruning keys with the ones this model sets itself on top."""
+        if model.pruning is None:
+            return self.pruning
+        return self.pruning.model_copy(update=model.pruning.model_dump(include=model.pruning.model_fields_set))
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()

@@ -49,6 +49,7 @@ def test_example_spec_loads_and_resolves_bundled_models() -> None:
         (lambda s: s["models"][0]["dataset"].update(kind="imagenet"), "models.0.dataset.kind"),
         (lambda s: s.update(pruning={"ratios": [0.5, 1.5]}), "pruning.ratios: ratios must lie in (0, 1), got [0.5, 1.5]"),
         (lambda s: s.update(pruning={"finetune": "always"}), "pruning.finetune"),
+        (lambda s: s["models"][1].update(pruning={"lr": 2}), "models.1.pruning.lr: Input should be less than 1"),
     ],
 )
 def test_bad_spec_names_file_key_and_value(tmp_path: Path, mutate, expected: str) -> None:
@@ -61,6 +62,19 @@ def test_bad_spec_names_file_key_and_value(tmp_path: Path, mutate, expected: str
     assert message.startswith(f"{path}: ")
     assert expected in message
     assert "\n" not in message
+
+
+def test_a_model_sets_its_own_pruning_keys_over_the_specs(tmp_path: Path) -> None:
+    data = example()
+    data["pruning"] = {"lr": 0.001, "epochs": 2}
+    data["models"][2]["pruning"] = {"lr": 0.003}
+    spec = load_spec(write(tmp_path, data)).spec
+    det, cls = spec.pruning_for(spec.models[0]), spec.pruning_for(spec.models[2])
+    assert (det.lr, det.epochs) == (0.001, 2)
+    assert (cls.lr, cls.epochs) == (0.003, 2)  # the model's key wins, the spec's others stay
+    from controller.compile import _recipe_options
+
+    assert _recipe_options("pruned", spec, spec.models[2])["lr"] == 0.003  # and is what the recipe gets
 
 
 def test_malformed_yaml_and_missing_file(tmp_path: Path) -> None:
