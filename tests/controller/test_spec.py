@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controller.compile import _recipe_options
 from controller.errors import ConfigError
 from controller.inventory import DEFAULT, load_inventory
 from controller.spec import load_spec, parse_input_flag
@@ -72,8 +73,6 @@ def test_a_model_sets_its_own_pruning_keys_over_the_specs(tmp_path: Path) -> Non
     det, cls = spec.pruning_for(spec.models[0]), spec.pruning_for(spec.models[2])
     assert (det.lr, det.epochs) == (0.001, 2)
     assert (cls.lr, cls.epochs) == (0.003, 2)  # the model's key wins, the spec's others stay
-    from controller.compile import _recipe_options
-
     assert _recipe_options("pruned", spec, spec.models[2])["lr"] == 0.003  # and is what the recipe gets
 
 
