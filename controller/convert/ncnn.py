@@ -13,9 +13,11 @@ model (the fp16 ONNX variant's Cast nodes would only get in its way) and the eng
 storage and arithmetic on at load, where ncnn halves the weights of the layers it has fp16
 kernels for. The .bin keeps fp32 weights either way (pnnx ``fp16=0``): pnnx's own ``fp16=1``
 flushes weights below fp16's smallest normal (6.1e-5) to zero, which zeroes a whole
-convolution of the PP-OCRv4 detector (|w| <= 2.4e-4) and ruins its output. int8 is
-ncnn2table (a calibration table from samples) + ncnn2int8, C++ tools that neither wheel ships:
-without them an int8 variant fails at convert with that reason.
+convolution of the PP-OCRv4 detector (|w| <= 2.4e-4) and ruins its output. int8 is ncnn's own
+too: the fused fp32 model converted, then calibrated on the variant's calibration samples and
+rewritten with int8 weights and scales (controller/convert/ncnn_int8.py, in place of the
+ncnn2table and ncnn2int8 tools no package ships); int8-mixed keeps in float the layers its
+ONNX variant keeps in float.
 
 Targets: "cpu" and "vulkan"; the files are the same for both (the engine picks the device), the
 target only keeps the cache entries and the job records apart.
@@ -33,11 +35,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from controller.convert import ConversionError, Converter, ConvertInput, pack, register
+from controller.convert import ConversionError, Converter, ConvertInput, ncnn_int8, pack, register
 
 TARGETS = ("cpu", "vulkan")
 CONVERT_TIMEOUT_S = 900.0
-INT8_TOOLS = ("ncnn2table", "ncnn2int8")
 PARAM_MAGIC = "7767517"
 # The member names the engine (agent/engines/ncnn.py) looks for beside the .param.
 PARAM, BIN, NAMES = "model.param", "model.bin", "model.names.json"
@@ -55,19 +56,13 @@ def pnnx_executable() -> Path:
     return exe
 
 
-def int8_tools() -> dict[str, str] | None:
-    """Paths of ncnn2table and ncnn2int8 when both are on PATH, else None."""
-    found = {tool: shutil.which(tool) for tool in INT8_TOOLS}
-    return None if None in found.values() else {k: str(v) for k, v in found.items()}
-
-
 @register
 class NcnnConverter(Converter):
     """pnnx ONNX -> ncnn, validated by loading and running the result once in ncnn."""
 
     engine = "ncnn"
     suffix = ".tar"
-    version = 1
+    version = 2  # 2: int8
     targets = TARGETS
 
     def default_target(self, arch: str) -> str:
@@ -86,13 +81,13 @@ class NcnnConverter(Converter):
         target = inp.target or "cpu"
         if target not in TARGETS:
             raise ConversionError(f"ncnn target {target!r} is not one of {', '.join(TARGETS)}")
-        if inp.precision == "int8":
-            raise ConversionError(_int8_refusal(inp.variant))
-        if inp.precision not in ("fp32", "fp16"):
+        if inp.precision not in ("fp32", "fp16", "int8"):
             raise ConversionError(f"ncnn converter has no route for precision {inp.precision!r} (variant {inp.variant})")
-        fp16 = inp.precision == "fp16"
-        # fp16 is ncnn's own, at load time: it starts from the fused fp32 model.
-        source = inp.fp32 if fp16 else inp.model
+        if inp.precision == "int8" and inp.calibration is None:
+            raise ConversionError(f"ncnn int8 conversion of {inp.variant} needs calibration samples, got none")
+        # fp16 and int8 are ncnn's own: they start from the fused fp32 model.
+        own = inp.precision != "fp32"
+        source = inp.fp32 if own else inp.model
         inputs, outputs = _io_of(source)
 
         with tempfile.TemporaryDirectory(prefix="edgefarm-ncnn-") as tmp:
@@ -108,6 +103,14 @@ class NcnnConverter(Converter):
                     f"pnnxpy={work / 'model_pnnx.py'}", f"pnnxonnx={work / 'model.pnnx.onnx'}"]
             _run(argv, work)
             layers = _check_param(param, len(inputs), len(outputs))
+            quantization = {}
+            if inp.precision == "int8":
+                quantized = work / "int8.param", work / "int8.bin"
+                quantization = ncnn_int8.quantize(
+                    param, weights, _feeds(inp.calibration, inputs), *quantized, inp.options,
+                    mirror=inp.model if inp.model != inp.fp32 else None)
+                quantized[0].replace(param)
+                quantized[1].replace(weights)
             names = work / NAMES
             names.write_text(json.dumps({
                 "inputs": [{**i, "blob": f"in{n}"} for n, i in enumerate(inputs)],
@@ -122,25 +125,18 @@ class NcnnConverter(Converter):
             "route": "pnnx",
             "target": target,
             "precision": inp.precision,
-            "source": "fp32" if fp16 else inp.variant,
-            "weights": "fp32",  # pnnx fp16=0: its fp16=1 flushes small weights to zero
+            "source": "fp32" if own else inp.variant,
+            # pnnx fp16=0: its fp16=1 flushes small weights to zero
+            "weights": "int8 (quantized layers), fp32 (the rest)" if quantization else "fp32",
             # fp16 happens at load: the engine sets opt.use_fp16_storage/packed/arithmetic from model_precision.
-            "runtime_fp16": fp16,
+            "runtime_fp16": inp.precision == "fp16",
+            **quantization,
             "inputs": {i["name"]: f"in{n}" for n, i in enumerate(inputs)},
             "outputs": {o["name"]: f"out{n}" for n, o in enumerate(outputs)},
             "layers": layers,
             "bin_bytes": bin_bytes,
             "tools": self.tool_versions(),
         }
-
-
-def _int8_refusal(variant: str) -> str:
-    tools = int8_tools()
-    if tools is None:
-        return (f"ncnn int8 ({variant}) needs ncnn2table and ncnn2int8, which are not installed (the ncnn and "
-                "pnnx wheels do not ship them and Debian bookworm has no ncnn package)")
-    # Present but not wired in: calibrating through them is not implemented yet.
-    return f"ncnn int8 ({variant}): {tools['ncnn2int8']} is installed but EdgeFarm does not run ncnn2table/ncnn2int8 yet"
 
 
 def _io_of(source: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -189,6 +185,18 @@ def _io_of(source: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             raise ConversionError(f"ncnn gives float32 outputs; output {name!r} is {value.dtype}")
         outputs.append({"name": name, "shape": [int(d) for d in value.shape]})
     return inputs, outputs
+
+
+def _feeds(calibration: Path, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calibration samples as ncnn feeds: input blob (in0..) -> CHW array, batch axis dropped."""
+    from agent.dataset import load_dataset
+
+    data = load_dataset(str(calibration))
+    names = [i["name"] for i in inputs]
+    missing = [n for n in names if n not in data.input_names]
+    if missing:
+        raise ConversionError(f"calibration file {calibration.name} has no input {missing[0]!r}")
+    return [{f"in{n}": data.batch([i])[name][0] for n, name in enumerate(names)} for i in range(data.count)]
 
 
 def _first_line(exc: BaseException) -> str:

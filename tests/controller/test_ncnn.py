@@ -1,4 +1,4 @@
-"""The ncnn engine end to end on the real PaddleOCR cls model: pnnx conversion on the controller,
+"""The ncnn engine end to end on the real PaddleOCR cls model: pnnx conversion (fp32, fp16, int8) on the controller,
 the .tar the board unpacks, NcnnEngine outputs against ONNX Runtime on rendered text, a job run
 by the agent, and the ways a conversion fails."""
 
@@ -23,6 +23,7 @@ from agent.job import run_job, unpack_model  # noqa: E402
 from agent.metrics import evaluator_for  # noqa: E402
 from controller.convert import ConversionError, ConvertInput, converter_for  # noqa: E402
 from controller.convert import ncnn as ncnn_convert  # noqa: E402
+from controller.convert import ncnn_int8  # noqa: E402
 from tests.models import ocr_model  # noqa: E402
 
 CLS_SHAPE = (1, 3, 48, 192)
@@ -199,15 +200,95 @@ def test_a_job_runs_the_tar_through_the_agent(converted: tuple[Path, dict[str, A
     assert result["accuracy"]["samples"] == SAMPLES
 
 
-def test_int8_fails_with_a_one_line_reason(cls_fp32: Path, cls_data: Path, tmp_path: Path) -> None:
-    if ncnn_convert.int8_tools() is not None:
-        pytest.skip("ncnn2table and ncnn2int8 are installed here")
-    for variant in ("int8", "int8-mixed"):
-        with pytest.raises(ConversionError) as err:
-            converter_for("ncnn").convert(ConvertInput(variant, "int8", cls_fp32, cls_fp32, cls_data, "cpu"),
+@pytest.fixture(scope="module")
+def int8(work: Path, cls_fp32: Path, cls_data: Path) -> tuple[Path, dict[str, Any]]:
+    out = work / "cls-int8.tar"
+    meta = converter_for("ncnn").convert(
+        ConvertInput("int8", "int8", cls_fp32, cls_fp32, cls_data, "cpu", {"calibration": "minmax"}), out)
+    return out, meta
+
+
+def _members(tar: Path) -> dict[str, bytes]:
+    with tarfile.open(tar) as t:
+        return {name: t.extractfile(name).read() for name in t.getnames()}  # type: ignore[union-attr]
+
+
+def test_int8_writes_int8_weights_and_scales_for_every_convolution(
+        converted: tuple[Path, dict[str, Any]], int8: tuple[Path, dict[str, Any]]) -> None:
+    fp32, q = _members(converted[0]), _members(int8[0])
+    meta = int8[1]
+    _, layers = ncnn_int8.read_param_text(fp32["model.param"].decode())
+    _, quantized = ncnn_int8.read_param_text(q["model.param"].decode())
+    assert [(a.type, a.name) for a in layers] == [(b.type, b.name) for b in quantized]
+    convolutions = [b for b in quantized if b.type == "Convolution"]
+    assert convolutions and all(b.params.get(8) == "1" for b in convolutions)
+    assert all(8 not in b.params for b in quantized if b.type != "Convolution")  # the default: convolutions only
+    assert meta["int8_layers"] == len(convolutions) and meta["kept_float"] == {}
+    assert (meta["precision"], meta["calibration"], meta["calibration_samples"]) == ("int8", "minmax", SAMPLES)
+    assert json.loads(q["model.names.json"])["precision"] == "int8"
+    # Each convolution's float32 weights became int8 (padded to 4 bytes), followed by one float
+    # scale per output channel and one for the input; every other byte is as it was.
+    saved = sum(3 * b.int(6) - (-b.int(6) % 4) - 4 * b.int(0) - 4 for b in convolutions)
+    assert len(fp32["model.bin"]) - len(q["model.bin"]) == saved
+
+
+def test_int8_runs_in_ncnn_and_keeps_the_classifier(int8: tuple[Path, dict[str, Any]], cls_data: Path,
+                                                    reference: list[np.ndarray]) -> None:
+    engine = _engine(int8[0], {"threads": 1})
+    assert engine.precision() == "int8"
+    outputs = _outputs(engine, load_dataset(str(cls_data)))
+    worst = max(float(np.abs(o - r).max()) for o, r in zip(outputs, reference))
+    assert 1e-4 < worst < 0.2  # int8 changed what was computed, and not by much
+    agree = sum(int(o.argmax() == r.argmax()) for o, r in zip(outputs, reference))
+    assert agree >= SAMPLES - 1
+
+
+def test_kl_clips_a_lone_outlier_and_minmax_keeps_it() -> None:
+    hist = np.zeros(ncnn_int8.HISTOGRAM_BINS)
+    rng = np.random.default_rng(0)
+    bulk = np.abs(rng.normal(0, 50, 100_000)).astype(int)
+    np.add.at(hist, np.minimum(bulk, 2000), 1)
+    hist[-1] += 1  # one value at the top of the range
+    threshold = ncnn_int8.kl_threshold(hist, 1.0)
+    assert 100 < threshold < 400  # about the bulk's 2..8 sigma, far below the outlier at 2048
+
+
+def test_int8_mixed_keeps_the_variants_float_layers_float(work: Path, cls_fp32: Path, cls_data: Path) -> None:
+    from controller.variants import _quantize
+
+    mixed = work / "mixed.onnx"
+    # The first convolution and the first SE block's squeeze (ncnn makes it an InnerProduct) stay float.
+    _quantize(cls_fp32, mixed, cls_data, {"calibration": "minmax"}, ["Conv@0", "Conv@3"])
+    meta = converter_for("ncnn").convert(ConvertInput(
+        "int8-mixed", "int8", mixed, cls_fp32, cls_data, "cpu",
+        {"calibration": "minmax", "ncnn_layers": ["Convolution", "InnerProduct"]}), work / "mixed.tar")
+    assert meta["float_onnx_nodes"] == 2
+    assert sorted(meta["kept_float"].values()) == [f"float in the int8-mixed ONNX variant (node {n})"
+                                                   for n in ("Conv@0", "Conv@3")]
+    _, layers = ncnn_int8.read_param_text(_members(work / "mixed.tar")["model.param"].decode())
+    kinds = {b.name: b.type for b in layers}
+    assert sorted(kinds[n] for n in meta["kept_float"]) == ["Convolution", "InnerProduct"]
+    assert all((8 in b.params) == (b.name not in meta["kept_float"])
+               for b in layers if b.type in ("Convolution", "InnerProduct"))
+
+
+def test_int8_refuses_what_it_cannot_read(converted: tuple[Path, dict[str, Any]], cls_fp32: Path,
+                                          cls_data: Path, tmp_path: Path) -> None:
+    members = _members(converted[0])
+    _, layers = ncnn_int8.read_param_text(members["model.param"].decode())
+    with pytest.raises(ConversionError, match=r"^ncnn int8: the \.bin has 8 bytes no known layer reads"):
+        ncnn_int8.split_weights(layers, members["model.bin"] + bytes(8))
+    with pytest.raises(ConversionError, match=r"ends inside layer"):
+        ncnn_int8.split_weights(layers, members["model.bin"][:-8])
+    for options, message in (({"calibration": "kl"}, "calibration 'kl' is not one of minmax, entropy, percentile"),
+                             ({"ncnn_layers": ["Gemm"]}, r"ncnn_layers \['Gemm'\] must name some of")):
+        with pytest.raises(ConversionError, match=message) as err:
+            converter_for("ncnn").convert(ConvertInput("int8", "int8", cls_fp32, cls_fp32, cls_data, "cpu", options),
                                           tmp_path / "int8.tar")
-        message = str(err.value)
-        assert "\n" not in message and f"({variant})" in message and "ncnn2table and ncnn2int8" in message
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConversionError, match="needs calibration samples"):
+        converter_for("ncnn").convert(ConvertInput("int8", "int8", cls_fp32, cls_fp32, None, "cpu"),
+                                      tmp_path / "int8.tar")
     assert not (tmp_path / "int8.tar").exists()
 
 
