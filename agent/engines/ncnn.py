@@ -7,7 +7,8 @@ ONNX name and gets outputs in ONNX shape, batch axis included. ncnn has no batch
 model is fixed at batch 1 (input_shapes says so and the agent sweeps no other batch).
 
 Options: ``threads`` (opt.num_threads; None = ncnn's default, the big cores), ``model_precision``
-(the artifact's: fp32, fp16, int8), ``precision`` (overrides it: fp32 or fp16), ``target``
+(the artifact's: fp32, fp16, int8), ``precision`` (overrides it: fp32 or fp16 for a float
+model; an int8 one computes in int8 only), ``target``
 ("cpu", the default, or "vulkan").
 
 Precision: ncnn's Option turns fp16 storage, packing and arithmetic ON by default and uses them
@@ -130,6 +131,10 @@ class NcnnEngine(Engine):
                   or canonical_precision(names.get("precision")) or "fp32")
         if wanted not in ("fp32", "fp16", "int8"):
             raise EngineError("ncnn engine computes in fp32, fp16 or int8, not %r" % wanted)
+        if (names.get("precision") == "int8") != (wanted == "int8"):
+            # int8 weights read as float would be garbage, and an fp32 .bin has no int8 scales.
+            raise EngineError("ncnn model %s is %s: it cannot compute in %s"
+                              % (model_path, names.get("precision", "fp32"), wanted))
 
         net = ncnn.Net()
         opt = net.opt

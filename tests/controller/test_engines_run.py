@@ -54,6 +54,9 @@ def test_every_engine_runs_its_own_format(tmp_path: Path, edgefarm_home: Path,
                     assert abs(result.accuracy - reference) <= 0.02, (engine, result.accuracy, reference)
             else:  # an engine that cannot take a variant says so, in the converter's or engine's words
                 assert stage in ("convert", "load") and message, (engine, label)
+    # ncnn's int8 is calibrated by EdgeFarm in ncnn itself: it converts and runs in int8.
+    (ncnn_int8,) = [r for r in by_engine["ncnn"] if r[1] == "int8"]
+    assert ncnn_int8[3] == "ok" and ncnn_int8[8].precision == "int8", ncnn_int8[4:6]
     # The pruned model is plain ONNX with fewer channels: every engine loads it.
     for engine, rows_of in by_engine.items():
         pruned = [r for r in rows_of if r[1] == "pruned"]

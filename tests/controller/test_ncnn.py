@@ -233,7 +233,8 @@ def test_int8_writes_int8_weights_and_scales_for_every_convolution(
 
 
 def test_int8_runs_in_ncnn_and_keeps_the_classifier(int8: tuple[Path, dict[str, Any]], cls_data: Path,
-                                                    reference: list[np.ndarray]) -> None:
+                                                    reference: list[np.ndarray],
+                                                    converted: tuple[Path, dict[str, Any]]) -> None:
     engine = _engine(int8[0], {"threads": 1})
     assert engine.precision() == "int8"
     outputs = _outputs(engine, load_dataset(str(cls_data)))
@@ -241,6 +242,11 @@ def test_int8_runs_in_ncnn_and_keeps_the_classifier(int8: tuple[Path, dict[str, 
     assert 1e-4 < worst < 0.2  # int8 changed what was computed, and not by much
     agree = sum(int(o.argmax() == r.argmax()) for o, r in zip(outputs, reference))
     assert agree >= SAMPLES - 1
+    # Its int8 weights cannot be computed in float, nor a float model in int8.
+    with pytest.raises(EngineError, match=r"is int8: it cannot compute in fp32"):
+        _engine(int8[0], {"precision": "fp32"})
+    with pytest.raises(EngineError, match=r"is fp32: it cannot compute in int8"):
+        _engine(converted[0], {"model_precision": "int8"})
 
 
 def test_kl_clips_a_lone_outlier_and_minmax_keeps_it() -> None:
