@@ -103,8 +103,8 @@ class NcnnConverter(Converter):
                     f"pnnxpy={work / 'model_pnnx.py'}", f"pnnxonnx={work / 'model.pnnx.onnx'}"]
             _run(argv, work)
             layers = _check_param(param, len(inputs), len(outputs))
-            quantization = {}
-            if inp.precision == "int8":
+            quantization: dict[str, Any] = {}
+            if inp.precision == "int8" and inp.calibration is not None:  # refused above without calibration
                 quantized = work / "int8.param", work / "int8.bin"
                 quantization = ncnn_int8.quantize(
                     param, weights, _feeds(inp.calibration, inputs), *quantized, inp.options,

@@ -101,7 +101,10 @@ def _reads(layer: Layer) -> list[tuple[int, bool]]:
         reads = [(m * k, True)] if layer.int(4) else []
         reads += [(n * k, True)] if layer.int(5) else []
         if layer.int(6) and layer.int(10) != -1:
-            reads.append(({0: 1, 1: m, 2: m, 3: n * m, 4: n}[layer.int(10)], True))
+            size = {0: 1, 1: m, 2: m, 3: n * m, 4: n}.get(layer.int(10))
+            if size is None:
+                raise ConversionError(f"ncnn int8: Gemm {layer.name} has an unknown C broadcast type {layer.int(10)}")
+            reads.append((size, True))
         return reads
     return []
 
