@@ -50,6 +50,10 @@ class QuantizationSpec(Strict):
         None, description="quantize only these op types, e.g. [Conv, MatMul, Gemm]; default: every op ORT can")
     budget_samples: int = Field(
         256, ge=8, description="int8-mixed: samples the budget is checked on (the calibration set, extended)")
+    ncnn_layers: list[Literal["Convolution", "ConvolutionDepthWise", "InnerProduct"]] = Field(
+        ["Convolution"], min_length=1,
+        description="ncnn int8: the layer types quantized (on x86 its int8 depthwise and inner-product layers "
+                    "were slower than fp32; arm boards gain from them)")
 
 
 class PruningSpec(Strict):

@@ -20,11 +20,10 @@ So this module does what those tools do, from Python:
    ``percentile`` (99.99% of the magnitudes);
 3. write the new ``.param`` and ``.bin``; the other layers' bytes are copied as they were.
 
-Which layer types are quantized is ``options["ncnn_layers"]`` (default: Convolution). On this
-project's x86 machine ncnn's int8 depthwise and inner-product layers were slower than their
-fp32 ones: PP-OCRv4 det ran 59 ms with only its convolutions in int8, 64 ms with the SE blocks'
-inner products too, 92 ms with every depthwise layer as well, against 79 ms in fp32. ARM boards,
-where ncnn's int8 depthwise kernels are its best, should list all three.
+Which layer types are quantized is the spec's ``quantization.ncnn_layers`` (default:
+Convolution): on this project's x86 machine ncnn's int8 depthwise and inner-product layers were
+slower than their fp32 ones (docs/optimization.md has the figures); on arm boards, where ncnn's
+int8 depthwise kernels are its best, all three should be listed.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ def test_example_spec_loads_and_resolves_bundled_models() -> None:
         (lambda s: s.update(pruning={"ratios": [0.5, 1.5]}), "pruning.ratios: ratios must lie in (0, 1), got [0.5, 1.5]"),
         (lambda s: s.update(pruning={"finetune": "always"}), "pruning.finetune"),
         (lambda s: s["models"][1].update(pruning={"lr": 2}), "models.1.pruning.lr: Input should be less than 1"),
+        (lambda s: s.update(quantization={"ncnn_layers": ["Gemm"]}), "quantization.ncnn_layers.0: Input should be"),
     ],
 )
 def test_bad_spec_names_file_key_and_value(tmp_path: Path, mutate, expected: str) -> None:
