@@ -35,7 +35,8 @@ OCR = {
     "cls": {"kind": "ocr-cls", "shape": (1, 3, 48, 192), "eval": 200, "samples": 256,
             "options": {"target_params": 0.55, "target_flops": 0.35, "train_samples": 4000, "epochs": 4}},
     "rec": {"kind": "ocr-rec", "shape": (1, 3, 48, 320), "eval": 200, "samples": 64,
-            "options": {"target_flops": 0.35, "train_samples": 1000, "epochs": 2, "finetune": "off"}},
+            "options": {"target_flops": 0.35, "train_samples": 1000, "epochs": 2, "finetune": "off",
+                        "lr": 0.0003}},  # with --train rec: its best relative rate (docs/optimization.md)
     "det": {"kind": "ocr-det", "shape": (1, 3, 640, 640), "eval": 50, "samples": 16,
             "options": {"ratios": [0.25, 0.5], "finetune": "off"}},
 }
