@@ -191,8 +191,11 @@ def input_thresholds(param: Path, weights: Path, feeds: list[dict[str, np.ndarra
         hist = {blob: np.zeros(HISTOGRAM_BINS) for blob in blobs}
         for feed in feeds:  # a second pass: the histograms need each blob's range first
             for blob, a in magnitudes(feed):
+                # Exact zeros (half of what a ReLU gives) stay out, as in ncnn2table: in the first bin
+                # they outweigh the rest, and KL then clips far too low (the PaddleOCR classifier with
+                # every layer in int8 scored 0.925 with them counted, 0.995 without; fp32 0.985).
                 if peak[blob] > 0:
-                    hist[blob] += np.histogram(a, bins=HISTOGRAM_BINS, range=(0.0, peak[blob]))[0]
+                    hist[blob] += np.histogram(a[a > 0], bins=HISTOGRAM_BINS, range=(0.0, peak[blob]))[0]
     finally:
         net.clear()
     out = {}
