@@ -105,12 +105,8 @@ class NcnnConverter(Converter):
             layers = _check_param(param, len(inputs), len(outputs))
             quantization: dict[str, Any] = {}
             if inp.precision == "int8" and inp.calibration is not None:  # refused above without calibration
-                quantized = work / "int8.param", work / "int8.bin"
-                quantization = ncnn_int8.quantize(
-                    param, weights, _feeds(inp.calibration, inputs), *quantized, inp.options,
-                    mirror=inp.model if inp.model != inp.fp32 else None)
-                quantized[0].replace(param)
-                quantized[1].replace(weights)
+                quantization = ncnn_int8.quantize(param, weights, _feeds(inp.calibration, inputs), inp.options,
+                                                  mirror=inp.model if inp.model != inp.fp32 else None)
             names = work / NAMES
             names.write_text(json.dumps({
                 "inputs": [{**i, "blob": f"in{n}"} for n, i in enumerate(inputs)],

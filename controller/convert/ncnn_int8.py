@@ -266,10 +266,10 @@ def float_in_variant(variant: Path, layers: list[Layer], arrays: list[list[np.nd
     return found, nodes
 
 
-def quantize(param: Path, weights: Path, feeds: list[dict[str, np.ndarray]], out_param: Path, out_weights: Path,
-             options: dict[str, Any], mirror: Path | None = None) -> dict[str, Any]:
-    """Write the int8 model; returns what was quantized, what stayed float and why. ``mirror``: an
-    int8-mixed ONNX variant whose float layers stay float here too."""
+def quantize(param: Path, weights: Path, feeds: list[dict[str, np.ndarray]], options: dict[str, Any],
+             mirror: Path | None = None) -> dict[str, Any]:
+    """Rewrite the fp32 model in int8, in place; returns what was quantized, what stayed float and
+    why. ``mirror``: an int8-mixed ONNX variant whose float layers stay float here too."""
     method = str(options.get("calibration") or "entropy")
     if method not in METHODS:
         raise ConversionError(f"ncnn int8: calibration {method!r} is not one of {', '.join(METHODS)}")
@@ -298,8 +298,8 @@ def quantize(param: Path, weights: Path, feeds: list[dict[str, np.ndarray]], out
             quantized += 1
         else:
             data += _float_bytes(layer, a)
-    out_param.write_text("\n".join(header + [layer.line() for layer in layers]) + "\n")
-    out_weights.write_bytes(bytes(data))
+    param.write_text("\n".join(header + [layer.line() for layer in layers]) + "\n")
+    weights.write_bytes(bytes(data))
     return {"calibration": method, "calibration_samples": len(feeds), "per_channel": per_channel,
             "int8_layers": quantized, "int8_layer_types": kinds, "kept_float": kept,
             **({"float_onnx_nodes": mirrored} if mirror is not None else {})}
