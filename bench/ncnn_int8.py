@@ -10,7 +10,7 @@ hits them alike. Size is the .bin's.
 
     .venv/bin/python bench/ncnn_int8.py [--models det rec cls] [--methods minmax entropy percentile]
 
-About 5 minutes on 2 cores. Writes bench/out/ncnn-int8-<time>.json.
+About 3 minutes on 2 cores. Writes bench/out/ncnn-int8-<time>/results.json.
 """
 
 from __future__ import annotations
