@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["ConvertInput", "Converter", "ConversionError", "converter_for", "converted_engines", "pack", "register"]
+__all__ = ["ConvertInput", "Converter", "ConversionError", "converter_for", "converted_engines", "float_weighted_nodes",
+           "pack", "register"]
+
+# The ops whose weights int8 quantizes, in every engine's quantizer.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 class ConversionError(RuntimeError):
@@ -108,3 +112,13 @@ def pack(files: list[Path], out: Path) -> None:
             info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
             with path.open("rb") as fh:
                 tar.addfile(info, fh)
+
+
+def float_weighted_nodes(graph: Any) -> list[Any]:
+    """The weighted nodes a QDQ variant (int8-mixed, int8-nncf) left in float: those whose weight
+    is an initializer rather than the output of a DequantizeLinear. None in a graph without QDQ.
+    Engines that quantize in their own way keep the same nodes in float."""
+    if not any(n.op_type == "DequantizeLinear" for n in graph.node):
+        return []
+    weights = {t.name for t in graph.initializer}
+    return [n for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in weights]

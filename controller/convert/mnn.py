@@ -37,7 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from controller.convert import ConversionError, Converter, ConvertInput, register
+from controller.convert import WEIGHTED_OPS, ConversionError, Converter, ConvertInput, float_weighted_nodes, register
 
 CONVERT_TIMEOUT_S = 600.0
 QUANT_TIMEOUT_S = 3600.0  # the 640x640 detector takes ~1 min for 16 samples on one core
@@ -170,7 +170,6 @@ def _onnx_io(path: Path) -> dict[str, Any]:
 # on the same channels. Weights below 1e-6 are taken as dead channels, which lose nothing.
 MNN_MIN_SCALE = 1e-6
 DEAD_WEIGHT = 1e-6
-_WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # What MNN fuses into a convolution, taking the fused op's name: a bias Add, a BatchNorm.
 _FUSED_AFTER = ("Add", "BatchNormalization")
 
@@ -209,7 +208,7 @@ def _unquantizable_ops(fp32: Path) -> dict[str, str]:
     weights = {t.name: t for t in graph.initializer}
     found: dict[str, str] = {}
     for node in graph.node:
-        if node.op_type not in _WEIGHTED or len(node.input) < 2 or node.input[1] not in weights:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in weights:
             continue
         w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
         if w.ndim < 2:
@@ -229,14 +228,7 @@ def _unquantizable_ops(fp32: Path) -> dict[str, str]:
 def _float_compute_ops(variant: Path) -> list[str]:
     """MNN op names of the weighted ops a QDQ variant left in float (weights not dequantized)."""
     graph = _graph(variant)
-    if not any(n.op_type == "DequantizeLinear" for n in graph.node):
-        return []  # not a QDQ model: nothing to mirror
-    weights = {t.name for t in graph.initializer}
-    names: list[str] = []
-    for node in graph.node:
-        if node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in weights:
-            names += _mnn_names(graph, node)
-    return names
+    return [name for node in float_weighted_nodes(graph) for name in _mnn_names(graph, node)]
 
 
 def _attr(node: Any, name: str, default: int) -> int:

@@ -17,7 +17,7 @@ So this module does what those tools do, from Python:
 2. run the fp32 model in ncnn on the calibration samples and take each quantized layer's input
    range: ``minmax`` (the largest magnitude seen), ``entropy`` (the threshold whose clipped,
    128-level histogram is closest by KL divergence, as TensorRT and ncnn2table choose it) or
-   ``percentile`` (99.99% of the magnitudes);
+   ``percentile`` (99.99% of the non-zero magnitudes);
 3. write the new ``.param`` and ``.bin``; the other layers' bytes are copied as they were.
 
 Which layer types are quantized is the spec's ``quantization.ncnn_layers`` (default:
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.convert import ConversionError
+from controller.convert import ConversionError, float_weighted_nodes
 
 QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
 DEFAULT_LAYERS = ("Convolution",)
@@ -47,7 +47,6 @@ HISTOGRAM_BINS = 2048   # as ncnn2table: 2048 bins of |x| over [0, max], merged 
 LEVELS = 128
 PERCENTILE = 0.9999
 DEAD_WEIGHT = 1e-30     # a channel whose weights are all smaller than this is zero: 127 / max |w| overflows
-_WEIGHTED_ONNX = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -250,16 +249,13 @@ def float_in_variant(variant: Path, layers: list[Layer], arrays: list[list[np.nd
     from onnx import numpy_helper
 
     graph = onnx.load(str(variant)).graph
-    if not any(n.op_type == "DequantizeLinear" for n in graph.node):
-        return {}, 0  # not a QDQ model: nothing to mirror
     init = {t.name: t for t in graph.initializer}
     wanted: dict[str, str] = {}
-    for node in graph.node:
-        if node.op_type in _WEIGHTED_ONNX and len(node.input) > 1 and node.input[1] in init:
-            w = numpy_helper.to_array(init[node.input[1]]).astype(np.float32)
-            wanted[_digest(w)] = node.name
-            if w.ndim == 2:  # MatMul/Gemm keep [in, out]; ncnn's InnerProduct [out, in]
-                wanted[_digest(w.T)] = node.name
+    for node in float_weighted_nodes(graph):
+        w = numpy_helper.to_array(init[node.input[1]]).astype(np.float32)
+        wanted[_digest(w)] = node.name
+        if w.ndim == 2:  # MatMul/Gemm keep [in, out]; ncnn's InnerProduct [out, in]
+            wanted[_digest(w.T)] = node.name
     nodes = len(set(wanted.values()))
     found = {layer.name: f"float in the int8-mixed ONNX variant (node {wanted[_digest(a[0])]})"
              for layer, a in zip(layers, arrays) if layer.type in QUANTIZABLE and a and _digest(a[0]) in wanted}
