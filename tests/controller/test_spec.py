@@ -36,6 +36,16 @@ def test_example_spec_loads_and_resolves_bundled_models() -> None:
         assert m.dataset.samples >= 200
 
 
+def test_optimization_example_asks_for_every_optimized_variant_with_its_models_own_pruning() -> None:
+    loaded = load_spec(ROOT / "examples" / "ppocr-optimize.yaml")
+    spec = loaded.spec
+    assert spec.variants == ["fp32", "int8", "int8-mixed", "int8-nncf", "pruned"]
+    assert [m.name for m in spec.models] == ["ppocr-det", "ppocr-rec", "ppocr-cls"]
+    for m in spec.models:
+        assert m.resolve_path(loaded.base).is_file(), m.path
+        assert m.pruning is not None and m.pruning.target_flops is not None
+
+
 @pytest.mark.parametrize(
     "mutate, expected",
     [
