@@ -115,30 +115,32 @@ class _Tasks:
 
     def __init__(self, cache: Cache, on_step: Callable[[str], None]) -> None:
         self.cache, self.on_step = cache, on_step
-        self.pending: dict[Any, tuple[str, str, str, Callable[[Artifact], None]]] = {}
+        self.pending: dict[Any, tuple[str, str, str, str, Callable[[Artifact], None]]] = {}
 
-    def get(self, kind: str, key: str, suffix: str, submit: Callable[[], Any],
+    def get(self, what: str, kind: str, key: str, suffix: str, submit: Callable[[], Any],
             done: Callable[[Artifact], None]) -> None:
+        """``what`` names the step for progress, e.g. "ppocr-det int8" or "ppocr-det int8 -> ncnn"."""
         hit = self.cache.lookup(kind, key, suffix)
         if hit:
             done(_artifact(*hit))
-            self.on_step(f"{kind} (cached)")
+            self.on_step(f"{what}: cached")
         else:
-            self.pending[submit()] = (kind, key, suffix, done)
+            self.pending[submit()] = (what, kind, key, suffix, done)
 
     def wait(self) -> None:
         import ray
 
         while self.pending:
             ready, _ = ray.wait(list(self.pending), num_returns=1)
-            kind, key, suffix, done = self.pending.pop(ready[0])
+            what, kind, key, suffix, done = self.pending.pop(ready[0])
             try:
                 data, meta = ray.get(ready[0])
             except Exception as exc:  # recorded on its variant or job, and never cached
                 done(Artifact(Path(), "", 0, {"error": one_line(exc)}))
+                self.on_step(f"{what}: failed")
             else:
                 done(_artifact(self.cache.store(kind, key, suffix, data, meta), meta))
-            self.on_step(kind)
+                self.on_step(f"{what}: {'failed' if 'error' in meta else 'done'}")
 
 
 def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
@@ -167,7 +169,8 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
         data_key = dict(kind=m.dataset.kind, shapes=shapes, v=DATASET_VERSION, model=p.sha256)
         ref = ray.put(source_bytes)
         tasks.get(
-            "datasets", key_of(samples=m.dataset.samples, seed=m.dataset.seed, **data_key), ".npz",
+            f"{m.name} evaluation data", "datasets",
+            key_of(samples=m.dataset.samples, seed=m.dataset.seed, **data_key), ".npz",
             lambda m=m, ref=ref, shapes=shapes: dataset_task.remote(m.dataset.kind, shapes, m.dataset.samples, m.dataset.seed, ref),
             lambda a, b=build: setattr(b, "dataset", a),
         )
@@ -175,12 +178,12 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
             q = spec.quantization
             seed = m.dataset.seed + CALIBRATION_SEED_OFFSET
             tasks.get(
-                "datasets", key_of(samples=q.samples, seed=seed, **data_key), ".npz",
+                f"{m.name} calibration data", "datasets", key_of(samples=q.samples, seed=seed, **data_key), ".npz",
                 lambda m=m, ref=ref, shapes=shapes, q=q, seed=seed: dataset_task.remote(m.dataset.kind, shapes, q.samples, seed, ref),
                 lambda a, b=build: setattr(b, "calibration", a if a.size else None),
             )
         tasks.get(
-            "variants", _variant_key("fp32", p.sha256, None, {}, versions), ".onnx",
+            f"{m.name} fp32", "variants", _variant_key("fp32", p.sha256, None, {}, versions), ".onnx",
             lambda ref=ref: recipe_task.remote("fp32", ref, None, None, {}),
             lambda a, b=build: _record(b, "fp32", a),
         )
@@ -204,7 +207,7 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
                 build.failures[name] = "no calibration data"
                 continue
             tasks.get(
-                "variants",
+                f"{build.spec.name} {name}", "variants",
                 _variant_key(name, fp32.sha256, calib.sha256 if calib else None, options, versions), ".onnx",
                 lambda name=name, fp32=fp32, calib=calib, options=options: recipe_task.remote(
                     name, b"", fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options),
@@ -306,7 +309,7 @@ def convert_all(spec: Any, builds: list[ModelBuild], requests: set[ConvertReques
                      variant=r.variant, model=variant.sha256, fp32=fp32.sha256,
                      calibration=calib.sha256 if calib else None, options=options)
         tasks.get(
-            "conversions", key, converter.suffix,
+            f"{r.model} {r.variant} -> {r.engine} ({r.target})", "conversions", key, converter.suffix,
             lambda r=r, variant=variant, fp32=fp32, calib=calib, options=options: task.remote(
                 r.engine, r.variant, PRECISION[r.variant], r.target, variant.path.read_bytes(),
                 fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options),

@@ -1,8 +1,10 @@
-"""Progress for long runs: a bar per stage and per board on a terminal, one line per job in logs."""
+"""Progress for long runs: a bar per stage and per board on a terminal, one line per step and per
+job in logs (a nightly log shows what finished when, not an hour of silence)."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable, Iterator
 
 from rich.console import Console
@@ -26,13 +28,16 @@ class RunProgress:
         if not self.live:
             self.console.print(f"[bold]{name}[/bold]")
         task = self._progress.add_task(name, total=total, status="") if self._progress else None
-        done = 0
+        done, start = 0, time.monotonic()
 
         def step(what: str) -> None:
             nonlocal done
             done += 1
             if self._progress and task is not None:
                 self._progress.update(task, advance=1, status=what)
+            else:
+                minutes, seconds = divmod(int(time.monotonic() - start), 60)
+                self.console.print(f"  {minutes:d}:{seconds:02d} {what}", highlight=False, markup=False)
 
         yield step
         if self._progress and task is not None:
