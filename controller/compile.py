@@ -119,7 +119,7 @@ class _Tasks:
 
     def get(self, what: str, kind: str, key: str, suffix: str, submit: Callable[[], Any],
             done: Callable[[Artifact], None]) -> None:
-        """``what`` names the step for progress, e.g. "ppocr-det int8" or "ppocr-det int8 -> ncnn"."""
+        """``what`` names the step for progress, e.g. "ppocr-det int8" or "ppocr-det int8 -> ncnn (x86)"."""
         hit = self.cache.lookup(kind, key, suffix)
         if hit:
             done(_artifact(*hit))
