@@ -43,7 +43,7 @@ Result (agent -> controller)::
                       "cpus": [1] | null, "waited_s": float}
     }
 
-Dataset file (``.npz`` written by ``controller.datasets``; the measurement inputs file has the
+Dataset file (``.npz`` written by ``controller.data.datasets``; the measurement inputs file has the
 same layout, usually without labels). No pickled objects, so ``np.load(allow_pickle=False)``
 reads it:
 

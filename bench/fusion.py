@@ -9,7 +9,7 @@ on one thread, with:
   an engine that optimises nothing;
 - OpenVINO CPU in f32 (the hint set: this CPU would run bf16 by default).
 
-It prints node counts, the fusions applied (controller.fusion.fusions) and the layers OpenVINO
+It prints node counts, the fusions applied (controller.passes.fusion.fusions) and the layers OpenVINO
 executes with the fusions it made itself at load time.
 
     .venv/bin/python bench/fusion.py [--models det,rec,cls] [--rounds 7] [--burst 0.25]
@@ -39,11 +39,11 @@ ENGINES = {  # label -> (engine, options)
 def main() -> int:
     from agent.dataset import load_dataset
     from agent.engines import get_engine
-    from controller.datasets import make_dataset
-    from controller.fusion import engine_fusions, fusions
-    from controller.source import prepare
-    from controller.spec import load_spec
-    from controller.variants import RecipeInput, fp32_fused
+    from controller.build.source import prepare
+    from controller.config.spec import load_spec
+    from controller.data.datasets import make_dataset
+    from controller.passes import RecipeInput, fp32_fused
+    from controller.passes.fusion import engine_fusions, fusions
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=ROOT / "examples" / "ppocr.yaml")

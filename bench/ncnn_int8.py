@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CALIBRATION_SEED = 1_000_003  # as controller.compile renders calibration samples
+CALIBRATION_SEED = 1_000_003  # as controller.build.compile renders calibration samples
 CALIBRATION_SAMPLES = 32      # the example spec's quantization.samples
 MODELS = {"det": ("ocr-det", (1, 3, 640, 640), 50, 20), "rec": ("ocr-rec", (1, 3, 48, 320), 200, 100),
           "cls": ("ocr-cls", (1, 3, 48, 192), 200, 200)}  # kind, input shape, evaluation samples, timing runs
@@ -40,10 +40,10 @@ def bench_model(which: str, methods: list[str], work: Path) -> list[dict[str, An
     from agent.engines import get_engine
     from agent.job import unpack_model
     from agent.metrics import evaluator_for
+    from controller.build.source import prepare
     from controller.convert import ConvertInput, converter_for
-    from controller.datasets import make_dataset
-    from controller.source import prepare
-    from controller.variants import RECIPES, RecipeInput
+    from controller.data.datasets import make_dataset
+    from controller.passes import RECIPES, RecipeInput
     from tests.models import ocr_model
 
     kind, shape, eval_samples, runs = MODELS[which]

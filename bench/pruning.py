@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CALIBRATION_SEED = 1_000_003  # as controller.compile renders calibration samples
+CALIBRATION_SEED = 1_000_003  # as controller.build.compile renders calibration samples
 TIMING_SAMPLES = 64
 OCR = {
     "cls": {"kind": "ocr-cls", "shape": (1, 3, 48, 192), "eval": 200, "samples": 256,
@@ -46,8 +46,8 @@ def _digits(tmp: Path) -> dict[str, Path]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from controller.datasets import _write_npz
-    from controller.variants import RECIPES, RecipeInput
+    from controller.data.datasets import _write_npz
+    from controller.passes import RECIPES, RecipeInput
     from tests.models import digits_mlp
 
     digits_mlp(tmp / "source.onnx")
@@ -64,9 +64,9 @@ def _digits(tmp: Path) -> dict[str, Path]:
 
 
 def _ocr(which: str, tmp: Path, train_samples: int) -> dict[str, Path]:
-    from controller.pruning import TRAIN_SEED_OFFSET
-    from controller.source import prepare
-    from controller.variants import RECIPES, RecipeInput
+    from controller.build.source import prepare
+    from controller.passes import RECIPES, RecipeInput
+    from controller.passes.pruning import TRAIN_SEED_OFFSET
     from tests.models import ocr_model
 
     cfg = OCR[which]
@@ -83,7 +83,7 @@ def _ocr(which: str, tmp: Path, train_samples: int) -> dict[str, Path]:
 
 
 def _render(which: str, fp32: Path, samples: int, seed: int, out: Path) -> None:
-    from controller.datasets import make_dataset
+    from controller.data.datasets import make_dataset
 
     cfg = OCR[which]
     make_dataset(cfg["kind"], {"x": (cfg["shape"], "float32")}, samples, seed, out, model_path=fp32)
@@ -133,7 +133,7 @@ def openvino_loads(model: Any, tmp: Path) -> bool:
 
 def sample_seconds(teacher: Any, student: Any, train: Path, batch: int, seconds: float = 60.0) -> float:
     """Training seconds per sample (one thread) of ``student``, over about ``seconds`` of training."""
-    from controller import finetune
+    from controller.passes import finetune
 
     _, report = finetune.finetune(teacher, student, train, {"epochs": 1, "batch": batch, "max_seconds": seconds})
     return float(report["seconds_per_step"]) / batch
@@ -143,9 +143,9 @@ def bench_model(which: str, budget: float, tmp: Path, runs: int, train_ocr: set[
                 override: dict[str, Any]) -> dict[str, Any]:
     import onnx
 
-    from controller import finetune
-    from controller.evaluation import accuracy
-    from controller.pruning import TRAIN_SEED_OFFSET, cost, prune
+    from controller.data.evaluation import accuracy
+    from controller.passes import finetune
+    from controller.passes.pruning import TRAIN_SEED_OFFSET, cost, prune
 
     tmp.mkdir(parents=True, exist_ok=True)
     if which == "digits":

@@ -1,7 +1,7 @@
 """Benchmark: int8 calibration choices per PaddleOCR model: accuracy, latency and size against fp32.
 
-For each model: the fused fp32 variant (controller.variants.fp32_fused) is quantized with the
-int8 recipe's own function (controller.variants._quantize: ONNX Runtime static QDQ, U8S8) for
+For each model: the fused fp32 variant (controller.passes.fp32_fused) is quantized with the
+int8 recipe's own function (controller.passes._quantize: ONNX Runtime static QDQ, U8S8) for
 every calibration method x per-channel setting x calibration sample count, on calibration
 samples rendered with the evaluation seed + CALIBRATION_SEED_OFFSET (never an evaluation
 sample). Every variant is evaluated on the rendered evaluation samples (the spec's seed) with
@@ -111,11 +111,11 @@ def bench_model(args: argparse.Namespace, short: str, methods: list[str], per_ch
     from agent.dataset import load_dataset
     from agent.engines import get_engine
     from agent.metrics import evaluator_for
-    from controller.compile import CALIBRATION_SEED_OFFSET
-    from controller.datasets import make_dataset
-    from controller.source import prepare
-    from controller.spec import load_spec
-    from controller.variants import RecipeInput, _quantize, fp32_fused
+    from controller.build.compile import CALIBRATION_SEED_OFFSET
+    from controller.build.source import prepare
+    from controller.config.spec import load_spec
+    from controller.data.datasets import make_dataset
+    from controller.passes import RecipeInput, _quantize, fp32_fused
 
     loaded = load_spec(args.spec)
     m = next(x for x in loaded.spec.models if x.name == MODELS[short])

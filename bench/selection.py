@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     from controller.cli import main as edgefarm
-    from controller.selection import latest_candidates, select_best
-    from controller.store import open_db
+    from controller.results.selection import latest_candidates, select_best
+    from controller.results.store import open_db
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=ROOT / "examples" / "ppocr.yaml")
@@ -39,7 +39,7 @@ def main() -> int:
         return code
     elapsed = time.perf_counter() - started
 
-    from controller.spec import load_spec
+    from controller.config.spec import load_spec
 
     budget = args.budget if args.budget is not None else load_spec(args.spec).spec.selection.budget
     with open_db(url)() as session:

@@ -27,7 +27,7 @@ def main() -> int:
     from sqlalchemy import select
 
     from controller.cli import main as edgefarm
-    from controller.store import Job, open_db
+    from controller.results.store import Job, open_db
 
     out = ROOT / "bench" / "out" / f"tool-agreement-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace):  # -> LoadedSpec
-    from controller.spec import load_spec, spec_from_model
+    from controller.config.spec import load_spec, spec_from_model
 
     if getattr(args, "model", None):
         if args.spec:
@@ -103,8 +103,8 @@ def _load(args: argparse.Namespace):  # -> LoadedSpec
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from controller.inventory import load_inventory
-    from controller.runner import execute
+    from controller.config.inventory import load_inventory
+    from controller.run.execute import execute
 
     loaded = _resumed_spec(args) if args.resume and not (args.spec or args.model) else _load(args)
     inventory, source = load_inventory(args.inventory)
@@ -115,8 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _resumed_spec(args: argparse.Namespace):  # -> LoadedSpec
     """The spec a run was started with, as the database keeps it."""
-    from controller.spec import LoadedSpec, Spec
-    from controller.store import Run, open_db
+    from controller.config.spec import LoadedSpec, Spec
+    from controller.results.store import Run, open_db
     from controller.validation import parse
 
     with open_db(args.db)() as db:
@@ -128,8 +128,8 @@ def _resumed_spec(args: argparse.Namespace):  # -> LoadedSpec
 
 
 def _finish(db: str | None, outcome, models: list[str], rule) -> None:  # rule: SelectionSpec
-    from controller.selection import describe_rule, latest_candidates, render, select_best
-    from controller.store import describe, open_db
+    from controller.results.selection import describe_rule, latest_candidates, render, select_best
+    from controller.results.store import describe, open_db
 
     with open_db(db)() as session:
         chosen = select_best([c for c in latest_candidates(session) if c.model in models], rule.budget,
@@ -145,7 +145,7 @@ def _finish(db: str | None, outcome, models: list[str], rule) -> None:  # rule: 
 
 
 def cmd_boards(args: argparse.Namespace) -> int:
-    from controller.boards import list_boards, release
+    from controller.boards.status import list_boards, release
 
     if args.release:
         print(release(args.release, args.db))
@@ -155,8 +155,8 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from controller.selection import render, selections
-    from controller.store import open_db
+    from controller.results.selection import render, selections
+    from controller.results.store import open_db
 
     with open_db(args.db)() as session:
         print(render(selections(session, args.budget, args.objective, args.latency_ceiling), args.format))
@@ -164,8 +164,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    from controller.store import open_db
-    from controller.variant_records import latest_variants, render
+    from controller.results.store import open_db
+    from controller.results.variant_records import latest_variants, render
 
     with open_db(args.db)() as session:
         print(render(latest_variants(session, args.model), args.format))
@@ -173,8 +173,8 @@ def cmd_variants(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from controller.inventory import load_inventory
-    from controller.nightly import nightly
+    from controller.config.inventory import load_inventory
+    from controller.run.nightly import nightly
 
     loaded = _load(args)
     inventory, source = load_inventory(args.inventory)
@@ -184,7 +184,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import dashboard
-    from controller.store import database_url
+    from controller.results.store import database_url
 
     app = Path(dashboard.__file__).parent / "app.py"
     env = dict(os.environ, EDGEFARM_DB=database_url(args.db))

@@ -4,7 +4,7 @@
     ├── ConfigError          a spec or inventory file is wrong (names file, key and value)
     └── ModelError           a model file is missing, not ONNX, corrupt, or has other inputs
 
-Transport failures live in ``controller.transports`` and become stored failed jobs, not
+Transport failures live in ``controller.boards.transports`` and become stored failed jobs, not
 exits: a board that misbehaves is data.
 """
 

@@ -1,7 +1,7 @@
 """EdgeFarm dashboard: ``streamlit run dashboard/app.py -- --db URL``.
 
-The database is ``--db``, else $EDGEFARM_DB, else ./edgefarm.db (``controller.store.database_url``).
-It is read only through ``controller.queries`` and ``controller.selection``, so the figures here
+The database is ``--db``, else $EDGEFARM_DB, else ./edgefarm.db (``controller.results.store.database_url``).
+It is read only through ``controller.results.queries`` and ``controller.results.selection``, so the figures here
 are the ones the CLI's selection tables and nightly reports print.
 """
 
@@ -20,7 +20,7 @@ except ImportError:  # a plain checkout: `streamlit run` puts dashboard/ on sys.
 import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller import queries, selection, store, variant_records
+from controller.results import queries, selection, store, variant_records
 from dashboard import charts, views
 
 MAX_TAILS = 20  # a run where everything failed would otherwise bury the page in tracebacks

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from pandas.io.formats.style import Styler
 
-    from controller.queries import BoardRow, JobRow, RunRow
-    from controller.selection import Candidate, Selection
+    from controller.results.queries import BoardRow, JobRow, RunRow
+    from controller.results.selection import Candidate, Selection
 
 BEST = "best within budget"
 NONE = "nothing within budget"

@@ -11,18 +11,21 @@ A format made of several files (ncnn's .param + .bin, OpenVINO's .xml + .bin) tr
 uncompressed tar (:func:`pack`): the board unpacks it next to the cached file and loads the
 first member, so every artifact is still one file with one hash.
 
-The registry works like the engines': a lazy table engine -> "module:Class", so importing this
-package imports no converter and no converter's libraries.
+The registry is ``controller.plugins.CONVERTERS``: a lazy table engine -> "module:Class", so
+importing this package imports no converter and no converter's libraries.
+
+May import: the foundation modules (errors, plugins, workspace) and ``agent`` (the dataset format).
 """
 
 from __future__ import annotations
 
-import importlib
 import tarfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from controller.plugins import CONVERTERS
 
 __all__ = ["ConvertInput", "Converter", "ConversionError", "converter_for", "converted_engines", "float_weighted_nodes",
            "pack", "register"]
@@ -72,35 +75,19 @@ class Converter(ABC):
         Raise ConversionError with the tool's message when it cannot."""
 
 
-# Built-in converters, engine -> "module:Class"; each module imports its tools inside convert().
-_LAZY: dict[str, str] = {
-    "openvino": "controller.convert.openvino:OpenVinoConverter",
-    "paddlelite": "controller.convert.paddlelite:PaddleLiteConverter",
-    "ncnn": "controller.convert.ncnn:NcnnConverter",
-    "mnn": "controller.convert.mnn:MnnConverter",
-}
-_REGISTERED: dict[str, type[Converter]] = {}
-
-
 def register(cls: type[Converter]) -> type[Converter]:
     """Class decorator: the converter for ``cls.engine``; a second one for an engine is refused."""
-    if cls.engine in _REGISTERED:
-        raise ValueError(f"engine {cls.engine!r} already has a converter: {_REGISTERED[cls.engine].__qualname__}")
-    _REGISTERED[cls.engine] = cls
-    return cls
+    return CONVERTERS.register(cls.engine)(cls)
 
 
 def converted_engines() -> list[str]:
     """The engines whose models a converter makes."""
-    return sorted(set(_LAZY) | set(_REGISTERED))
+    return sorted(CONVERTERS)
 
 
 def converter_for(engine: str) -> Converter | None:
     """The converter for ``engine``, or None when the engine reads the ONNX variant itself."""
-    if engine not in _REGISTERED and engine in _LAZY:
-        importlib.import_module(_LAZY[engine].split(":", 1)[0])
-    cls = _REGISTERED.get(engine)
-    return cls() if cls else None
+    return CONVERTERS.get(engine)() if engine in CONVERTERS else None
 
 
 def pack(files: list[Path], out: Path) -> None:

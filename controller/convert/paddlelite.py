@@ -41,7 +41,7 @@ TARGETS = (
     "nvidia_tensorrt", "intel_openvino", "qualcomm_qnn", "eeasytech_npu",
 )
 FP16_TARGETS = ("arm",)  # opt's enable_fp16 is ARM-only: x86 and OpenCL have no fp16 kernels here
-# The spec's calibration methods (controller.variants) -> Paddle's PTQ algorithms.
+# The spec's calibration methods (controller.passes) -> Paddle's PTQ algorithms.
 # Paddle Lite's int8 is symmetric: min-max is Paddle's abs_max. Paddle's KL (the entropy method)
 # searches every activation in Python: over 200 s for the small cls model on 2 cores, more than
 # the conversion timeout for the detector, so entropy gets Paddle's histogram percentile (seconds).
@@ -134,7 +134,7 @@ def _graphs(graph: Any):
 
 def fix_batch(model: Any, batch: int = 1) -> None:
     """Give every symbolic input dimension ``batch`` (only the batch axis is left symbolic by
-    controller.source.prepare): x2paddle and opt want static shapes, and a .nb runs at batch 1."""
+    controller.build.source.prepare): x2paddle and opt want static shapes, and a .nb runs at batch 1."""
     from onnx import shape_inference
 
     initializers = {t.name for t in model.graph.initializer}

@@ -102,7 +102,7 @@ def fixed_batch_model(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def agent_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from controller.agent_bundle import build_agent_bundle
+    from controller.boards.agent_bundle import build_agent_bundle
 
     return build_agent_bundle(tmp_path_factory.mktemp("bundle"))
 

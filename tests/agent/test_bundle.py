@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from agent.protocol import sha256_file
-from controller.agent_bundle import agent_source_dir, build_agent_bundle
+from controller.boards.agent_bundle import agent_source_dir, build_agent_bundle
 
 
 def test_the_bundle_is_deterministic_and_named_by_its_hash(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_register_refuses_a_duplicate_name() -> None:
             register(name)(type("FakeB", (_FakeEngine,), {}))
         assert registry.engine_class(name).__name__ == "FakeA"
     finally:
-        registry._REGISTERED.pop(name, None)
+        registry.ENGINES.unregister(name)
 
 
 def test_register_refuses_a_built_in_name_for_another_class() -> None:

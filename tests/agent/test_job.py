@@ -179,7 +179,7 @@ def test_accuracy_feeds_every_dataset_sample_to_the_evaluator(tmp_path: Path) ->
 
 
 def test_accuracy_on_rendered_text_through_the_zipapp(tmp_path: Path, agent_bundle: Path) -> None:
-    datasets = pytest.importorskip("controller.datasets")
+    datasets = pytest.importorskip("controller.data.datasets")
     import onnxruntime
 
     workdir = tmp_path / "rendered"

@@ -15,7 +15,7 @@ import pytest
 import agent.metrics as metrics
 from agent.dataset import Dataset, load_dataset
 from agent.metrics import components, ctc_greedy_decode, db_boxes, edit_distance, evaluator_for, iou, match
-from controller import datasets
+from controller.data import datasets
 from tests.models import ocr_model
 
 SAMPLES = 40

@@ -14,7 +14,7 @@ from typing import List
 
 import pytest
 
-from controller.agent_bundle import agent_source_dir, build_agent_bundle
+from controller.boards.agent_bundle import agent_source_dir, build_agent_bundle
 
 AGENT_FILES: List[Path] = sorted(agent_source_dir().rglob("*.py"))
 

@@ -18,9 +18,9 @@ from typing import Iterator
 
 import pytest
 
+from controller.boards.transports import BoardUnreachable, CommandTimeout, Transport, TransportError, open_transport
+from controller.config.inventory import Board, Inventory
 from controller.errors import ConfigError
-from controller.inventory import Board, Inventory
-from controller.transports import BoardUnreachable, CommandTimeout, Transport, TransportError, open_transport
 from controller.validation import parse
 from tests.adbboard import AdbBoard, adb_board
 from tests.hung import hung_command
@@ -227,7 +227,7 @@ def test_the_inventory_refuses_unsafe_serials_in_one_line() -> None:
 
 def test_the_agent_runs_through_the_transport(board: AdbBoard, server_port: int, tmp_path: Path) -> None:
     from agent.protocol import PROTOCOL_VERSION
-    from controller.agent_bundle import build_agent_bundle
+    from controller.boards.agent_bundle import build_agent_bundle
 
     bundle = build_agent_bundle(tmp_path / "bundle")
     workdir = str(tmp_path / "board")

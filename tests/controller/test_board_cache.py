@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from agent.protocol import sha256_file
-from controller.agent_bundle import build_agent_bundle
-from controller.board import BoardSession
-from controller.inventory import Board
+from controller.boards.agent_bundle import build_agent_bundle
+from controller.boards.session import BoardSession
+from controller.config.inventory import Board
 
 
 def test_the_board_cache_is_bounded_least_recently_used_first(tmp_path: Path) -> None:

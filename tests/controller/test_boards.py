@@ -9,7 +9,7 @@ import openvino
 import pytest
 import yaml
 
-from controller.boards import probe_boards
+from controller.boards.status import probe_boards
 from controller.cli import main
 
 

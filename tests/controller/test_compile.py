@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.cache import Cache
-from controller.compile import build_all, prepare_sources
-from controller.runner import ensure_ray
-from controller.spec import load_spec
+from controller.build.cache import Cache
+from controller.build.compile import build_all, prepare_sources
+from controller.config.spec import load_spec
+from controller.run.execute import ensure_ray
 from tests.conftest import small_ppocr_spec
 
 
@@ -55,7 +55,7 @@ def test_a_variant_that_fails_to_compile_is_recorded_not_raised(tmp_path: Path, 
     spec = cls_spec(tmp_path, "minmax")
     # Calibration data that lost its input: the int8 recipe fails inside its Ray task, and
     # the failure must come back as the variant's recorded reason.
-    from controller import compile as compile_module
+    from controller.build import compile as compile_module
 
     real = compile_module._task_dataset
 

@@ -1,4 +1,4 @@
-"""controller.datasets: real rendering with Debian's DejaVu fonts, real PaddleOCR models."""
+"""controller.data.datasets: real rendering with Debian's DejaVu fonts, real PaddleOCR models."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from agent.dataset import load_dataset
 from agent.metrics import evaluator_for
-from controller import datasets, ocr_render
+from controller.data import datasets, ocr_render
 from tests.models import ocr_model
 
 DET = {"x": ((1, 3, 640, 640), "float32")}

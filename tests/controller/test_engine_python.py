@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from controller.agent_bundle import build_agent_bundle
-from controller.board import BoardSession
-from controller.cache import Cache
-from controller.health import golden, golden_job
-from controller.inventory import Board
+from controller.boards.agent_bundle import build_agent_bundle
+from controller.boards.health import golden, golden_job
+from controller.boards.session import BoardSession
+from controller.build.cache import Cache
+from controller.config.inventory import Board
 from tests.conftest import ROOT
 
 BOARD_PYTHON = ROOT / ".venv-board" / "bin" / "python"

@@ -10,8 +10,8 @@ import yaml
 from sqlalchemy import select
 
 from controller.cli import main
-from controller.selection import selections
-from controller.store import Job, open_db
+from controller.results.selection import selections
+from controller.results.store import Job, open_db
 from tests.conftest import small_ppocr_spec
 
 CONVERTED = ("openvino", "paddlelite", "ncnn", "mnn")

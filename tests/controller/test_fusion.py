@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from controller.fusion import engine_fusions, fusions
-from controller.source import prepare
-from controller.variants import RecipeInput, fp32_fused
+from controller.build.source import prepare
+from controller.passes import RecipeInput, fp32_fused
+from controller.passes.fusion import engine_fusions, fusions
 from tests.models import ocr_model
 
 

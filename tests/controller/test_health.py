@@ -11,15 +11,15 @@ from onnx import numpy_helper
 from sqlalchemy import select
 
 from agent.protocol import sha256_file
-from controller import queries
-from controller.agent_bundle import build_agent_bundle
-from controller.board import BoardSession
-from controller.cache import Cache
+from controller.boards.agent_bundle import build_agent_bundle
+from controller.boards.health import engine_for, golden
+from controller.boards.session import BoardSession
+from controller.build.cache import Cache
 from controller.cli import main
-from controller.health import engine_for, golden
-from controller.inventory import Board
-from controller.store import Board as BoardRow
-from controller.store import Job, open_db
+from controller.config.inventory import Board
+from controller.results import queries
+from controller.results.store import Board as BoardRow
+from controller.results.store import Job, open_db
 from dashboard.views import boards_frame
 from tests.conftest import small_ppocr_spec
 

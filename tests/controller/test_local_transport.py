@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.inventory import Board
-from controller.transports import CommandTimeout, TransportError, open_transport
+from controller.boards.transports import CommandTimeout, TransportError, open_transport
+from controller.config.inventory import Board
 from tests.hung import hung_command
 
 

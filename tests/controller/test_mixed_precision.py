@@ -10,11 +10,11 @@ import onnx
 import pytest
 
 from agent.dataset import load_dataset
-from controller.datasets import _write_npz, extend_dataset, make_dataset
-from controller.evaluation import accuracy
-from controller.mixed_precision import search, sensitivity
-from controller.source import prepare
-from controller.variants import RECIPES, RecipeInput, _quantize
+from controller.build.source import prepare
+from controller.data.datasets import _write_npz, extend_dataset, make_dataset
+from controller.data.evaluation import accuracy
+from controller.passes import RECIPES, RecipeInput, _quantize
+from controller.passes.mixed_precision import search, sensitivity
 from tests.models import ocr_model
 
 

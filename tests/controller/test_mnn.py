@@ -18,10 +18,10 @@ from agent.dataset import load_dataset  # noqa: E402
 from agent.engines import EngineError, EngineUnavailable, get_engine, probe_engines  # noqa: E402
 from agent.job import run_job  # noqa: E402
 from agent.metrics import evaluator_for  # noqa: E402
+from controller.build.source import prepare  # noqa: E402
 from controller.convert import ConversionError, ConvertInput, converted_engines, converter_for  # noqa: E402
-from controller.datasets import make_dataset  # noqa: E402
-from controller.source import prepare  # noqa: E402
-from controller.variants import RECIPES, RecipeInput  # noqa: E402
+from controller.data.datasets import make_dataset  # noqa: E402
+from controller.passes import RECIPES, RecipeInput  # noqa: E402
 from tests.models import ocr_model  # noqa: E402
 
 SHAPES = {"cls": [1, 3, 48, 192], "rec": [1, 3, 48, 320], "det": [1, 3, 640, 640]}
@@ -150,7 +150,7 @@ def test_int8_mixed_keeps_in_float_what_the_onnx_variant_keeps_in_float(cls: dic
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from controller.variants import CalibrationReader
+    from controller.passes import CalibrationReader
 
     convs = [n for n in onnx.load(str(cls["fp32"])).graph.node if n.op_type == "Conv"]
     kept = convs[0]  # the first convolution, as the mixed-precision search often leaves it

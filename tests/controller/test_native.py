@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import controller.native as native
-from controller.native import (
+import controller.boards.native as native
+from controller.boards.native import (
     NativeBenchmark,
     NativeOutputError,
     NativeRun,
@@ -25,7 +25,7 @@ from controller.native import (
     register,
     to_result,
 )
-from controller.native.tflite import _stat_after
+from controller.boards.native.tflite import _stat_after
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "native"
 HOSTILE_DIR = "/data/local/tmp/edge farm/$(reboot);'x'"
@@ -413,9 +413,7 @@ def test_registry_loads_each_tool_by_name() -> None:
         native_benchmark("benchncnn2")
 
 
-def test_registry_refuses_a_second_class_for_a_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native, "_loaded", dict(native._loaded))
-    monkeypatch.setattr(native, "NATIVE_BENCHMARKS", dict(native.NATIVE_BENCHMARKS))
+def test_registry_refuses_a_second_class_for_a_name() -> None:
     native_benchmark("benchncnn")
 
     class Other(NativeBenchmark):
@@ -430,20 +428,22 @@ def test_registry_refuses_a_second_class_for_a_name(monkeypatch: pytest.MonkeyPa
         def parse(self, stdout: str, model: str | None = None) -> NativeSummary:
             raise NativeOutputError(stdout)
 
-    with pytest.raises(ValueError, match="'benchncnn' is already registered by NcnnBenchmark"):
+    with pytest.raises(ValueError, match="'benchncnn' is already registered by controller.boards.native.ncnn:NcnnBench"):
         register(Other)
-    Other.name = "benchmark_model"  # not loaded yet in a fresh table, but reserved for the built-in
-    native._loaded.pop("benchmark_model", None)
-    with pytest.raises(ValueError, match="reserved for controller.native.tflite:TfLiteBenchmark"):
+    Other.name = "benchmark_model"  # reserved for the built-in, loaded or not
+    with pytest.raises(ValueError, match="'benchmark_model' is .* controller.boards.native.tflite:TfLiteBenchmark"):
         register(Other)
     Other.name = "other_tool"
     register(Other)
-    assert isinstance(native_benchmark("other_tool"), Other)
+    try:
+        assert isinstance(native_benchmark("other_tool"), Other)
+    finally:
+        native.NATIVE_TOOLS.unregister("other_tool")
 
 
 def test_importing_the_package_imports_no_tool_module() -> None:
-    code = ("import sys, controller.native; "
-            "print(sorted(m for m in sys.modules if m.startswith('controller.native.')))")
+    code = ("import sys, controller.boards.native; "
+            "print(sorted(m for m in sys.modules if m.startswith('controller.boards.native.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"

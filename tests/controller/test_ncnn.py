@@ -37,8 +37,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cls_fp32(work: Path) -> Path:
     """The cls model as the project compiles it: prepared (batch 1 shape), then fused fp32."""
-    from controller.source import prepare
-    from controller.variants import RecipeInput, fp32_fused
+    from controller.build.source import prepare
+    from controller.passes import RecipeInput, fp32_fused
 
     prepared = prepare(ocr_model("cls"), "ppocr-cls", {"x": list(CLS_SHAPE)}, work / "source.onnx")
     fp32_fused(RecipeInput(prepared.path, None, None), work / "fp32.onnx")
@@ -48,7 +48,7 @@ def cls_fp32(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def cls_data(work: Path) -> Path:
     """Rendered text lines, half of them upside down (labels known)."""
-    from controller.datasets import make_dataset
+    from controller.data.datasets import make_dataset
 
     path = work / "cls.npz"
     make_dataset("ocr-cls", {"x": (CLS_SHAPE, "float32")}, SAMPLES, 0, path)
@@ -166,7 +166,7 @@ def test_a_param_without_its_names_file_is_refused(converted: tuple[Path, dict[s
 
 def test_a_job_runs_the_tar_through_the_agent(converted: tuple[Path, dict[str, Any]], cls_data: Path,
                                               reference: list[np.ndarray], tmp_path: Path) -> None:
-    from controller.datasets import write_subset
+    from controller.data.datasets import write_subset
 
     shutil.copyfile(converted[0], tmp_path / "model.tar")
     shutil.copyfile(cls_data, tmp_path / "dataset.npz")
@@ -259,7 +259,7 @@ def test_kl_clips_a_lone_outlier() -> None:
 
 
 def test_int8_mixed_keeps_the_variants_float_layers_float(work: Path, cls_fp32: Path, cls_data: Path) -> None:
-    from controller.variants import _quantize
+    from controller.passes import _quantize
 
     mixed = work / "mixed.onnx"
     # The first convolution and the first SE block's squeeze (ncnn makes it an InnerProduct) stay float.

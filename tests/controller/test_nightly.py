@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from controller.cli import main
-from controller.store import Run, open_db
+from controller.results.store import Run, open_db
 from tests.conftest import small_ppocr_spec
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.dataset import load_dataset
 from agent.engines.openvino import OpenVinoEngine
 from agent.metrics import evaluator_for
-from controller.datasets import make_dataset
-from controller.nncf_quant import nncf_int8, unsigned_activations
-from controller.source import prepare
-from controller.variants import RECIPES, RecipeInput
+from controller.build.source import prepare
+from controller.data.datasets import make_dataset
+from controller.passes import RECIPES, RecipeInput
+from controller.passes.nncf_quant import nncf_int8, unsigned_activations
 from tests.models import ocr_model
 
 CALIBRATION_SEED = 1_000_003  # as the controller draws calibration: never an evaluation sample

@@ -16,11 +16,11 @@ from onnx import TensorProto, helper
 from agent.dataset import load_dataset
 from agent.engines.openvino import OpenVinoEngine
 from agent.job import run_job, unpack_model
+from controller.build.source import prepare
 from controller.convert import ConversionError, ConvertInput
 from controller.convert.openvino import OpenVinoConverter
-from controller.datasets import make_dataset
-from controller.source import prepare
-from controller.variants import RECIPES, RecipeInput
+from controller.data.datasets import make_dataset
+from controller.passes import RECIPES, RecipeInput
 from tests.models import ocr_model
 
 SHAPE = {"x": ((1, 3, 48, 192), "float32")}

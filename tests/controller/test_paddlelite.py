@@ -97,9 +97,9 @@ def _unpack(tar: Path) -> Path:
 
 def _prepared(name: str, work: Path) -> tuple[Path, Path]:
     """The model as a run makes it: shapes fixed (batch left dynamic), fp32 fused; and rendered samples."""
-    from controller.datasets import make_dataset
-    from controller.source import prepare
-    from controller.variants import RecipeInput, fp32_fused
+    from controller.build.source import prepare
+    from controller.data.datasets import make_dataset
+    from controller.passes import RecipeInput, fp32_fused
 
     file, shape, kind = MODELS[name]
     source = prepare(cls_model_path().parent / file, name, {"x": shape}, work / f"{name}.src.onnx")
@@ -298,7 +298,7 @@ def test_default_targets_follow_the_board_arch() -> None:
 # --- the agent's job runner ---------------------------------------------------------------------
 
 def test_a_paddle_lite_job_runs_through_run_job(paddle_tool: Path, cls_converted: dict[str, Any], tmp_path: Path) -> None:
-    from controller.datasets import write_subset
+    from controller.data.datasets import write_subset
 
     job_dir = tmp_path / "job"
     job_dir.mkdir()

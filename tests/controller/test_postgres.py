@@ -10,7 +10,7 @@ import yaml
 from sqlalchemy import select, text
 
 from controller.cli import main
-from controller.store import Job, describe, open_db
+from controller.results.store import Job, describe, open_db
 from tests.conftest import small_ppocr_spec
 from tests.postgres import postgres_server
 

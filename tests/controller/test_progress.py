@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from controller.progress import RunProgress
+from controller.run.progress import RunProgress
 
 
 def test_a_log_gets_a_line_per_step_with_its_time_and_per_job() -> None:

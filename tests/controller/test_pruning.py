@@ -11,10 +11,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from controller import finetune
-from controller.datasets import _write_npz, extend_dataset, make_dataset
-from controller.evaluation import accuracy
-from controller.pruning import (
+from controller.build.source import prepare
+from controller.data.datasets import _write_npz, extend_dataset, make_dataset
+from controller.data.evaluation import accuracy
+from controller.passes import RECIPES, RecipeInput, finetune
+from controller.passes.pruning import (
     PruningError,
     apply,
     channel_activity,
@@ -27,12 +28,10 @@ from controller.pruning import (
     removable,
     variant,
 )
-from controller.source import prepare
-from controller.variants import RECIPES, RecipeInput
 from tests.models import digits_mlp, ocr_model
 
 CLS_INPUT = {"x": ((1, 3, 48, 192), "float32")}
-CALIBRATION_SEED = 1_000_003  # as controller.compile renders calibration samples
+CALIBRATION_SEED = 1_000_003  # as controller.build.compile renders calibration samples
 needs_torch = pytest.mark.skipif(not finetune.available(), reason="torch is not installed")
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from controller.store import Job, open_db
+from controller.results.store import Job, open_db
 from tests.conftest import small_ppocr_spec
 from tests.net import free_port
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller.regression import Measured, compare, latency_change
-from controller.spec import RegressionSpec
+from controller.config.spec import RegressionSpec
+from controller.results.regression import Measured, compare, latency_change
 
 RULES = RegressionSpec(latency_threshold=0.05, p_value=0.01, accuracy_threshold=0.01)
 

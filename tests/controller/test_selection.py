@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.selection import Candidate, render, select_best
+from controller.results.selection import Candidate, render, select_best
 
 
 def _candidate(engine: str, variant: str, p50: float, accuracy: float, throughput: list[dict]) -> Candidate:
@@ -51,8 +51,8 @@ def test_a_latency_ceiling_rules_out_batches_that_take_too_long() -> None:
 
 
 def test_a_thread_sweep_makes_one_configuration_per_count() -> None:
-    from controller.runner import _thread_sweep
-    from controller.spec import Spec
+    from controller.config.spec import Spec
+    from controller.run.execute import _thread_sweep
 
     spec = Spec(name="s", models=[{"name": "m", "path": "m.onnx"}], measure={"threads": [2, 1, 2]})
     assert spec.measure.threads == [1, 2]

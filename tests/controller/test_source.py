@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from agent.protocol import sha256_file
+from controller.build.source import MIN_OPSET, prepare
 from controller.errors import ModelError
-from controller.source import MIN_OPSET, prepare
 from tests.models import digits_mlp, ocr_model
 
 

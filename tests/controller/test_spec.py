@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.compile import _recipe_options
+from controller.build.compile import _recipe_options
+from controller.config.inventory import DEFAULT, load_inventory
+from controller.config.spec import load_spec, parse_input_flag
 from controller.errors import ConfigError
-from controller.inventory import DEFAULT, load_inventory
-from controller.spec import load_spec, parse_input_flag
 
 ROOT = Path(__file__).resolve().parents[2]
 

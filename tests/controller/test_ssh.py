@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.inventory import Board
-from controller.transports import BoardUnreachable, CommandTimeout, TransportError, open_transport
+from controller.boards.transports import BoardUnreachable, CommandTimeout, TransportError, open_transport
+from controller.config.inventory import Board
 from tests.hung import hung_command
 from tests.sshboard import SshBoard, netns_refusal, ssh_board
 
@@ -115,8 +115,8 @@ def test_a_run_spreads_over_local_and_ssh_boards_and_survives_an_unreachable_one
     from sqlalchemy import select
 
     from controller.cli import main
-    from controller.store import Board as BoardRow
-    from controller.store import Job, open_db
+    from controller.results.store import Board as BoardRow
+    from controller.results.store import Job, open_db
     from tests.conftest import small_ppocr_spec
 
     inventory = tmp_path / "inventory.yaml"

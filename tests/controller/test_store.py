@@ -8,7 +8,7 @@ import multiprocessing.synchronize
 import sqlite3
 from pathlib import Path
 
-from controller.store import Board, open_db
+from controller.results.store import Board, open_db
 
 
 def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:

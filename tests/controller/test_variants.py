@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from controller.datasets import make_dataset
-from controller.source import prepare
-from controller.variants import RECIPES, CalibrationReader, RecipeInput
+from controller.build.source import prepare
+from controller.data.datasets import make_dataset
+from controller.passes import RECIPES, CalibrationReader, RecipeInput
 from tests.models import ocr_model
 
 SHAPE = {"x": ((1, 3, 48, 192), "float32")}

@@ -1,7 +1,7 @@
 """The dashboard under Streamlit's AppTest, against a database filled by a real EdgeFarm run.
 
 Every figure the page shows is checked against the controller's own answer on the same
-database (``controller.selection`` / an independent SQL query), never against constants.
+database (``controller.results.selection`` / an independent SQL query), never against constants.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from controller import selection
-from controller.store import Board, Job, Model, Result, Run, Variant, open_db
+from controller.results import selection
+from controller.results.store import Board, Job, Model, Result, Run, Variant, open_db
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 TIMEOUT = 60  # the first run imports pandas, altair and SQLAlchemy on a 2-core machine

@@ -1,0 +1,250 @@
+"""A session with one board: push the agent and artifacts, run jobs, bring results back.
+
+The agent is pushed once under its content-hash name (like labgrid's agent) and artifacts
+under their sha256, into a cache on the board; a job's work directory holds only job.json and
+result.json, and points at the cached files. The agent checks every sha256 before it loads
+anything, so a corrupted or stale file is refused on the board itself.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.protocol import PROTOCOL_VERSION, failed
+from controller.boards.transports import BoardUnreachable, CommandTimeout, Transport, TransportError, open_transport
+from controller.config.inventory import Board
+from controller.errors import one_line
+
+PROBE_TIMEOUT = 120.0
+SMALL_TIMEOUT = 60.0
+# Pause before a new attempt after a loss, times the attempt number: a rebooting board or a
+# flapping link gets a moment to come back.
+RETRY_PAUSE_S = 2.0
+
+
+class BoardSession:
+    def __init__(self, board: Board, bundle: Path) -> None:
+        self.board = board
+        self.bundle = bundle
+        self.transport: Transport = open_transport(board)
+        self.root = self.transport.resolve(board.workdir or posixpath.join(self.transport.default_workdir, board.name))
+        self.agent = posixpath.join(self.root, "agent", bundle.name)
+        self.python = board.python or (sys.executable if board.transport == "local" else "python3")
+        self._cached: set[str] | None = None
+        # A board with concurrency > 1 runs jobs in several threads: their commands may overlap,
+        # their file transfers (one SFTP session, one cache listing) may not.
+        self._files = threading.RLock()
+        self.fingerprint: dict[str, Any] = {}
+        # How the agent sets the board up before each job (see agent/hygiene.py).
+        self.conditions = {"cpus": board.cpus, "cooldown_s": board.cooldown_s,
+                           "max_temperature_c": board.max_temperature_c, "thermal_wait_s": board.thermal_wait_s}
+
+    # -- agent commands --------------------------------------------------------------------
+
+    def _agent(self, *args: str, timeout: float = SMALL_TIMEOUT, cwd: str | None = None,
+               python: str | None = None) -> str:
+        done = self.transport.run([python or self.python, self.agent, *args], timeout=timeout, cwd=cwd)
+        if done.exit_code != 0:
+            raise TransportError(f"agent {args[0]} exited {done.exit_code}: {_tail(done.stderr, 300)}")
+        return done.stdout
+
+    def start(self) -> dict[str, Any]:
+        """Push the agent if the board lacks it and return what the agent finds on the board;
+        a board without Python is looked at with shell commands instead."""
+        from controller.boards.native.job import native_engines, shell_probe
+
+        if not self.board.agent:
+            probe = shell_probe(self)
+        else:
+            if not self._exists(self.agent):
+                self.transport.put(self.bundle, self.agent)
+            probe = json.loads(self._agent("probe", "--workdir", self.root, timeout=PROBE_TIMEOUT))
+            if probe.get("protocol") != PROTOCOL_VERSION:
+                raise TransportError(f"agent speaks protocol {probe.get('protocol')}, not {PROTOCOL_VERSION}")
+            for engine, python in self.board.engine_python.items():  # that engine as its interpreter sees it
+                try:
+                    found = json.loads(self._agent("probe", timeout=PROBE_TIMEOUT, python=python))["engines"]
+                    probe["engines"][engine] = {**found.get(engine, {"available": False}), "python": python}
+                except (TransportError, ValueError, KeyError) as exc:
+                    probe["engines"][engine] = {"available": False, "version": None,
+                                                "reason": f"its interpreter {python} did not run the agent: {exc}"}
+        probe["engines"].update(native_engines(self))  # a native tool measures its engine on this board
+        self.fingerprint = probe["fingerprint"]
+        return probe
+
+    def _exists(self, remote: str) -> bool:
+        done = self.transport.run([self.python, "-c", _EXISTS, remote], timeout=SMALL_TIMEOUT)
+        return done.exit_code == 0
+
+    def push(self, local: Path, sha256: str, force: bool = False) -> str:
+        """The artifact's path in the board's cache, pushing it only when it is not there."""
+        with self._files:
+            if self._cached is None:
+                self._cached = self._listing(posixpath.join(self.root, "cache"))
+            # The suffix stays: engines pick their loader by it (.onnx, .xml, .nb).
+            name = sha256 + local.suffix
+            remote = posixpath.join(self.root, "cache", name)
+            if force or name not in self._cached:
+                self.transport.put(local, remote)
+                self._cached.add(name)
+            return remote
+
+    def _listing(self, folder: str) -> set[str]:
+        if self.board.agent:
+            return set(json.loads(self._agent("ls", folder)))
+        done = self.transport.run(["ls", "-1", folder], timeout=SMALL_TIMEOUT)
+        return set(done.stdout.split()) if done.exit_code == 0 else set()  # no folder yet: nothing cached
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+        """Run one job; every failure comes back as a failed result, never as an exception.
+
+        A board lost in the middle of a job (link down, sshd or the agent killed) is
+        reconnected and the job tried again, up to the board's ``retries``; the result says
+        how many attempts it took and why the earlier ones failed.
+        """
+        notes: list[str] = []
+        for attempt in range(1, self.board.retries + 2):
+            if attempt > 1:
+                time.sleep(RETRY_PAUSE_S * (attempt - 1))
+                try:
+                    self.reconnect()
+                    self._clean(posixpath.join(self.root, "jobs", job["job_id"]))  # and its stale agent
+                except Exception as exc:  # still gone: this attempt fails like the last one
+                    result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}")
+                    result["failure"]["lost"] = True
+                    notes.append(f"attempt {attempt}: {result['failure']['message']}")
+                    continue
+            result = self._run_verified(job, files, timeout)
+            if not (result.get("failure") or {}).get("lost"):
+                break
+            notes.append(f"attempt {attempt}: {result['failure']['message']}")
+        if attempt > 1 and (result.get("failure") or {}).get("lost"):
+            result["failure"]["message"] = (f"board lost during the job on all {attempt} attempts; "
+                                            f"last: {result['failure']['message']}")
+        result["attempts"] = attempt
+        result.setdefault("notes", []).extend(notes)
+        return result
+
+    def reconnect(self) -> None:
+        """A fresh connection and a fresh look at the board: after a loss nothing is assumed."""
+        try:
+            self.transport.close()
+        except Exception:  # noqa: S110 - the old connection is dead; closing it may fail too
+            pass
+        self.transport = open_transport(self.board)
+        self._cached = None
+        self.start()
+
+    def _run_verified(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+        """A cached artifact whose hash no longer matches on the board (a bad flash card, a
+        half-finished copy by hand) is refused by the agent; it is pushed again once."""
+        if job["engine"]["name"] in self.board.native:
+            from controller.boards.native.job import run_native
+
+            return _as_result(job["job_id"], timeout, lambda: run_native(self, job, files, timeout))
+        result = self._run_once(job, files, timeout, repush=False)
+        if (result.get("failure") or {}).get("stage") == "verify":
+            result = self._run_once(job, files, timeout, repush=True)
+            result.setdefault("notes", []).append("an artifact on the board did not match its sha256; pushed again")
+        return result
+
+    def _run_once(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float,
+                  repush: bool) -> dict[str, Any]:
+        workdir = posixpath.join(self.root, "jobs", job["job_id"])
+        try:
+            return _as_result(job["job_id"], timeout, lambda: self._agent_job(job, files, timeout, repush, workdir))
+        finally:
+            self._clean(workdir)
+
+    def _agent_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float, repush: bool,
+                   workdir: str) -> dict[str, Any]:
+        job = dict(job, board=self.conditions, artifacts={
+            role: {"file": posixpath.relpath(self.push(path, sha, force=repush), workdir), "sha256": sha}
+            for role, (path, sha) in files.items()
+        })
+        with tempfile.TemporaryDirectory(prefix="edgefarm-job-") as tmp:
+            local_job = Path(tmp) / "job.json"
+            local_job.write_text(json.dumps(job))
+            with self._files:
+                self.transport.put(local_job, posixpath.join(workdir, "job.json"))
+            python = self.board.engine_python.get(job["engine"]["name"], self.python)
+            done = self.transport.run(
+                [python, self.agent, "run", "job.json", "--out", "result.json"], timeout=timeout, cwd=workdir
+            )
+            local_result = Path(tmp) / "result.json"
+            try:
+                with self._files:
+                    self.transport.get(posixpath.join(workdir, "result.json"), local_result)
+                return json.loads(local_result.read_text())
+            except (TransportError, ValueError):
+                # Killed or crashed before it could write a result: worth another attempt.
+                result = failed(job["job_id"], "agent", f"the agent exited {done.exit_code} without a result",
+                                _tail(done.stderr))
+                result["failure"]["lost"] = True
+                return result
+
+    def health_check(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
+        """Run the golden job (see controller.boards.health); why the board is unfit, or None."""
+        from controller.boards.health import TIMEOUT_S, golden_job, verdict
+
+        if engine is None or not self.board.agent:
+            return None  # no engine that runs the golden model: the probe that just passed is all
+        return verdict(self._run_verified(golden_job(self.board.name, engine), golden, TIMEOUT_S))
+
+    def _clean(self, workdir: str) -> None:
+        if not self.board.agent:
+            return  # native tools leave no job directory
+        try:
+            self._agent("clean", workdir)
+        except TransportError:
+            pass  # a board that is gone cannot be cleaned; the next session's clean covers it
+
+    def prune_cache(self) -> list[str]:
+        """Bound the board's artifact cache (the inventory's cache_mb); returns what went.
+
+        Done at the end of a session, so this run's files are the newest and the last to go.
+        A board without the agent keeps its cache: its native tools and models are few.
+        """
+        if not self.board.agent:
+            return []
+        out = self._agent("prune", posixpath.join(self.root, "cache"), "--max-mb", str(self.board.cache_mb))
+        self._cached = None
+        return json.loads(out)["removed"]
+
+    def close(self) -> None:
+        try:
+            self.prune_cache()
+        except (TransportError, ValueError):
+            pass  # a board that is gone keeps its cache until the next session ends
+        self.transport.close()
+
+
+# Runs on the board with its own interpreter; the path arrives as argv, never in the code.
+_EXISTS = "import os,sys; sys.exit(0 if os.path.isfile(os.path.expanduser(sys.argv[1])) else 1)"
+
+
+def _as_result(job_id: str, timeout: float, attempt: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The result ``attempt`` returns, or the failed result its transport error amounts to."""
+    try:
+        return attempt()
+    except CommandTimeout as exc:
+        return failed(job_id, "agent", f"killed after {timeout:g} s without finishing", exc.stderr)
+    except BoardUnreachable as exc:
+        result = failed(job_id, "transport", str(exc))
+        result["failure"]["lost"] = True  # the link went away: worth another attempt
+        return result
+    except TransportError as exc:
+        return failed(job_id, "transport", str(exc))
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    return text[-limit:]

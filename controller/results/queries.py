@@ -1,0 +1,153 @@
+"""Read-only queries for the dashboard, beyond what ``controller.results.selection`` answers.
+
+Every function takes a ``Session`` and returns plain dataclasses, never ORM objects, so the UI
+cannot lazy-load or write through them. Columns are selected explicitly: a result row carries
+its raw samples and the agent's whole record, which only ``latency_samples`` needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from controller.results.store import Board, Job, Model, Result, Run, Variant, database_url
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    spec: str
+    kind: str  # run | nightly
+    status: str  # running | done | failed | interrupted
+    verdict: str | None  # nightly only: pass | regression
+    started: datetime
+    finished: datetime | None
+    jobs_ok: int
+    jobs_failed: int
+    jobs_total: int  # includes pending ones
+    summary: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job_id: int
+    run_id: int
+    model: str
+    board: str
+    chip: str
+    engine: str
+    label: str  # the configuration's name in selection, e.g. fp32 or fp32@bf16
+    variant: str  # the artifact variant
+    status: str
+    precision: str | None
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    n: int | None
+    cv: float | None
+    peak_rss_mb: float | None
+    accuracy_metric: str | None
+    accuracy: float | None
+    stage: str | None
+    message: str | None
+    stderr_tail: str | None
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    name: str
+    chip: str
+    transport: str
+    fingerprint: dict[str, Any]
+    engines: dict[str, Any]
+    last_seen: datetime | None
+    last_error: str | None
+    quarantine: str | None = None  # since when and why, while the board is quarantined
+
+
+def database_exists(url: str | None) -> bool:
+    """False for a SQLite file that is not there yet: opening it would create an empty one."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(database_url(url))
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return True
+    return Path(parsed.database).is_file()
+
+
+def runs(session: Session, limit: int | None = None) -> list[RunRow]:
+    """Runs newest first, with their job counts by status."""
+    counts: dict[int, dict[str, int]] = {}
+    # Counted in a second query, not with GROUP BY over runs: PostgreSQL cannot group JSON columns.
+    for run_id, status, count in session.execute(
+        select(Job.run_id, Job.status, func.count()).group_by(Job.run_id, Job.status)
+    ):
+        counts.setdefault(run_id, {})[status] = count
+    query = select(
+        Run.id, Run.spec_name, Run.kind, Run.status, Run.verdict, Run.started_at, Run.finished_at, Run.summary
+    ).order_by(Run.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    out = []
+    for r in session.execute(query):
+        by_status = counts.get(r.id, {})
+        out.append(RunRow(
+            id=r.id, spec=r.spec_name, kind=r.kind, status=r.status, verdict=r.verdict,
+            started=r.started_at, finished=r.finished_at, jobs_ok=by_status.get("ok", 0),
+            jobs_failed=by_status.get("failed", 0), jobs_total=sum(by_status.values()), summary=r.summary,
+        ))
+    return out
+
+
+def run_jobs(session: Session, run_id: int) -> list[JobRow]:
+    """Every job of a run with its result figures (None where the job failed before measuring)."""
+    rows = session.execute(
+        select(
+            Job.id, Job.run_id, Model.name.label("model"), Board.name.label("board"), Board.chip,
+            Job.engine, Job.label, Variant.name.label("variant"), Job.status, Job.stage, Job.message,
+            Job.stderr_tail, Result.precision, Result.p50_ms, Result.p90_ms, Result.p99_ms, Result.n,
+            Result.cv, Result.peak_rss_mb, Result.accuracy_metric, Result.accuracy,
+        )
+        .join(Board, Board.id == Job.board_id)
+        .join(Variant, Variant.id == Job.variant_id)
+        .join(Model, Model.id == Variant.model_id)
+        .outerjoin(Result, Result.job_id == Job.id)
+        .where(Job.run_id == run_id)
+        .order_by(Job.id)
+    )
+    return [
+        JobRow(
+            job_id=r.id, run_id=r.run_id, model=r.model, board=r.board, chip=r.chip, engine=r.engine,
+            label=r.label, variant=r.variant, status=r.status, precision=r.precision, p50_ms=r.p50_ms,
+            p90_ms=r.p90_ms, p99_ms=r.p99_ms, n=r.n, cv=r.cv, peak_rss_mb=r.peak_rss_mb,
+            accuracy_metric=r.accuracy_metric, accuracy=r.accuracy, stage=r.stage, message=r.message,
+            stderr_tail=r.stderr_tail,
+        )
+        for r in rows
+    ]
+
+
+def latency_samples(session: Session, job_id: int) -> list[float]:
+    """The raw warm latency samples (ms, in measurement order) of a job's result; [] if none."""
+    samples = session.execute(select(Result.samples_ms).where(Result.job_id == job_id)).scalar_one_or_none()
+    return [float(s) for s in samples or []]
+
+
+def boards(session: Session) -> list[BoardRow]:
+    """The boards ever seen, by name."""
+    rows = session.execute(
+        select(Board.name, Board.chip, Board.transport, Board.fingerprint, Board.engines, Board.last_seen,
+               Board.last_error, Board.quarantined_at, Board.quarantine_reason).order_by(Board.name)
+    )
+    return [
+        BoardRow(name=r.name, chip=r.chip, transport=r.transport, fingerprint=r.fingerprint or {},
+                 engines=r.engines or {}, last_seen=r.last_seen, last_error=r.last_error,
+                 quarantine=f"since {r.quarantined_at:%Y-%m-%d %H:%M}: {r.quarantine_reason}"
+                 if r.quarantined_at else None)
+        for r in rows
+    ]
