@@ -66,6 +66,18 @@ class Engine(abc.ABC):
         """Facts about the library on this board, without a model. Subclasses add their own."""
         return {"version": cls.version()}
 
+    @classmethod
+    def configurations(cls, variant: str, probed: Dict[str, Any],
+                       options: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
+        """The configurations a variant is measured in on this engine: (label, engine options).
+
+        ``probed`` is what :meth:`probe` found on the board. Most engines compute a variant one
+        way: one configuration. An engine whose defaults change the arithmetic (OpenVINO computes
+        fp32 in bf16 on CPUs that have it) says so here, so the controller needs no engine-specific
+        knowledge to plan it. Runs on the controller, from the class alone: no library is imported.
+        """
+        return [(variant, options)]
+
     @abc.abstractmethod
     def load(self, model_path: str, options: Dict[str, Any]) -> None:
         """Read and compile the model with the job's engine options."""

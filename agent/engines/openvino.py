@@ -96,6 +96,20 @@ class OpenVinoEngine(Engine):
         facts["precisions"] = [ours for theirs, ours in _CAPABILITIES if theirs in caps]
         return facts
 
+    @classmethod
+    def configurations(cls, variant: str, probed: Dict[str, Any],
+                       options: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
+        """fp32 pinned to f32, and on a CPU whose default is bf16 that default too (``fp32@bf16``):
+        the default changes speed and accuracy, so it is a configuration of its own, measured and
+        judged like any, never hidden."""
+        if "precision" in options:
+            return [(variant, options)]
+        configs = [(variant, dict(options, precision="fp32"))]
+        default = probed.get("default_precision")
+        if variant == "fp32" and default and default != "fp32":
+            configs.append(("fp32@%s" % default, dict(options, precision=None)))
+        return configs
+
     def load(self, model_path: str, options: Dict[str, Any]) -> None:
         ov = _ov()
         self.check_format(model_path)

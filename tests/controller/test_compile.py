@@ -10,7 +10,7 @@ import yaml
 from controller.build.cache import Cache
 from controller.build.compile import build_all, prepare_sources
 from controller.config.spec import load_spec
-from controller.run.execute import ensure_ray
+from controller.run.cluster import ensure_ray
 from tests.conftest import small_ppocr_spec
 
 

@@ -48,15 +48,3 @@ def test_a_latency_ceiling_rules_out_batches_that_take_too_long() -> None:
     assert (sel.best.engine, sel.best.batch) == ("onnxruntime", 1)  # only batch 1 fits: 100 > 91 > 83
     (sel,) = select_best(_group(), 0.01, "throughput", latency_ceiling_ms=1.0)
     assert sel.best is None  # nothing is that fast
-
-
-def test_a_thread_sweep_makes_one_configuration_per_count() -> None:
-    from controller.config.spec import Spec
-    from controller.run.execute import _thread_sweep
-
-    spec = Spec(name="s", models=[{"name": "m", "path": "m.onnx"}], measure={"threads": [2, 1, 2]})
-    assert spec.measure.threads == [1, 2]
-    configs = _thread_sweep(spec, {}, [("fp32", {"precision": "fp32"})])
-    assert configs == [("fp32/t1", {"precision": "fp32", "threads": 1}), ("fp32/t2", {"precision": "fp32", "threads": 2})]
-    # The spec fixing an engine's threads wins over the sweep.
-    assert _thread_sweep(spec, {"threads": 4}, [("fp32", {"threads": 4})]) == [("fp32", {"threads": 4})]

@@ -1,0 +1,186 @@
+"""Everything a run writes to the database, in one place beside the schema.
+
+The driver alone writes, and commits after every job (the caller commits), so whatever was
+measured before an interruption stays. A board's result record arrives as the agent wrote it;
+the columns are filled from it here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol, Sequence
+
+from sqlalchemy.orm import Session
+
+from controller.build.compile import Artifact, ModelBuild
+from controller.config.inventory import Board
+from controller.config.spec import Spec
+from controller.errors import EdgeFarmError
+from controller.results.store import Board as BoardRow
+from controller.results.store import Job, Model, Result, Run, Variant, now
+
+
+class PlannedJob(Protocol):
+    """What recording reads of a planned job (``controller.run.planning.Planned``)."""
+
+    board: str
+    model: ModelBuild
+    variant: str
+    engine: str
+    options: dict[str, Any]
+    label: str
+    target: str
+    artifact: Artifact | None
+    row_id: int
+    stored: bool
+
+    def key(self) -> tuple[str, str, str, str, str]: ...
+
+
+def new_run(db: Session, spec: Spec, spec_base: str, kind: str) -> Run:
+    run = Run(spec_name=spec.name, spec_sha256=spec.digest(), spec=spec.model_dump(mode="json"),
+              spec_base=spec_base, kind=kind)
+    run.status = "running"
+    db.add(run)
+    db.flush()
+    return run
+
+
+def resumed_run(db: Session, run_id: int, spec: Spec) -> Run:
+    """Run ``run_id``, to be finished with ``spec``; refused with one line when it cannot be."""
+    run = db.get(Run, run_id)
+    if run is None:
+        raise EdgeFarmError(f"--resume {run_id}: there is no run {run_id} in this database")
+    if run.spec_sha256 != spec.digest():
+        raise EdgeFarmError(f"--resume {run_id}: run {run_id} was made from another spec ({run.spec_name}); "
+                            "resume it with the spec it was started with")
+    if run.status == "done":
+        raise EdgeFarmError(f"--resume {run_id}: run {run_id} finished; there is nothing to resume")
+    run.status = "running"
+    return run
+
+
+def finish_run(db: Session, run_id: int, status: str, skipped: dict[str, str], resumed: int) -> None:
+    run = db.get(Run, run_id)
+    assert run is not None
+    run.status = status
+    run.finished_at = now()
+    # Counted from the rows: a resumed run's summary covers its earlier jobs too.
+    statuses = [j.status for j in db.query(Job).filter_by(run_id=run.id)]
+    run.summary = {"ok": statuses.count("ok"), "failed": statuses.count("failed"),
+                   "skipped": skipped, "resumed": resumed}
+
+
+def quarantined(db: Session, boards: list[Board]) -> dict[str, str]:
+    """Why each quarantined board among ``boards`` is skipped."""
+    rows = {r.name: r for r in db.query(BoardRow).filter(BoardRow.name.in_([b.name for b in boards]))}
+    return {name: f"quarantined since {row.quarantined_at:%Y-%m-%d %H:%M}: {row.quarantine_reason} "
+                  f"(edgefarm boards --release {name})"
+            for name, row in rows.items() if row.quarantined_at is not None}
+
+
+def board_seen(db: Session, board: Board, probe: dict[str, Any] | None, error: str | None) -> BoardRow:
+    """The board's row, created or brought up to date with what its probe found."""
+    row = db.query(BoardRow).filter_by(name=board.name).one_or_none()
+    if row is None:
+        row = BoardRow(name=board.name, chip=board.chip, transport=board.transport)
+        db.add(row)
+    row.transport = board.transport
+    row.last_error = error
+    if probe:
+        fp = probe.get("fingerprint", {})
+        row.chip = board.chip if board.chip != "auto" else f"{fp.get('arch', '?')} {fp.get('cpu_model', '?')}"
+        row.fingerprint = fp
+        row.engines = probe.get("engines")
+        row.last_seen = now()
+    db.flush()
+    return row
+
+
+def add_jobs(db: Session, run_id: int, plan: Sequence[PlannedJob], resuming: bool) -> None:
+    """A job row for every planned job (its id in ``row_id``); a resumed run reuses the rows it has."""
+    model_rows: dict[str, Model] = {}
+    variant_rows: dict[tuple[str, str], Variant] = {}
+    board_rows = {b.name: b for b in db.query(BoardRow).all()}
+    existing: dict[tuple[str, str, str, str, str], Job] = {}
+    if resuming:
+        for job in db.query(Job).filter_by(run_id=run_id):
+            existing[(job.board.name, job.variant.model.name, job.variant.name, job.engine, job.label)] = job
+    for p in plan:
+        if p.key() in existing:
+            job = existing[p.key()]
+            p.row_id, p.stored = job.id, job.status in ("ok", "failed")
+            continue
+        m = p.model
+        if m.spec.name not in model_rows:
+            model_rows[m.spec.name] = _get_or_add(
+                db, Model, name=m.spec.name, sha256=m.prepared.sha256,
+                defaults=dict(source=m.spec.path, task=m.task,
+                              inputs=[{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in m.prepared.inputs]),
+            )
+        key = (m.spec.name, p.variant)
+        if key not in variant_rows:
+            art: Artifact | None = m.variants.get(p.variant)
+            variant_rows[key] = _get_or_add(
+                db, Variant, model_id=model_rows[m.spec.name].id, name=p.variant,
+                sha256=art.sha256 if art else "",
+                defaults=dict(size_bytes=art.size if art else 0, recipe=art.meta if art else {"error": m.failures.get(p.variant)}),
+            )
+        job = Job(run_id=run_id, board_id=board_rows[p.board].id, variant_id=variant_rows[key].id,
+                  engine=p.engine, options=p.options, label=p.label,
+                  artifact={"sha256": p.artifact.sha256, "size_bytes": p.artifact.size, "target": p.target,
+                            "conversion": p.artifact.meta} if p.artifact else None)
+        db.add(job)
+        db.flush()
+        p.row_id = job.id
+
+
+def _get_or_add(db: Session, cls: Any, defaults: dict[str, Any], **keys: Any) -> Any:
+    row = db.query(cls).filter_by(**keys).one_or_none()
+    if row is None:
+        row = cls(**keys, **defaults)
+        db.add(row)
+        db.flush()
+    return row
+
+
+def job_started(db: Session, job: Job, at: datetime | None = None) -> None:
+    job.started_at = at or now()
+
+
+def job_result(db: Session, job: Job, result: dict[str, Any]) -> None:
+    """Store a board's result record for ``job``: a failure is data, stored like a measurement."""
+    job.attempts = result.get("attempts", 1)
+    job.finished_at = now()
+    if result.get("status") != "ok":
+        failure = result.get("failure") or {}
+        job.status = "failed"
+        job.stage = failure.get("stage", "agent")
+        job.message = failure.get("message", "no message")
+        job.stderr_tail = failure.get("stderr_tail")
+        return
+    lat = result["latency"]
+    acc = result.get("accuracy") or {}
+    job.status = "ok"
+    db.add(Result(
+        # A native tool may not say its version or precision: "unknown", never a guess.
+        job_id=job.id, engine_version=result["engine"]["version"] or "unknown",
+        precision=result["engine"]["precision"] or "unknown",
+        load_ms=result["phases"]["load_ms"], first_inference_ms=result["phases"]["first_inference_ms"],
+        p50_ms=lat["p50"], p90_ms=lat["p90"], p99_ms=lat["p99"], mean_ms=lat["mean"], std_ms=lat["std"],
+        min_ms=lat["min"], max_ms=lat["max"], n=lat["n"], cv=lat["cv"], samples_ms=lat["samples_ms"],
+        throughput=result.get("throughput", []), peak_rss_mb=(result.get("memory") or {}).get("peak_rss_mb"),
+        accuracy_metric=acc.get("metric"), accuracy=acc.get("value"), accuracy_detail=acc or None,
+        fingerprint=result.get("fingerprint", {}), raw=_raw(result),
+    ))
+    db.flush()
+
+
+def _raw(result: dict[str, Any]) -> dict[str, Any]:
+    """The result record for Result.raw: the latency samples have their own columns."""
+    lat = result["latency"]
+    raw = {k: v for k, v in result.items() if k != "latency"}
+    raw["latency_source"] = lat.get("source", "agent")
+    if lat.get("engine"):  # the engine's own timing, which its native tool would report
+        raw["engine_latency"] = lat["engine"]
+    return raw

@@ -1,0 +1,85 @@
+"""One Ray actor per board: it holds the board's session and runs its jobs one at a time.
+
+A board measures one job at a time, or the figures lie; boards run in parallel. The actor only
+reaches its board: the driver alone writes the database (``controller.results.recording``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from controller.boards.health import Golden, engine_for
+from controller.config.inventory import Board
+from controller.errors import one_line
+
+
+def actor_class() -> Any:
+    import ray
+
+    from controller.boards.session import BoardSession
+
+    # num_cpus=0: an actor mostly waits on its board; it must not take a compile task's core.
+    @ray.remote(num_cpus=0)
+    class BoardActor:
+        def __init__(self, board: Board, bundle: Path) -> None:
+            self.session = BoardSession(board, bundle)
+
+        def start(self) -> dict[str, Any]:
+            return self.session.start()
+
+        def health(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
+            return self.session.health_check(golden, engine)
+
+        def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+            return self.session.run_job(job, files, timeout)
+
+        def close(self) -> None:
+            self.session.close()
+
+    return BoardActor
+
+
+def start_boards(boards: list[Board], actors: dict[str, Any],
+                 gold: Golden) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Probe every board and run its health check: (the probes of boards fit to measure, and why
+    each other board is not).
+
+    An unreachable board fails its health check too: a board that is never there is as useless
+    to the nightly run as one that computes wrong numbers.
+    """
+    import ray
+
+    started = {name: actor.start.remote() for name, actor in actors.items()}
+    probes: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+    for name, future in started.items():
+        try:
+            probes[name] = ray.get(future)
+        except Exception as exc:  # noqa: BLE001 - whatever the actor raised, the board is recorded and the run goes on
+            problems[name] = f"unreachable: {one_line(exc)}"
+    by_name = {b.name: b for b in boards}
+    checks = {name: actors[name].health.remote(gold.files(), engine_for(probe, by_name[name].engines))
+              for name, probe in probes.items()}
+    for name, future in checks.items():
+        try:
+            problem = ray.get(future)
+        except Exception as exc:  # noqa: BLE001 - as above
+            problem = one_line(exc)
+        if problem:
+            problems[name] = f"health check failed: {problem}"
+            del probes[name]
+    return probes, problems
+
+
+def close_boards(actors: dict[str, Any], reachable: dict[str, Any]) -> None:
+    """End every board session: connections to boards must not outlive the run."""
+    import ray
+
+    for name, actor in actors.items():
+        if name in reachable:
+            try:
+                ray.get(actor.close.remote(), timeout=30)
+            except Exception:  # noqa: BLE001, S110 - a lost board cannot be closed politely; the kill below ends it
+                pass
+        ray.kill(actor)
