@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Any, Dict, List, Optional
 
-from agent.protocol import PROTOCOL_VERSION, ProtocolError, failed, read_job
+from agent.protocol import ProtocolError, failed, make_probe, read_job
 
 EXIT_OK = 0
 EXIT_NO_RESULT = 3
@@ -86,8 +86,7 @@ def cmd_probe(workdir: Optional[str]) -> int:
     from agent.engines import probe_engines
     from agent.fingerprint import collect, disk_free_mb
 
-    report = {"protocol": PROTOCOL_VERSION, "fingerprint": collect(), "engines": probe_engines(),
-              "disk_free_mb": disk_free_mb(workdir) if workdir else None}
+    report = make_probe(collect(), probe_engines(), disk_free_mb(workdir) if workdir else None)
     json.dump(report, sys.stdout, indent=1, default=_json_default)
     sys.stdout.write("\n")
     return EXIT_OK

@@ -7,7 +7,9 @@ import glob
 import os
 import platform
 import socket
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
+
+from agent.protocol import Fingerprint
 
 _CPUINFO_MODEL_KEYS = ("model name", "hardware", "cpu model", "model", "processor")
 
@@ -74,7 +76,7 @@ def temperature_c() -> Optional[float]:
     return max(values) if values else None
 
 
-def collect() -> Dict[str, Any]:
+def collect() -> Fingerprint:
     """The fingerprint recorded with every result."""
     fields = _cpuinfo_fields()
     return {

@@ -17,7 +17,7 @@ from agent import fingerprint, hygiene
 from agent.dataset import Dataset, load_dataset
 from agent.engines import Engine, get_engine
 from agent.measure import measure_latency, measure_throughput, memory_mb, one_line
-from agent.protocol import PROTOCOL_VERSION, ProtocolError, failed, sha256_file
+from agent.protocol import PROTOCOL_VERSION, ProtocolError, Result, Stage, failed, new_result, sha256_file
 
 MEASURE_DEFAULTS: Dict[str, Any] = {
     "warmup": 5, "min_iterations": 64, "min_seconds": 2.0, "max_seconds": 60.0,
@@ -131,15 +131,9 @@ class _JobRun:
     def __init__(self, job: Dict[str, Any], workdir: str) -> None:
         self.job = job
         self.workdir = workdir
-        self.stage = "agent"
+        self.stage: Stage = "agent"
         self.engine: Optional[Engine] = None
-        self.result: Dict[str, Any] = {
-            "protocol": PROTOCOL_VERSION, "job_id": str(job.get("job_id", "")),
-            "status": "ok", "failure": None, "fingerprint": None, "engine": None,
-            "phases": {}, "latency": None, "throughput": [], "memory": {},
-            "accuracy": None, "temperature_after_c": None,
-            "board_state": {"before": None, "after": None, "cpus": None, "waited_s": 0.0},
-        }
+        self.result: Result = new_result(str(job.get("job_id", "")))
 
     def run(self) -> Dict[str, Any]:
         try:

@@ -5,6 +5,9 @@ under any Python >= 3.8 on a board. The controller writes ``job.json`` into the 
 directory, runs ``python agent-<hash>.pyz run job.json --out result.json`` there, and reads
 ``result.json`` back. File names in a job are relative to the job's work directory.
 
+Each record is a TypedDict below (Job, Result, Probe), made in one place each (``make_job``,
+``new_result``/``failed``, ``make_probe``).
+
 Job (controller -> agent)::
 
     {
@@ -26,8 +29,7 @@ Result (agent -> controller)::
 
     {
       "protocol": 1, "job_id": "...", "status": "ok" | "failed",
-      "failure": null | {"stage": "board|verify|load|measure|accuracy|agent", "message": "...",
-                         "stderr_tail": "..."},
+      "failure": null | {"stage": <one of FAILURE_STAGES>, "message": "...", "stderr_tail": "..."},
       "fingerprint": {"arch", "cpu_model", "cores", "governor", "temperature_c", "os",
                       "python", "hostname"},
       "engine": {"name", "version", "precision", "device"},   # precision really computed in
@@ -69,14 +71,170 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict
+from typing import Any, Dict, List, Literal, Optional, Tuple, TypedDict, get_args
 
 PROTOCOL_VERSION = 1
 META_KEY = "__meta__"
 INPUT_PREFIX = "input:"
 REFERENCE_PREFIX = "reference:"
 TASKS = ("det", "rec", "cls", "agreement")
-FAILURE_STAGES = ("board", "verify", "load", "measure", "accuracy", "agent", "transport", "convert")
+
+# Where a job failed: the board's conditions, the sha256 check, loading, measuring, scoring, the
+# agent itself, reaching the board, converting the model for its engine. One list for both sides.
+Stage = Literal["board", "verify", "load", "measure", "accuracy", "agent", "transport", "convert"]
+FAILURE_STAGES: Tuple[str, ...] = get_args(Stage)
+
+
+# --- job: controller -> agent -----------------------------------------------------------------
+
+class EngineRequest(TypedDict):
+    name: str
+    options: Dict[str, Any]
+
+
+class ArtifactRef(TypedDict):
+    file: str  # relative to the job's work directory
+    sha256: str
+
+
+class MeasureSettings(TypedDict):
+    warmup: int
+    min_iterations: int
+    min_seconds: float
+    max_seconds: Optional[float]
+    batch_sizes: List[int]
+    throughput_seconds: float
+
+
+class NativeSettings(TypedDict):
+    """What an engine's own benchmark binary is asked for, on a board without Python."""
+
+    warmup: int
+    iterations: int
+    threads: Optional[int]
+    precision: Optional[str]
+    input_shape: List[int]
+
+
+class BoardConditions(TypedDict):
+    cpus: Optional[List[int]]
+    cooldown_s: float
+    max_temperature_c: Optional[float]
+    thermal_wait_s: float
+
+
+class _JobRequired(TypedDict):
+    protocol: int
+    job_id: str
+    engine: EngineRequest
+    artifacts: Dict[str, ArtifactRef]  # filled by the board session, in the board's cache
+    measure: MeasureSettings
+
+
+class Job(_JobRequired, total=False):
+    board: BoardConditions
+    native: NativeSettings
+
+
+def make_job(job_id: str, engine: str, options: Dict[str, Any], measure: MeasureSettings,
+             native: Optional[NativeSettings] = None) -> Job:
+    """The one place a job record is made."""
+    job: Job = {"protocol": PROTOCOL_VERSION, "job_id": job_id, "engine": {"name": engine, "options": options},
+                "artifacts": {}, "measure": measure}
+    if native is not None:
+        job["native"] = native
+    return job
+
+
+# --- result: agent -> controller --------------------------------------------------------------
+
+class Failure(TypedDict, total=False):
+    stage: Stage
+    message: str
+    stderr_tail: str
+    lost: bool  # the board went away mid-job: the controller reconnects and tries again
+
+
+class Fingerprint(TypedDict):
+    arch: Optional[str]
+    cpu_model: Optional[str]
+    cores: Optional[int]
+    governor: Optional[str]
+    cpu_mhz: Optional[float]
+    temperature_c: Optional[float]
+    os: Optional[str]
+    python: Optional[str]
+    hostname: Optional[str]
+
+
+class EngineReport(TypedDict):
+    name: str
+    version: Optional[str]
+    precision: Optional[str]  # what the engine really computed in
+    device: Optional[str]
+
+
+class Result(TypedDict, total=False):
+    """A job's result. ``protocol``, ``job_id``, ``status`` and ``failure`` are always there; an
+    ``ok`` result has the measurement blocks; the controller's session adds ``attempts``,
+    ``notes`` and ``started_at``."""
+
+    protocol: int
+    job_id: str
+    status: Literal["ok", "failed"]
+    failure: Optional[Failure]
+    fingerprint: Optional[Fingerprint]
+    engine: Optional[EngineReport]
+    phases: Dict[str, Optional[float]]
+    latency: Optional[Dict[str, Any]]
+    throughput: List[Dict[str, Any]]
+    memory: Dict[str, Optional[float]]
+    accuracy: Optional[Dict[str, Any]]
+    temperature_after_c: Optional[float]
+    board_state: Dict[str, Any]
+    native: Dict[str, Any]
+    attempts: int
+    notes: List[str]
+    started_at: float  # seconds since the epoch, when the job started on its board
+
+
+def new_result(job_id: str) -> Result:
+    """The one place an ``ok`` result record starts: every block present, nothing measured yet."""
+    return {
+        "protocol": PROTOCOL_VERSION, "job_id": job_id,
+        "status": "ok", "failure": None, "fingerprint": None, "engine": None,
+        "phases": {}, "latency": None, "throughput": [], "memory": {},
+        "accuracy": None, "temperature_after_c": None,
+        "board_state": {"before": None, "after": None, "cpus": None, "waited_s": 0.0},
+    }
+
+
+def failed(job_id: str, stage: Stage, message: str, stderr_tail: str = "") -> Result:
+    """A result that records a failure as data, so the run goes on and the row is stored."""
+    if stage not in FAILURE_STAGES:
+        raise ValueError("unknown failure stage %r; one of %s" % (stage, ", ".join(FAILURE_STAGES)))
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "job_id": job_id,
+        "status": "failed",
+        "failure": {"stage": stage, "message": message, "stderr_tail": stderr_tail},
+    }
+
+
+# --- probe: agent -> controller ---------------------------------------------------------------
+
+class Probe(TypedDict):
+    protocol: int
+    fingerprint: Fingerprint
+    engines: Dict[str, Dict[str, Any]]  # name -> {"available", "version", "reason", ...facts}
+    disk_free_mb: Optional[float]
+
+
+def make_probe(fingerprint: Fingerprint, engines: Dict[str, Dict[str, Any]],
+               disk_free_mb: Optional[float]) -> Probe:
+    """The one place a probe record is made (by the agent, or from shell commands on a board without Python)."""
+    return {"protocol": PROTOCOL_VERSION, "fingerprint": fingerprint, "engines": engines,
+            "disk_free_mb": disk_free_mb}
 
 
 class ProtocolError(ValueError):
@@ -103,13 +261,3 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def failed(job_id: str, stage: str, message: str, stderr_tail: str = "") -> Dict[str, Any]:
-    """A result that records a failure as data, so the run goes on and the row is stored."""
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "job_id": job_id,
-        "status": "failed",
-        "failure": {"stage": stage, "message": message, "stderr_tail": stderr_tail},
-    }

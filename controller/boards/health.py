@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.protocol import Job, MeasureSettings, make_job
 from controller.build.cache import Cache, key_of
 from controller.results.store import Board as BoardRow
 from controller.results.store import now
@@ -23,7 +24,7 @@ GOLDEN_ENGINES = ("onnxruntime", "openvino")
 GOLDEN_VERSION = 1
 # Agreement with the reference below this means the board computes wrong numbers.
 MIN_AGREEMENT = 0.999
-MEASURE = {"warmup": 1, "min_iterations": 8, "min_seconds": 0.0, "max_seconds": 10.0,
+MEASURE: MeasureSettings = {"warmup": 1, "min_iterations": 8, "min_seconds": 0.0, "max_seconds": 10.0,
            "batch_sizes": [], "throughput_seconds": 0.0}
 TIMEOUT_S = 120.0
 
@@ -70,11 +71,8 @@ def golden(cache: Cache) -> Golden:
     return Golden(model, dataset)
 
 
-def golden_job(board_name: str, engine: str) -> dict[str, Any]:
-    from agent.protocol import PROTOCOL_VERSION
-
-    return {"protocol": PROTOCOL_VERSION, "job_id": f"health-{board_name}",
-            "engine": {"name": engine, "options": {}}, "artifacts": {}, "measure": MEASURE}
+def golden_job(board_name: str, engine: str) -> Job:
+    return make_job(f"health-{board_name}", engine, {}, MEASURE)
 
 
 def engine_for(probe: dict[str, Any], allowed: list[str] | None) -> str | None:

@@ -112,6 +112,7 @@ class BoardSession:
         how many attempts it took and why the earlier ones failed.
         """
         notes: list[str] = []
+        started_at = time.time()  # the job is this board's from now: its queue wait is not part of it
         for attempt in range(1, self.board.retries + 2):
             if attempt > 1:
                 time.sleep(RETRY_PAUSE_S * (attempt - 1))
@@ -131,6 +132,7 @@ class BoardSession:
             result["failure"]["message"] = (f"board lost during the job on all {attempt} attempts; "
                                             f"last: {result['failure']['message']}")
         result["attempts"] = attempt
+        result["started_at"] = started_at
         result.setdefault("notes", []).extend(notes)
         return result
 

@@ -7,11 +7,12 @@ the columns are filled from it here and nowhere else.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol, Sequence
 
 from sqlalchemy.orm import Session
 
+from agent.protocol import Result as ResultRecord
 from controller.build.compile import Artifact, ModelBuild
 from controller.config.inventory import Board
 from controller.config.spec import Spec
@@ -144,13 +145,11 @@ def _get_or_add(db: Session, cls: Any, defaults: dict[str, Any], **keys: Any) ->
     return row
 
 
-def job_started(db: Session, job: Job, at: datetime | None = None) -> None:
-    job.started_at = at or now()
-
-
-def job_result(db: Session, job: Job, result: dict[str, Any]) -> None:
+def job_result(db: Session, job: Job, result: ResultRecord) -> None:
     """Store a board's result record for ``job``: a failure is data, stored like a measurement."""
     job.attempts = result.get("attempts", 1)
+    if "started_at" in result:  # when it started on its board (a job that never reached one has none)
+        job.started_at = datetime.fromtimestamp(result["started_at"], timezone.utc).replace(tzinfo=None)
     job.finished_at = now()
     if result.get("status") != "ok":
         failure = result.get("failure") or {}
@@ -176,7 +175,7 @@ def job_result(db: Session, job: Job, result: dict[str, Any]) -> None:
     db.flush()
 
 
-def _raw(result: dict[str, Any]) -> dict[str, Any]:
+def _raw(result: ResultRecord) -> dict[str, Any]:
     """The result record for Result.raw: the latency samples have their own columns."""
     lat = result["latency"]
     raw = {k: v for k, v in result.items() if k != "latency"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.protocol import Result, failed
 from controller.boards.health import golden, record
 from controller.build.cache import Cache
 from controller.build.compile import ModelBuild, build_all, convert_all, prepare_sources
@@ -122,8 +123,7 @@ def _measure(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, A
     with sessions() as db:
         for p in plan:
             if p.failure:
-                _stored(db, p, {"status": "failed", "failure": {"stage": p.failure[0], "message": p.failure[1]}},
-                        outcome, progress)
+                _stored(db, p, failed(f"job-{p.row_id}", *p.failure), outcome, progress)
                 continue
             futures[actors[p.board].run_job.remote(job_payload(p, spec), job_files(p), spec.measure.job_timeout)] = p
         while futures:
@@ -132,11 +132,11 @@ def _measure(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, A
             try:
                 result = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - the actor itself died: still a stored failure
-                result = {"status": "failed", "failure": {"stage": "transport", "message": one_line(exc)}}
+                result = failed(f"job-{p.row_id}", "transport", one_line(exc))
             _stored(db, p, result, outcome, progress)
 
 
-def _stored(db: Any, p: Planned, result: dict[str, Any], outcome: RunOutcome, progress: RunProgress) -> None:
+def _stored(db: Any, p: Planned, result: Result, outcome: RunOutcome, progress: RunProgress) -> None:
     job = db.get(Job, p.row_id)
     recording.job_result(db, job, result)
     db.commit()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.protocol import Job, Stage, make_job
 from controller.build.compile import Artifact, ConvertRequest, ModelBuild
 from controller.config.inventory import Board
 from controller.config.spec import Spec
@@ -30,7 +31,7 @@ class Planned:
     target: str = ""  # the converter's target, for an engine that does not read ONNX
     artifact: Artifact | None = None  # what the board loads, when it is not the ONNX variant
     row_id: int = 0
-    failure: tuple[str, str] | None = None  # (stage, message) when it cannot even be sent
+    failure: tuple[Stage, str] | None = None  # (stage, message) when it cannot even be sent
     stored: bool = False  # a resumed run already has its result
 
     def key(self) -> tuple[str, str, str, str, str]:
@@ -121,25 +122,19 @@ def attach_conversions(wanted: dict[ConvertRequest, list[Planned]], done: dict[C
                 p.artifact = artifact
 
 
-def job_payload(p: Planned, spec: Spec) -> dict[str, Any]:
+def job_payload(p: Planned, spec: Spec) -> Job:
     """The job record the board's agent (or native tool) is sent; the session fills in the artifacts."""
-    from agent.protocol import PROTOCOL_VERSION
-
     m = spec.measure
     first_input = p.model.prepared.inputs[0]
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "job_id": f"job-{p.row_id}",
-        "engine": {"name": p.engine, "options": p.options},
-        "artifacts": {},  # filled by the board session with paths in the board's cache
-        "measure": {"warmup": m.warmup, "min_iterations": m.min_iterations, "min_seconds": m.min_seconds,
-                    "max_seconds": m.max_seconds, "batch_sizes": m.batch_sizes,
-                    "throughput_seconds": m.throughput_seconds},
+    return make_job(
+        f"job-{p.row_id}", p.engine, p.options,
+        {"warmup": m.warmup, "min_iterations": m.min_iterations, "min_seconds": m.min_seconds,
+         "max_seconds": m.max_seconds, "batch_sizes": m.batch_sizes, "throughput_seconds": m.throughput_seconds},
         # What a native benchmark tool is asked for, where the board measures this engine with one.
-        "native": {"warmup": m.warmup, "iterations": m.min_iterations, "threads": p.options.get("threads"),
-                   "precision": p.options.get("precision"),
-                   "input_shape": [d if isinstance(d, int) else 1 for d in first_input.shape]},
-    }
+        native={"warmup": m.warmup, "iterations": m.min_iterations, "threads": p.options.get("threads"),
+                "precision": p.options.get("precision"),
+                "input_shape": [d if isinstance(d, int) else 1 for d in first_input.shape]},
+    )
 
 
 def job_files(p: Planned) -> dict[str, tuple[Path, str]]:

@@ -49,6 +49,8 @@ def test_every_configuration_is_measured_and_stored(ppocr_db: str) -> None:
             assert r.peak_rss_mb and r.peak_rss_mb > 20
             assert r.accuracy is not None and 0.0 <= r.accuracy <= 1.0
             assert r.fingerprint["cpu_model"] and r.fingerprint["cores"] >= 1
+            # Set when the job started on its board: jobs of one board do not overlap.
+            assert job.started_at is not None and job.run.started_at <= job.started_at <= job.finished_at
             # ONNX Runtime computes in the artifact's precision; OpenVINO was asked for f32
             # (an fp16 artifact is computed in fp32), except in its own default.
             expected_precision = {f"fp32@{default}": default}.get(job.label, job.label)

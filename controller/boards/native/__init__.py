@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NoReturn
+from typing import ClassVar, Literal, NoReturn
 
-from agent.protocol import PROTOCOL_VERSION
+from agent.protocol import Result, new_result
 from controller.plugins import NATIVE_TOOLS
 
 __all__ = [
@@ -176,7 +176,7 @@ def native_benchmark(name: str) -> NativeBenchmark:
 
 
 def to_result(job_id: str, bench: NativeBenchmark, summary: NativeSummary,
-              engine_version: str | None) -> dict[str, Any]:
+              engine_version: str | None) -> Result:
     """The agent's result record (agent/protocol.py) for a native run, None where the tool is silent.
 
     ``latency["source"]`` says the figures are the tool's own aggregates; ``samples_ms`` is empty
@@ -184,12 +184,9 @@ def to_result(job_id: str, bench: NativeBenchmark, summary: NativeSummary,
     caller knows of the binary), else the version the tool printed. The board's fingerprint is
     left to the caller: no agent ran on the board to collect it.
     """
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "job_id": job_id,
-        "status": "ok",
-        "failure": None,
-        "fingerprint": None,
+    result = new_result(job_id)
+    del result["board_state"]  # no agent ran on the board to pin, cool or read its sensors
+    result.update({
         "engine": {"name": bench.engine, "version": engine_version or summary.tool_version,
                    "precision": summary.precision, "device": summary.device},
         "phases": {"load_ms": summary.init_ms, "first_inference_ms": summary.first_ms},
@@ -203,9 +200,7 @@ def to_result(job_id: str, bench: NativeBenchmark, summary: NativeSummary,
             "warmup": summary.warmup,
             "source": f"{bench.name} summary",
         },
-        "throughput": [],
         "memory": {"peak_rss_mb": summary.peak_memory_mb},
-        "accuracy": None,
-        "temperature_after_c": None,
         "native": {"tool": bench.name, "tool_version": summary.tool_version, "output_tail": summary.raw_tail},
-    }
+    })
+    return result

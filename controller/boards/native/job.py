@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from agent.job import archive_members
-from agent.protocol import PROTOCOL_VERSION, failed, sha256_file
+from agent.protocol import Probe, failed, make_probe, sha256_file
 from controller.boards.native import NativeOutputError, NativeRun, native_benchmark, to_result
 from controller.boards.transports import Transport
 from controller.config.inventory import Board
@@ -44,7 +44,7 @@ _FINGERPRINT = (
 )
 
 
-def shell_probe(session: NativeHost) -> dict[str, Any]:
+def shell_probe(session: NativeHost) -> Probe:
     """The probe record the agent would print, from shell commands (a board without Python)."""
     done = session.transport.run(["sh", "-c", _FINGERPRINT], timeout=SHELL_TIMEOUT)
     if done.exit_code != 0:
@@ -52,15 +52,12 @@ def shell_probe(session: NativeHost) -> dict[str, Any]:
     facts = dict(line.partition("=")[::2] for line in done.stdout.splitlines() if "=" in line)
     facts = {k: v.strip() or None for k, v in facts.items()}
     cores = facts.get("cores")
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "fingerprint": {"arch": facts.get("arch"), "cpu_model": facts.get("cpu_model") or facts.get("cpuinfo_model"),
-                        "cores": int(cores) if cores and cores.isdigit() else None, "governor": facts.get("governor"),
-                        "cpu_mhz": None, "temperature_c": None, "os": facts.get("os"), "python": None,
-                        "hostname": facts.get("hostname")},
-        "engines": {},
-        "disk_free_mb": None,
-    }
+    return make_probe(
+        {"arch": facts.get("arch"), "cpu_model": facts.get("cpu_model") or facts.get("cpuinfo_model"),
+         "cores": int(cores) if cores and cores.isdigit() else None, "governor": facts.get("governor"),
+         "cpu_mhz": None, "temperature_c": None, "os": facts.get("os"), "python": None,
+         "hostname": facts.get("hostname")},
+        {}, None)
 
 
 def native_engines(session: NativeHost) -> dict[str, dict[str, Any]]:
