@@ -17,9 +17,9 @@ import json
 import os
 import sys
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Mapping, Optional
 
-from agent.protocol import ProtocolError, failed, make_probe, read_job
+from agent.protocol import ProtocolError, Result, failed, make_probe, read_job
 
 EXIT_OK = 0
 EXIT_NO_RESULT = 3
@@ -34,7 +34,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError("%s is not JSON serializable" % type(value).__name__)
 
 
-def _write_json(data: Dict[str, Any], path: str) -> None:
+def _write_json(data: Mapping[str, Any], path: str) -> None:
     """Write via a temporary file, so a reader never sees half a result."""
     tmp = "%s.tmp-%d" % (path, os.getpid())
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -53,6 +53,7 @@ def _job_id_of(path: str) -> str:
 
 
 def cmd_run(job_path: str, out_path: str) -> int:
+    result: Result
     try:
         try:
             job = read_job(job_path)

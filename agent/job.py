@@ -17,7 +17,7 @@ from agent import fingerprint, hygiene
 from agent.dataset import Dataset, load_dataset
 from agent.engines import Engine, get_engine
 from agent.measure import measure_latency, measure_throughput, memory_mb, one_line
-from agent.protocol import PROTOCOL_VERSION, ProtocolError, Result, Stage, failed, new_result, sha256_file
+from agent.protocol import PROTOCOL_VERSION, EngineReport, ProtocolError, Result, Stage, failed, new_result, sha256_file
 
 MEASURE_DEFAULTS: Dict[str, Any] = {
     "warmup": 5, "min_iterations": 64, "min_seconds": 2.0, "max_seconds": 60.0,
@@ -28,7 +28,7 @@ LATENCY_SAMPLE_POOL = 32
 STDERR_TAIL_CHARS = 4000
 
 
-def verify_artifacts(artifacts: Dict[str, Any], workdir: str) -> Dict[str, str]:
+def verify_artifacts(artifacts: Any, workdir: str) -> Dict[str, str]:
     """Check every artifact against its sha256; returns {artifact name: path}."""
     if not isinstance(artifacts, dict) or not artifacts.get("model"):
         raise ProtocolError("job artifacts must name a 'model'")
@@ -135,7 +135,7 @@ class _JobRun:
         self.engine: Optional[Engine] = None
         self.result: Result = new_result(str(job.get("job_id", "")))
 
-    def run(self) -> Dict[str, Any]:
+    def run(self) -> Result:
         try:
             self._prepare_board(self.job.get("board") or {})
             self.result["fingerprint"] = fingerprint.collect()
@@ -177,7 +177,8 @@ class _JobRun:
         engine_spec = job.get("engine") or {}
         name = str(engine_spec.get("name"))
         options = dict(engine_spec.get("options") or {})
-        result["engine"] = {"name": name, "version": None, "precision": None, "device": None}
+        report: EngineReport = {"name": name, "version": None, "precision": None, "device": None}
+        result["engine"] = report
 
         self.stage = "verify"
         paths = verify_artifacts(job.get("artifacts"), self.workdir)
@@ -191,11 +192,11 @@ class _JobRun:
             raise ValueError("the measurement inputs file holds no sample")
         rss_before = memory_mb()["rss_mb"]
         engine = self.engine = get_engine(name)
-        result["engine"]["version"] = engine.version()
+        report["version"] = engine.version()
         t0 = time.perf_counter()
         engine.load(unpack_model(paths["model"]), options)
         result["phases"]["load_ms"] = (time.perf_counter() - t0) * 1000.0
-        result["engine"].update({"precision": engine.precision(), "device": engine.device()})
+        report.update({"precision": engine.precision(), "device": engine.device()})
 
         self.stage = "measure"
         feed = _feeds_for(engine, inputs, "measurement inputs")
@@ -246,7 +247,7 @@ class _JobRun:
         return dict(evaluator.result())
 
 
-def run_job(job: Dict[str, Any], workdir: str) -> Dict[str, Any]:
+def run_job(job: Dict[str, Any], workdir: str) -> Result:
     """Run one job whose artifact files sit in ``workdir``; always returns a Result dict."""
     if not isinstance(job, dict):
         return failed("", "agent", "a job must be a JSON object, not %s" % type(job).__name__)

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any, Dict, List, Literal, Optional, Tuple, TypedDict, get_args
 
 PROTOCOL_VERSION = 1
@@ -254,7 +255,7 @@ def read_job(path: str) -> Dict[str, Any]:
     return job
 
 
-def sha256_file(path: str) -> str:
+def sha256_file(path: "str | os.PathLike[str]") -> str:
     """Hex sha256 of a file: how every artifact is named and checked on both sides."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

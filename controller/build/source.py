@@ -79,7 +79,7 @@ def prepare(path: Path, label: str, shapes: dict[str, list[int]], out: Path) -> 
                     f"{label}: input {inp.name!r} has dynamic dims {shown}; give its shape, "
                     f"e.g. --input {inp.name}=1x{'x'.join(str(d or 224) for d in current[1:])}"
                 )
-            given = [1] + [int(d) for d in current[1:]]
+            given = [1] + [d for d in current[1:] if d is not None]  # none is None: checked above
         if len(given) != len(current):
             raise ModelError(f"{label}: input {inp.name!r} has rank {len(current)}, the shape given has {len(given)} ({given})")
         for axis, (want, have) in enumerate(zip(given, current)):

@@ -162,7 +162,8 @@ def plain_samples(dataset: Path, out: Path) -> Path:
 
     data = load_dataset(str(dataset), require_task=False)
     batch = data.batch(list(range(data.count)))
-    np.savez(out, **{name: np.ascontiguousarray(batch[name]) for name in data.input_names})
+    arrays: dict[str, Any] = {name: np.ascontiguousarray(batch[name]) for name in data.input_names}
+    np.savez(out, **arrays)
     return out
 
 

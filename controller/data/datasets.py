@@ -53,13 +53,14 @@ def make_dataset(
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
     if samples < 1:
         raise ValueError(f"a dataset needs at least 1 sample, got {samples}")
+    params: dict[str, Any]
     if kind == "seeded":
         arrays, input_meta, params = _seeded(inputs, samples, seed, model_path)
     else:
         name, (height, width) = _image_input(kind, inputs)
         if kind == "ocr-det":
             images, labels = ocr_render.det_set(samples, _rngs(seed, kind), height, width)
-            params: dict[str, Any] = dict(DET_PARAMS)
+            params = dict(DET_PARAMS)
             normalize = DET_NORMALIZE
         elif kind == "ocr-rec":
             if model_path is None:

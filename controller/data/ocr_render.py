@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import string
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -144,7 +144,8 @@ def det_set(samples: int, rngs: Rngs, height: int, width: int):
 
     fonts = _fonts()
     scale = min(height, width) / 640
-    images, boxes = [], []
+    images: list[Any] = []
+    boxes: list[Any] = []
     for i in range(samples):
         rng = rngs(i)
         bg, fg = _colours(rng)

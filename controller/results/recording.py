@@ -158,26 +158,28 @@ def job_result(db: Session, job: Job, result: ResultRecord) -> None:
         job.message = failure.get("message", "no message")
         job.stderr_tail = failure.get("stderr_tail")
         return
-    lat = result["latency"]
+    lat, engine = result["latency"], result["engine"]
+    # An ok record carries both blocks (agent.protocol.new_result); checking what a board sends
+    # in full, with a stored failure for a bad record, is the result validation's job.
+    assert lat is not None and engine is not None, "an ok result without latency or engine"
     acc = result.get("accuracy") or {}
     job.status = "ok"
     db.add(Result(
         # A native tool may not say its version or precision: "unknown", never a guess.
-        job_id=job.id, engine_version=result["engine"]["version"] or "unknown",
-        precision=result["engine"]["precision"] or "unknown",
+        job_id=job.id, engine_version=engine["version"] or "unknown",
+        precision=engine["precision"] or "unknown",
         load_ms=result["phases"]["load_ms"], first_inference_ms=result["phases"]["first_inference_ms"],
         p50_ms=lat["p50"], p90_ms=lat["p90"], p99_ms=lat["p99"], mean_ms=lat["mean"], std_ms=lat["std"],
         min_ms=lat["min"], max_ms=lat["max"], n=lat["n"], cv=lat["cv"], samples_ms=lat["samples_ms"],
         throughput=result.get("throughput", []), peak_rss_mb=(result.get("memory") or {}).get("peak_rss_mb"),
         accuracy_metric=acc.get("metric"), accuracy=acc.get("value"), accuracy_detail=acc or None,
-        fingerprint=result.get("fingerprint", {}), raw=_raw(result),
+        fingerprint=result.get("fingerprint", {}), raw=_raw(result, lat),
     ))
     db.flush()
 
 
-def _raw(result: ResultRecord) -> dict[str, Any]:
+def _raw(result: ResultRecord, lat: dict[str, Any]) -> dict[str, Any]:
     """The result record for Result.raw: the latency samples have their own columns."""
-    lat = result["latency"]
     raw = {k: v for k, v in result.items() if k != "latency"}
     raw["latency_source"] = lat.get("source", "agent")
     if lat.get("engine"):  # the engine's own timing, which its native tool would report

@@ -84,9 +84,11 @@ def latest_candidates(session: Session) -> list[Candidate]:
     ).all()
     newest_model = {row[0]: row[1] for row in rows}
     latest: dict[tuple, Candidate] = {}
-    for model, sha, chip, board, engine, label, variant, *rest, throughput, artifact in rows:
+    for (model, sha, chip, board, engine, label, variant, precision, options, version, p50, p90, rss, size,
+         metric, accuracy, run_id, job_id, throughput, artifact) in rows:
         if newest_model[model] == sha:
-            c = Candidate(model, chip, board, engine, label, variant, *rest, throughput=throughput or [])
+            c = Candidate(model, chip, board, engine, label, variant, precision, options, version, p50, p90, rss,
+                          size, metric, accuracy, run_id, job_id, throughput=throughput or [])
             if artifact:  # the engine loaded a converted file: that is what gets deployed
                 c.size_bytes = artifact.get("size_bytes", c.size_bytes)
             latest[(model, chip, engine, label)] = c

@@ -25,6 +25,7 @@ def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     rules = loaded.spec.regression
     with open_db(db_url)() as db:
         run = db.get(Run, outcome.run_id)
+        assert run is not None  # execute() made it
         prev = regression.previous_run(db, run)
         after = regression.run_results(db, run.id)
         before = regression.run_results(db, prev.id) if prev else {}

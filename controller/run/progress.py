@@ -8,7 +8,7 @@ import time
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 
 class RunProgress:
@@ -19,7 +19,7 @@ class RunProgress:
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=self.console,
         ) if self.live else None
-        self._boards: dict[str, int] = {}
+        self._boards: dict[str, TaskID] = {}
         if self._progress:
             self._progress.start()
 

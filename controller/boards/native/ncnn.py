@@ -58,7 +58,7 @@ class NcnnBenchmark(NativeBenchmark):
 
     def parse(self, stdout: str, model: str | None = None) -> NativeSummary:
         lines = [line.strip() for line in stdout.splitlines()]
-        settings = dict(m.groups() for m in map(_SETTING.match, lines) if m)
+        settings = {m.group(1): m.group(2) for m in map(_SETTING.match, lines) if m}
         if "loop_count" not in settings or int(settings["loop_count"]) < 1:
             self.fail("no 'loop_count = N' line", stdout)
         rows = [m.groups() for m in map(_ROW.match, lines) if m]
