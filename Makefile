@@ -1,5 +1,5 @@
 # The two quick-start commands (see README.md); both set everything up first.
-.PHONY: setup demo test test-fast bench
+.PHONY: setup demo lint test test-fast bench
 
 setup:
 	@scripts/setup.sh
@@ -7,7 +7,12 @@ setup:
 demo: setup
 	.venv/bin/edgefarm run examples/ppocr.yaml
 
-test: setup
+# Static checks first: ruff (pyflakes rules and import order) and mypy on controller/ and agent/.
+lint: setup
+	.venv/bin/ruff check controller agent dashboard tests bench
+	.venv/bin/mypy
+
+test: lint
 	.venv/bin/pytest -q
 
 test-fast: setup
