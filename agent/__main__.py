@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Any, List, Mapping, Optional
 
-from agent.protocol import ProtocolError, Result, failed, make_probe, read_job
+from agent.protocol import ProtocolError, ResultRecord, failed, make_probe, read_job
 
 EXIT_OK = 0
 EXIT_NO_RESULT = 3
@@ -53,7 +53,7 @@ def _job_id_of(path: str) -> str:
 
 
 def cmd_run(job_path: str, out_path: str) -> int:
-    result: Result
+    result: ResultRecord
     try:
         try:
             job = read_job(job_path)

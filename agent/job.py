@@ -17,7 +17,16 @@ from agent import fingerprint, hygiene
 from agent.dataset import Dataset, load_dataset
 from agent.engines import Engine, get_engine
 from agent.measure import measure_latency, measure_throughput, memory_mb, one_line
-from agent.protocol import PROTOCOL_VERSION, EngineReport, ProtocolError, Result, Stage, failed, new_result, sha256_file
+from agent.protocol import (
+    PROTOCOL_VERSION,
+    EngineReport,
+    ProtocolError,
+    ResultRecord,
+    Stage,
+    failed,
+    new_result,
+    sha256_file,
+)
 
 MEASURE_DEFAULTS: Dict[str, Any] = {
     "warmup": 5, "min_iterations": 64, "min_seconds": 2.0, "max_seconds": 60.0,
@@ -133,9 +142,9 @@ class _JobRun:
         self.workdir = workdir
         self.stage: Stage = "agent"
         self.engine: Optional[Engine] = None
-        self.result: Result = new_result(str(job.get("job_id", "")))
+        self.result: ResultRecord = new_result(str(job.get("job_id", "")))
 
-    def run(self) -> Result:
+    def run(self) -> ResultRecord:
         try:
             self._prepare_board(self.job.get("board") or {})
             self.result["fingerprint"] = fingerprint.collect()
@@ -247,7 +256,7 @@ class _JobRun:
         return dict(evaluator.result())
 
 
-def run_job(job: Dict[str, Any], workdir: str) -> Result:
+def run_job(job: Dict[str, Any], workdir: str) -> ResultRecord:
     """Run one job whose artifact files sit in ``workdir``; always returns a Result dict."""
     if not isinstance(job, dict):
         return failed("", "agent", "a job must be a JSON object, not %s" % type(job).__name__)

@@ -5,7 +5,7 @@ under any Python >= 3.8 on a board. The controller writes ``job.json`` into the 
 directory, runs ``python agent-<hash>.pyz run job.json --out result.json`` there, and reads
 ``result.json`` back. File names in a job are relative to the job's work directory.
 
-Each record is a TypedDict below (Job, Result, Probe), made in one place each (``make_job``,
+Each record is a TypedDict below (JobRecord, ResultRecord, ProbeRecord), made in one place each (``make_job``,
 ``new_result``/``failed``, ``make_probe``).
 
 Job (controller -> agent)::
@@ -132,15 +132,15 @@ class _JobRequired(TypedDict):
     measure: MeasureSettings
 
 
-class Job(_JobRequired, total=False):
+class JobRecord(_JobRequired, total=False):
     board: BoardConditions
     native: NativeSettings
 
 
 def make_job(job_id: str, engine: str, options: Dict[str, Any], measure: MeasureSettings,
-             native: Optional[NativeSettings] = None) -> Job:
+             native: Optional[NativeSettings] = None) -> JobRecord:
     """The one place a job record is made."""
-    job: Job = {"protocol": PROTOCOL_VERSION, "job_id": job_id, "engine": {"name": engine, "options": options},
+    job: JobRecord = {"protocol": PROTOCOL_VERSION, "job_id": job_id, "engine": {"name": engine, "options": options},
                 "artifacts": {}, "measure": measure}
     if native is not None:
         job["native"] = native
@@ -175,7 +175,7 @@ class EngineReport(TypedDict):
     device: Optional[str]
 
 
-class Result(TypedDict, total=False):
+class ResultRecord(TypedDict, total=False):
     """A job's result. ``protocol``, ``job_id``, ``status`` and ``failure`` are always there; an
     ``ok`` result has the measurement blocks; the controller's session adds ``attempts``,
     ``notes`` and ``started_at``."""
@@ -199,7 +199,7 @@ class Result(TypedDict, total=False):
     started_at: float  # seconds since the epoch, when the job started on its board
 
 
-def new_result(job_id: str) -> Result:
+def new_result(job_id: str) -> ResultRecord:
     """The one place an ``ok`` result record starts: every block present, nothing measured yet."""
     return {
         "protocol": PROTOCOL_VERSION, "job_id": job_id,
@@ -210,7 +210,7 @@ def new_result(job_id: str) -> Result:
     }
 
 
-def failed(job_id: str, stage: Stage, message: str, stderr_tail: str = "") -> Result:
+def failed(job_id: str, stage: Stage, message: str, stderr_tail: str = "") -> ResultRecord:
     """A result that records a failure as data, so the run goes on and the row is stored."""
     if stage not in FAILURE_STAGES:
         raise ValueError("unknown failure stage %r; one of %s" % (stage, ", ".join(FAILURE_STAGES)))
@@ -224,7 +224,7 @@ def failed(job_id: str, stage: Stage, message: str, stderr_tail: str = "") -> Re
 
 # --- probe: agent -> controller ---------------------------------------------------------------
 
-class Probe(TypedDict):
+class ProbeRecord(TypedDict):
     protocol: int
     fingerprint: Fingerprint
     engines: Dict[str, Dict[str, Any]]  # name -> {"available", "version", "reason", ...facts}
@@ -232,7 +232,7 @@ class Probe(TypedDict):
 
 
 def make_probe(fingerprint: Fingerprint, engines: Dict[str, Dict[str, Any]],
-               disk_free_mb: Optional[float]) -> Probe:
+               disk_free_mb: Optional[float]) -> ProbeRecord:
     """The one place a probe record is made (by the agent, or from shell commands on a board without Python)."""
     return {"protocol": PROTOCOL_VERSION, "fingerprint": fingerprint, "engines": engines,
             "disk_free_mb": disk_free_mb}

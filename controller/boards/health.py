@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.protocol import Job, MeasureSettings, make_job
+from agent.protocol import JobRecord, MeasureSettings, make_job
 from controller.build.cache import Cache, key_of
 from controller.results.store import Board as BoardRow
 from controller.results.store import now
@@ -71,7 +71,7 @@ def golden(cache: Cache) -> Golden:
     return Golden(model, dataset)
 
 
-def golden_job(board_name: str, engine: str) -> Job:
+def golden_job(board_name: str, engine: str) -> JobRecord:
     return make_job(f"health-{board_name}", engine, {}, MEASURE)
 
 

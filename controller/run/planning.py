@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.protocol import Job, Stage, make_job
+from agent.protocol import JobRecord, Stage, make_job
 from controller.build.compile import Artifact, ConvertRequest, ModelBuild
 from controller.config.inventory import Board
 from controller.config.spec import Spec
@@ -122,7 +122,7 @@ def attach_conversions(wanted: dict[ConvertRequest, list[Planned]], done: dict[C
                 p.artifact = artifact
 
 
-def job_payload(p: Planned, spec: Spec) -> Job:
+def job_payload(p: Planned, spec: Spec) -> JobRecord:
     """The job record the board's agent (or native tool) is sent; the session fills in the artifacts."""
     m = spec.measure
     first_input = p.model.prepared.inputs[0]
