@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from controller.errors import EdgeFarmError
+from controller.errors import UserError
 
 EXIT_USAGE = 2
 EXIT_REGRESSION = 1
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except EdgeFarmError as exc:
+    except UserError as exc:  # only what the user can fix; a board's failure is stored, not an exit
         print(f"edgefarm: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -92,13 +92,13 @@ def _load(args: argparse.Namespace):  # -> LoadedSpec
 
     if getattr(args, "model", None):
         if args.spec:
-            raise EdgeFarmError("give a spec file or --model, not both")
+            raise UserError("give a spec file or --model, not both")
         split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
         return spec_from_model(args.model, args.input, split(args.variants), split(args.engines))
     if not args.spec:
-        raise EdgeFarmError("give a spec file (edgefarm run examples/ppocr.yaml) or --model MODEL.onnx")
+        raise UserError("give a spec file (edgefarm run examples/ppocr.yaml) or --model MODEL.onnx")
     if getattr(args, "input", None) or getattr(args, "variants", None) or getattr(args, "engines", None):
-        raise EdgeFarmError("--input, --variants and --engines go with --model; a spec file says them itself")
+        raise UserError("--input, --variants and --engines go with --model; a spec file says them itself")
     return load_spec(args.spec)
 
 
@@ -122,7 +122,7 @@ def _resumed_spec(args: argparse.Namespace):  # -> LoadedSpec
     with open_db(args.db)() as db:
         run = db.get(Run, args.resume)
         if run is None:
-            raise EdgeFarmError(f"--resume {args.resume}: there is no run {args.resume} in this database")
+            raise UserError(f"--resume {args.resume}: there is no run {args.resume} in this database")
         source = f"run {run.id}'s stored spec"
         return LoadedSpec(spec=parse(Spec, run.spec, source), source=source, base=Path(run.spec_base or "."))
 

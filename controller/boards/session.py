@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.protocol import PROTOCOL_VERSION, failed
-from controller.boards.transports import BoardUnreachable, CommandTimeout, Transport, TransportError, open_transport
+from controller.boards.transports import Transport, open_transport
 from controller.config.inventory import Board
-from controller.errors import one_line
+from controller.errors import BoardCommandFailed, BoardUnreachable, CommandTimeout, TransportError, one_line
 
 PROBE_TIMEOUT = 120.0
 SMALL_TIMEOUT = 60.0
@@ -52,7 +52,7 @@ class BoardSession:
                python: str | None = None) -> str:
         done = self.transport.run([python or self.python, self.agent, *args], timeout=timeout, cwd=cwd)
         if done.exit_code != 0:
-            raise TransportError(f"agent {args[0]} exited {done.exit_code}: {_tail(done.stderr, 300)}")
+            raise BoardCommandFailed(f"agent {args[0]} exited {done.exit_code}: {_tail(done.stderr, 300)}")
         return done.stdout
 
     def start(self) -> dict[str, Any]:
@@ -119,7 +119,7 @@ class BoardSession:
                 try:
                     self.reconnect()
                     self._clean(posixpath.join(self.root, "jobs", job["job_id"]))  # and its stale agent
-                except Exception as exc:  # still gone: this attempt fails like the last one
+                except (TransportError, ValueError, KeyError) as exc:  # still gone (or its probe garbled)
                     result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}")
                     result["failure"]["lost"] = True
                     notes.append(f"attempt {attempt}: {result['failure']['message']}")
@@ -140,8 +140,8 @@ class BoardSession:
         """A fresh connection and a fresh look at the board: after a loss nothing is assumed."""
         try:
             self.transport.close()
-        except Exception:  # noqa: S110 - the old connection is dead; closing it may fail too
-            pass
+        except TransportError:
+            pass  # the old connection is dead; closing it may fail too
         self.transport = open_transport(self.board)
         self._cached = None
         self.start()

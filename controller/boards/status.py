@@ -51,13 +51,13 @@ def quarantine(db_url: str | None) -> dict[str, str]:
 
 def release(name: str, db_url: str | None) -> str:
     from controller.boards.health import release as release_row
-    from controller.errors import EdgeFarmError
+    from controller.errors import UserError
     from controller.results.store import Board, open_db
 
     with open_db(db_url)() as db:
         row = db.query(Board).filter_by(name=name).one_or_none()
         if row is None or row.quarantined_at is None:
-            raise EdgeFarmError(f"--release {name}: board {name!r} is not in quarantine")
+            raise UserError(f"--release {name}: board {name!r} is not in quarantine")
         release_row(row)
         db.commit()
     return f"board {name} released from quarantine; the next run checks its health again"

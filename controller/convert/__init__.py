@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from controller.errors import EdgeFarmError
 from controller.plugins import CONVERTERS
 
 __all__ = ["ConvertInput", "Converter", "ConversionError", "converter_for", "converted_engines", "float_weighted_nodes",
@@ -34,7 +35,7 @@ __all__ = ["ConvertInput", "Converter", "ConversionError", "converter_for", "con
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
-class ConversionError(RuntimeError):
+class ConversionError(EdgeFarmError):
     """A converter refused or failed; the message is the tool's own, on one line where it can be."""
 
 

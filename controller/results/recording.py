@@ -12,11 +12,11 @@ from typing import Any, Protocol, Sequence
 
 from sqlalchemy.orm import Session
 
-from agent.protocol import Result as ResultRecord
+from agent.protocol import ResultRecord
 from controller.build.compile import Artifact, ModelBuild
 from controller.config.inventory import Board
 from controller.config.spec import Spec
-from controller.errors import EdgeFarmError
+from controller.errors import UserError
 from controller.results.store import Board as BoardRow
 from controller.results.store import Job, Model, Result, Run, Variant, now
 
@@ -51,12 +51,12 @@ def resumed_run(db: Session, run_id: int, spec: Spec) -> Run:
     """Run ``run_id``, to be finished with ``spec``; refused with one line when it cannot be."""
     run = db.get(Run, run_id)
     if run is None:
-        raise EdgeFarmError(f"--resume {run_id}: there is no run {run_id} in this database")
+        raise UserError(f"--resume {run_id}: there is no run {run_id} in this database")
     if run.spec_sha256 != spec.digest():
-        raise EdgeFarmError(f"--resume {run_id}: run {run_id} was made from another spec ({run.spec_name}); "
+        raise UserError(f"--resume {run_id}: run {run_id} was made from another spec ({run.spec_name}); "
                             "resume it with the spec it was started with")
     if run.status == "done":
-        raise EdgeFarmError(f"--resume {run_id}: run {run_id} finished; there is nothing to resume")
+        raise UserError(f"--resume {run_id}: run {run_id} finished; there is nothing to resume")
     run.status = "running"
     return run
 

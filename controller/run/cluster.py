@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from controller.errors import EdgeFarmError, one_line
+from controller.errors import UserError, one_line
 
 
 def ensure_ray(address: str | None) -> None:
@@ -19,7 +19,7 @@ def ensure_ray(address: str | None) -> None:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=False)
     except (ConnectionError, RuntimeError) as exc:
-        raise EdgeFarmError(
+        raise UserError(
             f"--ray-address {address}: cannot join the Ray cluster ({one_line(exc)}); if the cluster uses "
             "token authentication, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
         ) from None
@@ -32,5 +32,5 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
-        raise EdgeFarmError(f"--ray-address {address}: no Ray head answers there ({exc}); "
+        raise UserError(f"--ray-address {address}: no Ray head answers there ({exc}); "
                             "start one with `ray start --head` or leave the flag out for a local Ray") from None

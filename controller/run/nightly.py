@@ -11,7 +11,7 @@ from controller.config.spec import LoadedSpec
 def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_url: str | None,
             report_dir: Path, ray_address: str | None) -> bool:
     """True when something regressed."""
-    from controller.errors import EdgeFarmError
+    from controller.errors import UserError
     from controller.results import regression, report
     from controller.results.selection import latest_candidates, render, select_best
     from controller.results.store import Run, open_db
@@ -20,7 +20,7 @@ def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     try:
         report_dir.mkdir(parents=True, exist_ok=True)  # fail early, before an hour of measuring
     except OSError as exc:
-        raise EdgeFarmError(f"--report {report_dir}: cannot create the report folder: {exc.strerror}") from None
+        raise UserError(f"--report {report_dir}: cannot create the report folder: {exc.strerror}") from None
     outcome = execute(loaded, inventory, inventory_source, db_url, ray_address, kind="nightly")
     rules = loaded.spec.regression
     with open_db(db_url)() as db:

@@ -25,7 +25,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal, NoReturn
 
-from agent.protocol import Result, new_result
+from agent.protocol import ResultRecord, new_result
+from controller.errors import EdgeFarmError
 from controller.plugins import NATIVE_TOOLS
 
 __all__ = [
@@ -41,7 +42,7 @@ Cores = Literal["big", "little", "all"]
 CORES: tuple[Cores, ...] = ("big", "little", "all")
 
 
-class NativeOutputError(ValueError):
+class NativeOutputError(EdgeFarmError):
     """A tool's output lacks what a summary needs (a line missing, a crash): one line saying which."""
 
 
@@ -176,7 +177,7 @@ def native_benchmark(name: str) -> NativeBenchmark:
 
 
 def to_result(job_id: str, bench: NativeBenchmark, summary: NativeSummary,
-              engine_version: str | None) -> Result:
+              engine_version: str | None) -> ResultRecord:
     """The agent's result record (agent/protocol.py) for a native run, None where the tool is silent.
 
     ``latency["source"]`` says the figures are the tool's own aggregates; ``samples_ms`` is empty

@@ -15,11 +15,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from agent.job import archive_members
-from agent.protocol import Probe, failed, make_probe, sha256_file
+from agent.protocol import ProbeRecord, failed, make_probe, sha256_file
 from controller.boards.native import NativeOutputError, NativeRun, native_benchmark, to_result
 from controller.boards.transports import Transport
 from controller.config.inventory import Board
-from controller.errors import one_line
+from controller.errors import BoardCommandFailed, FileCorrupt, one_line
 
 
 class NativeHost(Protocol):
@@ -44,11 +44,11 @@ _FINGERPRINT = (
 )
 
 
-def shell_probe(session: NativeHost) -> Probe:
+def shell_probe(session: NativeHost) -> ProbeRecord:
     """The probe record the agent would print, from shell commands (a board without Python)."""
     done = session.transport.run(["sh", "-c", _FINGERPRINT], timeout=SHELL_TIMEOUT)
     if done.exit_code != 0:
-        raise RuntimeError(f"the board's shell exited {done.exit_code}: {done.stderr.strip()[-300:]}")
+        raise BoardCommandFailed(f"the board's shell exited {done.exit_code}: {done.stderr.strip()[-300:]}")
     facts = dict(line.partition("=")[::2] for line in done.stdout.splitlines() if "=" in line)
     facts = {k: v.strip() or None for k, v in facts.items()}
     cores = facts.get("cores")
@@ -109,7 +109,8 @@ def run_native(session: NativeHost, job: dict[str, Any], files: dict[str, tuple[
         if done.exit_code != 0:
             return failed(job_id, "measure", f"{bench.name} exited {done.exit_code}", output[-4000:])
         result = to_result(job_id, bench, bench.parse(output, model=remote_model), None)
-    except (NativeOutputError, ValueError, RuntimeError) as exc:
+    except (NativeOutputError, ValueError, BoardCommandFailed, FileCorrupt) as exc:
+        # The board said no at this stage; a lost board or a timeout goes on up to the session.
         return failed(job_id, stage, one_line(exc))
     result["fingerprint"] = session.fingerprint
     return result
@@ -122,7 +123,7 @@ def _unpack(session: NativeHost, archive: str, members: list[str]) -> str:
     for argv in (["mkdir", "-p", folder], ["tar", "-xf", archive, "-C", folder]):
         done = session.transport.run(argv, timeout=SHELL_TIMEOUT)
         if done.exit_code != 0:
-            raise RuntimeError(f"{argv[0]} on the board exited {done.exit_code}: {done.stderr.strip()[-300:]}")
+            raise BoardCommandFailed(f"{argv[0]} on the board exited {done.exit_code}: {done.stderr.strip()[-300:]}")
     return posixpath.join(folder, members[0])
 
 
@@ -135,4 +136,4 @@ def _push_verified(session: NativeHost, local: Path, sha256: str) -> str:
             return remote
         if attempt == 1:
             remote = session.push(local, sha256, force=True)
-    raise RuntimeError(f"{remote} on the board does not match sha256 {sha256}, even after a new push")
+    raise FileCorrupt(f"{remote} on the board does not match sha256 {sha256}, even after a new push")

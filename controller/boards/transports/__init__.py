@@ -1,41 +1,51 @@
 """Transports: how the controller reaches a board.
 
-One small interface (run, put, get, close) in the manner of httpx's transports, and a
+One small interface (run, put, get, resolve, close) in the manner of httpx's transports, and a
 registry in the manner of labgrid's drivers: a backend registers under a name, duplicates are
 refused, and the table (``controller.plugins.TRANSPORTS``) is lazy so that importing it loads no
 SSH or ADB library.
 
-Each backend maps its library's errors onto this tree, with ``raise ... from exc``:
-
-    TransportError
-    ├── BoardUnreachable   the board cannot be reached or was lost
-    └── CommandTimeout     a command ran past its timeout and was killed
+Errors are mapped at the boundary, as httpx maps httpcore's: each backend has one table from its
+library's exception types to the ``TransportError`` branch of ``controller.errors`` and wraps its
+library calls in :func:`mapped_errors`, which raises the mapped error ``from`` the library's. What a
+backend finds itself (a command past its timeout, a stream that ended early) it raises directly.
 """
 
 from __future__ import annotations
 
 import shlex
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from controller.config.inventory import Board
+from controller.errors import BoardUnreachable, TransportError
 from controller.plugins import TRANSPORTS
 
-
-class TransportError(Exception):
-    pass
-
-
-class BoardUnreachable(TransportError):
-    pass
+# A backend's error table: rows of (its library's exception types, the error they become), tried
+# in order, so a row for a subclass (FileNotFoundError) goes before its base's (OSError).
+ErrorTable = Sequence[tuple[tuple[type[BaseException], ...], type[TransportError]]]
 
 
-class CommandTimeout(TransportError):
-    def __init__(self, argv: Sequence[str], timeout: float, stderr: str = "") -> None:
-        super().__init__(f"{argv[0]} ran past its {timeout:g} s timeout and was killed")
-        self.stderr = stderr
+def _never_lost() -> bool:
+    return False
+
+
+@contextmanager
+def mapped_errors(table: ErrorTable, what: str, lost: Callable[[], bool] = _never_lost) -> Iterator[None]:
+    """Raise the table's error for a library error raised in the block, ``from`` it, as
+    ``"<what>: <the library's words>"``. While ``lost()`` says the link is gone, any error of the
+    table is BoardUnreachable: a socket error then is the lost link, not a refusal by the board.
+    Errors the table does not name (EdgeFarm's own among them) pass through untouched."""
+    try:
+        yield
+    except tuple(t for types, _ in table for t in types) as exc:
+        mapped: type[TransportError] = BoardUnreachable
+        if not lost():
+            mapped = next(error for types, error in table if isinstance(exc, types))
+        raise mapped(f"{what}: {str(exc).strip() or type(exc).__name__}") from exc
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,12 @@ class Completed:
 
 
 class Transport(ABC):
-    """A way to run commands on a board and move files to and from it."""
+    """A way to run commands on a board and move files to and from it.
+
+    The contract every backend keeps (tests/controller/test_transport_contract.py): only
+    ``controller.errors.TransportError`` and its subclasses leave these methods, never a library's
+    own exception.
+    """
 
     # Where the agent lives on the board when the inventory names no workdir.
     default_workdir = "~/.edgefarm"
@@ -56,19 +71,24 @@ class Transport(ABC):
 
     @abstractmethod
     def run(self, argv: Sequence[str], timeout: float, cwd: str | None = None) -> Completed:
-        """Run argv (a list, never a shell string) and wait at most ``timeout`` seconds."""
+        """Run argv (a list, never a shell string) in ``cwd`` and wait at most ``timeout`` seconds;
+        past it, the command and its children are killed and CommandTimeout raised. A link lost
+        during the command raises BoardUnreachable, never an exit code."""
 
     @abstractmethod
-    def put(self, local: Path, remote: str) -> None: ...
+    def put(self, local: Path, remote: str) -> None:
+        """Write ``local`` to ``remote``, creating its folders; never a half-written file under that name."""
 
     @abstractmethod
-    def get(self, remote: str, local: Path) -> None: ...
+    def get(self, remote: str, local: Path) -> None:
+        """Read ``remote`` into ``local``: FileNotOnBoard when it is not there (and ``local`` not made)."""
 
     def resolve(self, path: str) -> str:
         """The absolute form of a board path (agent commands run with another cwd)."""
         return path
 
     def close(self) -> None:
+        """Let the board go; closing twice is harmless."""
         return None
 
 
@@ -86,7 +106,7 @@ def shell_line(argv: Sequence[str], cwd: str | None) -> str:
     return "echo $$; exec sh -c " + shlex.quote(command)
 
 
-def split_pid(out: bytes) -> tuple[str | None, str]:
+def split_pid(out: bytes | bytearray) -> tuple[str | None, str]:
     """(the pid ``shell_line`` printed, or None; the command's own stdout)."""
     first, _, rest = out.decode(errors="replace").partition("\n")
     return (first.strip() if first.strip().isdigit() else None), rest

@@ -13,26 +13,28 @@ quoting; one that outlives its timeout is killed on the device with its whole pr
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import shlex
 import shutil
 import socket
 import subprocess
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from controller.boards.transports import (
-    BoardUnreachable,
-    CommandTimeout,
     Completed,
+    ErrorTable,
     Transport,
-    TransportError,
     kill_line,
+    mapped_errors,
     register,
     shell_line,
     split_pid,
 )
+from controller.errors import BoardCommandFailed, BoardUnreachable, CommandTimeout, FileNotOnBoard, TransportError
 
 if TYPE_CHECKING:
     from controller.config.inventory import Board
@@ -41,6 +43,23 @@ if TYPE_CHECKING:
 _STDOUT, _STDERR, _EXIT, _CLOSE_STDIN = 1, 2, 3, 4
 _FILE_TIMEOUT = 60.0  # mkdir and mv around a push
 _SERVER_START_TIMEOUT = 30.0
+
+
+@functools.cache
+def _errors() -> ErrorTable:
+    """adbutils' errors, and the socket errors under it, as EdgeFarm's (see ``mapped_errors``)."""
+    from adbutils.errors import AdbConnectionError, AdbError, AdbTimeout
+
+    return (
+        # The adb server or the device stopped answering, or a stream ended early.
+        ((AdbTimeout, AdbConnectionError, ConnectionError, EOFError, socket.timeout), BoardUnreachable),
+        # The server or the device said FAIL (no such device, permission denied, a full disk).
+        ((AdbError, OSError), TransportError),
+    )
+
+
+def _always_lost() -> bool:
+    return True  # not connected yet: whatever fails while connecting, the device was not reached
 
 
 @register("adb")
@@ -59,17 +78,28 @@ class AdbTransport(Transport):
         self.where = f"{adb.serial} (adb server {adb.server_host}:{adb.server_port})"
         _ensure_server(adb.server_host, adb.server_port)
         self.client = adbutils.AdbClient(host=adb.server_host, port=adb.server_port)
-        try:
+        with mapped_errors(_errors(), self.where, _always_lost):
             if ":" in adb.serial:
                 self._connect()
             self._wait_online()
             self.device = self.client.device(adb.serial)
             features = self.device.get_features().split(",")
-        except (adbutils.AdbError, OSError) as exc:
-            raise BoardUnreachable(f"{self.where}: {exc}") from exc
         if "shell_v2" not in features:
             raise TransportError(f"{self.where}: the device lacks the shell_v2 feature (Android 7 or later), "
                                  "without which exit codes cannot be read")
+
+    def _mapped(self, what: str) -> AbstractContextManager[None]:
+        """adbutils' errors raised in the block as EdgeFarm's; any of them while the device is
+        no longer online is a lost device."""
+        return mapped_errors(_errors(), f"{self.where}: {what}", self._lost)
+
+    def _lost(self) -> bool:
+        from adbutils import AdbError
+
+        try:
+            return {d.serial: d.state for d in self.client.list()}.get(self.settings.serial) != "device"
+        except (AdbError, OSError):
+            return True  # the adb server itself is gone
 
     def _connect(self) -> None:
         serial, timeout = self.settings.serial, self.settings.connect_timeout
@@ -105,21 +135,15 @@ class AdbTransport(Transport):
 
     def _shell(self, command: str, timeout: float, what: str) -> tuple[int | None, bytearray, bytearray]:
         """Exit code (None past the timeout), stdout and stderr of one shell,v2 command."""
-        from adbutils import AdbError
-
         deadline = time.monotonic() + timeout
-        try:
+        with self._mapped(f"cannot start {what}"):
             conn = self.device.open_transport(timeout=self.settings.connect_timeout)
-        except (AdbError, OSError) as exc:
-            raise BoardUnreachable(f"{self.where}: {exc}") from exc
         try:
-            try:
+            with self._mapped(f"cannot start {what}"):
                 conn.send_command("shell,v2,raw:" + command)
                 conn.check_okay()
                 # No input will come: a command that reads stdin gets end-of-file, not a hang.
                 conn.conn.sendall(bytes([_CLOSE_STDIN]) + bytes(4))
-            except (AdbError, OSError) as exc:
-                raise BoardUnreachable(f"{self.where}: {exc}") from exc
             return self._read_packets(conn.conn, deadline, what)
         finally:
             conn.close()
@@ -134,8 +158,8 @@ class AdbTransport(Transport):
             try:
                 chunk = sock.recv(65536)
             except socket.timeout:
-                continue
-            except OSError as exc:
+                continue  # the deadline above decides
+            except OSError as exc:  # a raw stream from the server: any error on it is the link lost
                 raise BoardUnreachable(f"{self.where}: the connection was lost during {what}: {exc}") from exc
             if not chunk:  # the server closes the socket when the device is lost
                 raise BoardUnreachable(f"{self.where}: the connection was lost during {what}")
@@ -168,41 +192,31 @@ class AdbTransport(Transport):
         return path
 
     def put(self, local: Path, remote: str) -> None:
-        from adbutils import AdbError
-
         remote = self.resolve(remote)
         tmp = remote + ".part"
         self._checked(["mkdir", "-p", "--", posixpath.dirname(remote)], f"cannot create the folder of {remote}")
-        try:
+        with self._mapped(f"cannot write {remote}"):
             self.device.sync.push(local, tmp, mode=local.stat().st_mode & 0o777)
-        except ConnectionError as exc:
-            raise BoardUnreachable(f"{self.where}: lost while writing {remote}: {exc}") from exc
-        except (AdbError, OSError) as exc:
-            raise TransportError(f"{self.board.name}: cannot write {remote}: {exc}") from exc
         # Never a half-written file under the real name.
         self._checked(["mv", "-f", "--", tmp, remote], f"cannot move {tmp} to {remote}")
 
     def get(self, remote: str, local: Path) -> None:
-        from adbutils import AdbError
-
         remote = self.resolve(remote)
         try:
-            sync = self.device.sync
-            # sync.pull would take a missing file for a folder (its mode reads 0): ask first.
-            if sync.stat(remote).mode == 0:
-                raise TransportError(f"{remote} is not on the board")
-            sync.pull_file(remote, local)
-        except ConnectionError as exc:
+            with self._mapped(f"cannot read {remote}"):
+                sync = self.device.sync
+                # sync.pull would take a missing file for a folder (its mode reads 0): ask first.
+                if sync.stat(remote).mode == 0:
+                    raise FileNotOnBoard(f"{self.where}: cannot read {remote}: it is not on the board")
+                sync.pull_file(remote, local)
+        except TransportError:
             local.unlink(missing_ok=True)
-            raise BoardUnreachable(f"{self.where}: lost while reading {remote}: {exc}") from exc
-        except (AdbError, OSError) as exc:
-            local.unlink(missing_ok=True)
-            raise TransportError(f"{self.board.name}: cannot read {remote}: {exc}") from exc
+            raise
 
     def _checked(self, argv: list[str], what: str) -> None:
         done = self.run(argv, timeout=_FILE_TIMEOUT)
         if done.exit_code != 0:
-            raise TransportError(f"{self.board.name}: {what}: {done.stderr.strip()}")
+            raise BoardCommandFailed(f"{self.board.name}: {what}: {done.stderr.strip()}")
 
     def close(self) -> None:
         """Nothing is held open: adbutils opens a connection to the server per command or file.

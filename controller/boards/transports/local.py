@@ -9,7 +9,14 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from controller.boards.transports import CommandTimeout, Completed, Transport, TransportError, register
+from controller.boards.transports import Completed, ErrorTable, Transport, mapped_errors, register
+from controller.errors import CommandTimeout, FileNotOnBoard, TransportError
+
+# Everything here is the operating system's: a missing file, else a refusal (permissions, a full disk).
+_ERRORS: ErrorTable = (
+    ((FileNotFoundError,), FileNotOnBoard),
+    ((OSError, shutil.Error), TransportError),
+)
 
 
 @register("local")
@@ -23,13 +30,11 @@ class LocalTransport(Transport):
 
     def run(self, argv: Sequence[str], timeout: float, cwd: str | None = None) -> Completed:
         # A new session so that a hung agent and every child it started die together.
-        try:
+        with mapped_errors(_ERRORS, f"cannot start {argv[0]}"):
             proc = subprocess.Popen(
                 list(argv), cwd=_expand(cwd) if cwd else None, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, start_new_session=True, env=_board_env(),
             )
-        except OSError as exc:
-            raise TransportError(f"cannot start {argv[0]}: {exc}") from exc
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -40,16 +45,15 @@ class LocalTransport(Transport):
 
     def put(self, local: Path, remote: str) -> None:
         target = Path(_expand(remote))
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".part")
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, target)  # never leave a half-written artifact under its final name
+        with mapped_errors(_ERRORS, f"{self.board.name}: cannot write {remote}"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, target)  # never leave a half-written artifact under its final name
 
     def get(self, remote: str, local: Path) -> None:
-        try:
+        with mapped_errors(_ERRORS, f"{self.board.name}: cannot read {remote}"):
             shutil.copyfile(_expand(remote), local)
-        except FileNotFoundError as exc:
-            raise TransportError(f"{remote} is not on the board") from exc
 
 
 # Ray sets OMP_NUM_THREADS=1 in its workers, and ONNX Runtime follows it: a local agent that

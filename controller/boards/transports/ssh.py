@@ -8,27 +8,46 @@ that outlives its timeout is killed on the board with its whole process group.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import socket
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from controller.boards.transports import (
-    BoardUnreachable,
-    CommandTimeout,
     Completed,
+    ErrorTable,
     Transport,
-    TransportError,
     kill_line,
+    mapped_errors,
     register,
     shell_line,
     split_pid,
 )
+from controller.errors import BoardUnreachable, CommandTimeout, FileNotOnBoard, TransportError
 
 if TYPE_CHECKING:
     from controller.config.inventory import Board, SshHop
+
+
+@functools.cache
+def _errors() -> ErrorTable:
+    """paramiko's errors, and the socket errors under it, as EdgeFarm's (see ``mapped_errors``)."""
+    import paramiko
+
+    return (
+        ((FileNotFoundError,), FileNotOnBoard),  # SFTP's "no such file"
+        # A broken session, a protocol error, a closed channel or socket, a stalled link.
+        ((paramiko.SSHException, paramiko.SFTPError, EOFError, ConnectionError, socket.timeout), BoardUnreachable),
+        ((OSError,), TransportError),  # an SFTP refusal over a live link: permissions, a full disk
+    )
+
+
+def _always_lost() -> bool:
+    return True  # no session yet: whatever fails while connecting, the board was not reached
 
 
 @register("ssh")
@@ -53,40 +72,45 @@ class SshTransport(Transport):
 
     def _socket_to_board(self) -> Any:
         ssh = self.settings
-        if self._jump is None:
+        if self._jump is None or ssh.jump is None:
             return _socket(ssh, ssh.dead_after)
         # Like ssh -J: a channel through the jump host is the board connection's socket.
-        try:
-            return self._jump.get_transport().open_channel(
+        with mapped_errors(_errors(), f"{_where(ssh)} via {_where(ssh.jump)}", _always_lost):
+            return _active(self._jump, _where(ssh.jump)).open_channel(
                 "direct-tcpip", (ssh.host, ssh.port), ("127.0.0.1", 0), timeout=ssh.connect_timeout)
-        except Exception as exc:  # paramiko raises several unrelated types here
-            raise BoardUnreachable(f"{_where(ssh)} via {_where(ssh.jump)}: {exc}") from exc
+
+    def _mapped(self, what: str) -> AbstractContextManager[None]:
+        """paramiko's errors raised in the block as EdgeFarm's, the message starting with the board's name."""
+        return mapped_errors(_errors(), f"{self.board.name}: {what}", self._lost)
+
+    def _lost(self) -> bool:
+        link = self.client.get_transport()
+        return link is None or not link.is_active()
 
     # -- commands --------------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], timeout: float, cwd: str | None = None) -> Completed:
-        try:
-            chan = self.client.get_transport().open_session(timeout=self.settings.connect_timeout)
+        with self._mapped(f"cannot start {argv[0]}"):
+            chan = _active(self.client, self.board.name).open_session(timeout=self.settings.connect_timeout)
             chan.exec_command(shell_line(argv, cwd))
-        except Exception as exc:  # paramiko raises several unrelated types for a dead link
-            raise BoardUnreachable(f"{self.board.name}: {exc}") from exc
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
-        chan.settimeout(0.2)
-        while True:
-            _drain(chan, out, err)
-            if chan.exit_status_ready():
+        with self._mapped(f"the connection was lost during {argv[0]}"):
+            chan.settimeout(0.2)
+            while True:
                 _drain(chan, out, err)
-                break
-            if time.monotonic() > deadline:
-                self._kill(out)
-                chan.close()
-                raise CommandTimeout(argv, timeout, err.decode(errors="replace")[-2000:])
-            if (chan.closed or not self.client.get_transport().is_active()) and not chan.exit_status_ready():
-                raise BoardUnreachable(f"{self.board.name}: the connection was lost during {argv[0]}")
-        code = chan.recv_exit_status()
-        chan.close()
-        if code == -1 and not self.client.get_transport().is_active():
+                if chan.exit_status_ready():
+                    _drain(chan, out, err)
+                    break
+                if time.monotonic() > deadline:
+                    self._kill(out)
+                    chan.close()
+                    raise CommandTimeout(argv, timeout, err.decode(errors="replace")[-2000:])
+                if (chan.closed or self._lost()) and not chan.exit_status_ready():
+                    raise BoardUnreachable(f"{self.board.name}: the connection was lost during {argv[0]}")
+            code = chan.recv_exit_status()
+            chan.close()
+        if code == -1 and self._lost():
             # paramiko's -1 is "closed without an exit status"; with the connection gone too,
             # the link or sshd died under the command: a loss, not a result.
             raise BoardUnreachable(f"{self.board.name}: the connection was lost during {argv[0]}")
@@ -96,53 +120,44 @@ class SshTransport(Transport):
         pid = split_pid(out)[0]
         if pid is not None:
             try:
-                _, stdout, _ = self.client.exec_command(kill_line(pid), timeout=10)
-                stdout.channel.recv_exit_status()
-            except Exception:
+                with self._mapped("cannot kill the timed-out command"):
+                    _, stdout, _ = self.client.exec_command(kill_line(pid), timeout=10)
+                    stdout.channel.recv_exit_status()
+            except TransportError:
                 pass  # the board is going away anyway; the timeout is what gets reported
 
     # -- files -----------------------------------------------------------------------------
 
     def _sftp_client(self) -> Any:
         if self._sftp is None:
-            try:
+            with self._mapped("sftp"):
                 self._sftp = self.client.open_sftp()
-            except Exception as exc:
-                raise BoardUnreachable(f"{self.board.name}: sftp: {exc}") from exc
         return self._sftp
 
     def resolve(self, path: str) -> str:
         if path.startswith("~"):
             if self._home is None:
-                self._home = self._sftp_client().normalize(".")
+                with self._mapped("cannot find the home folder"):
+                    self._home = self._sftp_client().normalize(".")
             path = self._home + path[1:]
         return path
 
     def put(self, local: Path, remote: str) -> None:
         sftp = self._sftp_client()
         remote = self.resolve(remote)
-        try:
+        with self._mapped(f"cannot write {remote}"):
             self._makedirs(posixpath.dirname(remote))
             tmp = remote + ".part"
             sftp.put(str(local), tmp)
             sftp.posix_rename(tmp, remote)  # never a half-written file under the real name
-        except Exception as exc:
-            raise self._file_error("write", remote, exc) from exc
 
     def get(self, remote: str, local: Path) -> None:
         try:
-            self._sftp_client().get(self.resolve(remote), str(local))
-        except FileNotFoundError as exc:
-            raise TransportError(f"{remote} is not on the board") from exc
-        except Exception as exc:
-            raise self._file_error("read", remote, exc) from exc
-
-    def _file_error(self, action: str, remote: str, exc: Exception) -> TransportError:
-        """A lost link (worth a retry) told apart from a refusal by the board (not worth one)."""
-        link = self.client.get_transport()
-        if link is None or not link.is_active() or not isinstance(exc, OSError):
-            return BoardUnreachable(f"{self.board.name}: lost while trying to {action} {remote}: {exc}")
-        return TransportError(f"{self.board.name}: cannot {action} {remote}: {exc}")
+            with self._mapped(f"cannot read {remote}"):
+                self._sftp_client().get(self.resolve(remote), str(local))
+        except TransportError:
+            local.unlink(missing_ok=True)  # paramiko makes the local file before it asks for the remote one
+            raise
 
     def _makedirs(self, path: str) -> None:
         sftp = self._sftp_client()
@@ -156,11 +171,23 @@ class SshTransport(Transport):
                 sftp.mkdir(current)
 
     def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-        self.client.close()
-        if self._jump is not None:
-            self._jump.close()
+        sftp, self._sftp = self._sftp, None
+        with self._mapped("cannot close the connection"):
+            try:
+                if sftp is not None:
+                    sftp.close()
+            finally:
+                self.client.close()  # paramiko's close is a no-op on a closed client: closing twice is harmless
+                if self._jump is not None:
+                    self._jump.close()
+
+
+def _active(client: Any, where: str) -> Any:
+    """The client's live SSH connection (paramiko's Transport); BoardUnreachable when it has none."""
+    link = client.get_transport()
+    if link is None or not link.is_active():
+        raise BoardUnreachable(f"{where}: the SSH connection is closed")
+    return link
 
 
 def _where(hop: "SshHop") -> str:
@@ -174,10 +201,8 @@ def _socket(hop: "SshHop", dead_after: float | None = None) -> socket.socket:
     retransmissions for a quarter of an hour; TCP_USER_TIMEOUT bounds how long sent data may
     stay unacknowledged, and the SSH keepalives set in _connect make sure there is data to send.
     """
-    try:
+    with mapped_errors(_errors(), f"{_where(hop)}: cannot connect", _always_lost):
         sock = socket.create_connection((hop.host, hop.port), timeout=hop.connect_timeout)
-    except OSError as exc:
-        raise BoardUnreachable(f"{_where(hop)}: cannot connect: {exc}") from exc
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     if dead_after and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; elsewhere keepalives alone
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after * 1000))
@@ -192,31 +217,28 @@ def _connect(hop: "SshHop", dead_after: float, sock: Any) -> Any:
     client = paramiko.SSHClient()
     if os.path.isfile(known_hosts):
         client.load_host_keys(known_hosts)
-    client.set_missing_host_key_policy(_SaveNewKey(known_hosts) if hop.accept_new_host_key else paramiko.RejectPolicy())
+    policy = _SaveNewKey(known_hosts) if hop.accept_new_host_key else _RefuseNewKey(_where(hop), known_hosts)
+    client.set_missing_host_key_policy(policy)
     where = _where(hop)
     try:
-        client.connect(
-            hop.host, port=hop.port, username=hop.user, sock=sock,
-            key_filename=os.path.expanduser(hop.key_file) if hop.key_file else None,
-            allow_agent=hop.key_file is None, look_for_keys=False,
-            timeout=hop.connect_timeout, banner_timeout=hop.connect_timeout, auth_timeout=hop.connect_timeout,
-        )
-    except paramiko.BadHostKeyException as exc:
+        with mapped_errors(_errors(), where, _always_lost):
+            try:
+                client.connect(
+                    hop.host, port=hop.port, username=hop.user, sock=sock,
+                    key_filename=os.path.expanduser(hop.key_file) if hop.key_file else None,
+                    allow_agent=hop.key_file is None, look_for_keys=False,
+                    timeout=hop.connect_timeout, banner_timeout=hop.connect_timeout,
+                    auth_timeout=hop.connect_timeout,
+                )
+            except paramiko.BadHostKeyException as exc:  # the table's message would not say what to do
+                raise BoardUnreachable(
+                    f"{where}: the host key changed (got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}); "
+                    f"refused. If the board was reinstalled, remove its old line from {known_hosts}") from exc
+            _active(client, where).set_keepalive(max(1, int(dead_after / 4)))
+    except BaseException:
+        client.close()
         sock.close()
-        raise BoardUnreachable(
-            f"{where}: the host key changed (got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}); "
-            f"refused. If the board was reinstalled, remove its old line from {known_hosts}") from exc
-    except paramiko.SSHException as exc:
-        sock.close()
-        if "not found in known_hosts" in str(exc):
-            raise BoardUnreachable(
-                f"{where}: unknown host key, refused; add it to {known_hosts} "
-                "(ssh-keyscan) or set accept_new_host_key: true for this board") from exc
-        raise BoardUnreachable(f"{where}: {exc}") from exc
-    except (OSError, socket.timeout) as exc:
-        sock.close()
-        raise BoardUnreachable(f"{where}: cannot connect: {exc}") from exc
-    client.get_transport().set_keepalive(max(1, int(dead_after / 4)))
+        raise
     return client
 
 
@@ -227,6 +249,17 @@ def _drain(chan: Any, out: bytearray, err: bytearray) -> None:
         err += chan.recv_stderr(65536)
     if not (chan.recv_ready() or chan.recv_stderr_ready() or chan.exit_status_ready()):
         time.sleep(0.02)
+
+
+class _RefuseNewKey:
+    """paramiko's RejectPolicy, saying what to do about it."""
+
+    def __init__(self, where: str, known_hosts: str) -> None:
+        self.where, self.known_hosts = where, known_hosts
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        raise BoardUnreachable(f"{self.where}: unknown host key, refused; add it to {self.known_hosts} "
+                               "(ssh-keyscan) or set accept_new_host_key: true for this board")
 
 
 class _SaveNewKey:
