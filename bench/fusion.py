@@ -42,7 +42,7 @@ def main() -> int:
     from controller.build.source import prepare
     from controller.config.spec import load_spec
     from controller.data.datasets import make_dataset
-    from controller.passes import RecipeInput, fp32_fused
+    from controller.passes import PassInput, run_pass
     from controller.passes.fusion import engine_fusions, fusions
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +68,7 @@ def main() -> int:
         shapes = {name: spec.shape for name, spec in m.inputs.items()}
         source = prepare(m.resolve_path(loaded.base), m.name, shapes, out / f"{short}-source.onnx")
         fused = out / f"{short}-fp32.onnx"
-        fp32_fused(RecipeInput(source.path, None, None), fused)
+        run_pass("fp32", PassInput(source.path, None, None), fused)
         report = fusions(source.path, fused)
         report["openvino"] = {"unfused": engine_fusions(source.path), "fused": engine_fusions(fused)}
         reports[short] = report

@@ -43,14 +43,14 @@ def bench_model(which: str, methods: list[str], work: Path) -> list[dict[str, An
     from controller.build.source import prepare
     from controller.convert import ConvertInput, converter_for
     from controller.data.datasets import make_dataset
-    from controller.passes import RECIPES, RecipeInput
+    from controller.passes import PassInput, run_pass
     from tests.models import ocr_model
 
     kind, shape, eval_samples, runs = MODELS[which]
     work.mkdir(parents=True, exist_ok=True)
     source = prepare(ocr_model(which), which, {"x": list(shape)}, work / "source.onnx").path
     fp32 = work / "fp32.onnx"
-    RECIPES["fp32"](RecipeInput(source, None, None), fp32)
+    run_pass("fp32", PassInput(source, None, None), fp32)
     calibration, evaluation = work / "calibration.npz", work / "eval.npz"
     make_dataset(kind, {"x": (shape, "float32")}, CALIBRATION_SAMPLES, CALIBRATION_SEED, calibration, model_path=fp32)
     make_dataset(kind, {"x": (shape, "float32")}, eval_samples, 0, evaluation, model_path=fp32)

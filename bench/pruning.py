@@ -47,11 +47,11 @@ def _digits(tmp: Path) -> dict[str, Path]:
     from sklearn.model_selection import train_test_split
 
     from controller.data.datasets import _write_npz
-    from controller.passes import RECIPES, RecipeInput
+    from controller.passes import PassInput, run_pass
     from tests.models import digits_mlp
 
     digits_mlp(tmp / "source.onnx")
-    RECIPES["fp32"](RecipeInput(tmp / "source.onnx", None, None), tmp / "fp32.onnx")
+    run_pass("fp32", PassInput(tmp / "source.onnx", None, None), tmp / "fp32.onnx")
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0)
@@ -65,14 +65,14 @@ def _digits(tmp: Path) -> dict[str, Path]:
 
 def _ocr(which: str, tmp: Path, train_samples: int) -> dict[str, Path]:
     from controller.build.source import prepare
-    from controller.passes import RECIPES, RecipeInput
-    from controller.passes.pruning import TRAIN_SEED_OFFSET
+    from controller.passes import PassInput, run_pass
+    from controller.passes.pruning.search import TRAIN_SEED_OFFSET
     from tests.models import ocr_model
 
     cfg = OCR[which]
     source = prepare(ocr_model(which), which, {"x": list(cfg["shape"])}, tmp / "source.onnx").path
     fp32 = tmp / "fp32.onnx"
-    RECIPES["fp32"](RecipeInput(source, None, None), fp32)
+    run_pass("fp32", PassInput(source, None, None), fp32)
     paths = {"fp32": fp32, "calibration": tmp / "calibration.npz", "eval": tmp / "eval.npz"}
     _render(which, fp32, 32, CALIBRATION_SEED, paths["calibration"])
     _render(which, fp32, cfg["eval"], 0, paths["eval"])
@@ -133,9 +133,10 @@ def openvino_loads(model: Any, tmp: Path) -> bool:
 
 def sample_seconds(teacher: Any, student: Any, train: Path, batch: int, seconds: float = 60.0) -> float:
     """Training seconds per sample (one thread) of ``student``, over about ``seconds`` of training."""
-    from controller.passes import finetune
+    from controller.passes.finetune.training import finetune
+    from controller.passes.pruning.options import PruningOptions
 
-    _, report = finetune.finetune(teacher, student, train, {"epochs": 1, "batch": batch, "max_seconds": seconds})
+    _, report = finetune(teacher, student, train, PruningOptions(epochs=1, max_seconds=seconds), batch=batch)
     return float(report["seconds_per_step"]) / batch
 
 
@@ -144,8 +145,11 @@ def bench_model(which: str, budget: float, tmp: Path, runs: int, train_ocr: set[
     import onnx
 
     from controller.data.evaluation import accuracy
-    from controller.passes import finetune
-    from controller.passes.pruning import TRAIN_SEED_OFFSET, cost, prune
+    from controller.passes.finetune import FinetuneUnsupported
+    from controller.passes.finetune.training import available, finetune
+    from controller.passes.pruning.options import PruningOptions
+    from controller.passes.pruning.search import TRAIN_SEED_OFFSET, prune
+    from controller.passes.pruning.surgery import cost
 
     tmp.mkdir(parents=True, exist_ok=True)
     if which == "digits":
@@ -161,7 +165,8 @@ def bench_model(which: str, budget: float, tmp: Path, runs: int, train_ocr: set[
     keep: dict[str, Any] = {}
     out = tmp / "pruned.onnx"
     t0 = time.perf_counter()
-    report = prune(paths["fp32"], paths["calibration"], out, options, train=paths.get("train"), keep=keep)
+    report = prune(paths["fp32"], paths["calibration"], out, PruningOptions.model_validate(options),
+                   train=paths.get("train"), keep=keep)
     seconds = time.perf_counter() - t0
     teacher = onnx.load(str(paths["fp32"]))
     models: dict[str, Any] = {"fp32": paths["fp32"], "pruned (surgery)": keep["surgery"]}
@@ -170,13 +175,13 @@ def bench_model(which: str, budget: float, tmp: Path, runs: int, train_ocr: set[
         models["pruned, no training"] = keep["untrained"]
         models["pruned + FT (KD)"] = out
         try:  # the same cut trained on labels alone, where the task has labels to train on
-            no_kd, train_report = finetune.finetune(teacher, keep["untrained"], paths["train"],
-                                                    dict(options, distill=False))
+            no_kd, train_report = finetune(teacher, keep["untrained"], paths["train"],
+                                           PruningOptions.model_validate(dict(options, distill=False)))
             models["pruned + FT (labels only)"] = no_kd
             extra["no_kd_train"] = train_report
-        except finetune.FinetuneUnsupported as e:
+        except FinetuneUnsupported as e:
             extra["no_kd_train"] = {"skipped": str(e)}
-    elif which in ("rec", "det") and finetune.available():
+    elif which in ("rec", "det") and available():
         # What training would cost here: seconds per step on the pruned model.
         timing = tmp / "timing.npz"
         _render(which, paths["fp32"], TIMING_SAMPLES, CALIBRATION_SEED + TRAIN_SEED_OFFSET, timing)

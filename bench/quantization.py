@@ -1,7 +1,7 @@
 """Benchmark: int8 calibration choices per PaddleOCR model: accuracy, latency and size against fp32.
 
-For each model: the fused fp32 variant (controller.passes.fp32_fused) is quantized with the
-int8 recipe's own function (controller.passes._quantize: ONNX Runtime static QDQ, U8S8) for
+For each model: the fused fp32 variant (controller.passes.fp32) is quantized with the
+int8 pass's own function (controller.passes.int8.quantize: ONNX Runtime static QDQ, U8S8) for
 every calibration method x per-channel setting x calibration sample count, on calibration
 samples rendered with the evaluation seed + CALIBRATION_SEED_OFFSET (never an evaluation
 sample). Every variant is evaluated on the rendered evaluation samples (the spec's seed) with
@@ -115,7 +115,8 @@ def bench_model(args: argparse.Namespace, short: str, methods: list[str], per_ch
     from controller.build.source import prepare
     from controller.config.spec import load_spec
     from controller.data.datasets import make_dataset
-    from controller.passes import RecipeInput, _quantize, fp32_fused
+    from controller.passes import PassInput, run_pass
+    from controller.passes.int8 import Int8Options, quantize
 
     loaded = load_spec(args.spec)
     m = next(x for x in loaded.spec.models if x.name == MODELS[short])
@@ -124,7 +125,7 @@ def bench_model(args: argparse.Namespace, short: str, methods: list[str], per_ch
     source = prepare(m.resolve_path(loaded.base), m.name, {n: s.shape for n, s in m.inputs.items()},
                      work / "source.onnx")
     fp32 = work / "fp32.onnx"
-    fp32_fused(RecipeInput(source.path, None, None), fp32)
+    run_pass("fp32", PassInput(source.path, None, None), fp32)
     shapes = {i.name: (i.shape, i.dtype) for i in source.inputs}
     make_dataset(m.dataset.kind, shapes, n_eval, m.dataset.seed, work / "eval.npz", model_path=source.path)
     data = load_dataset(str(work / "eval.npz"))
@@ -140,7 +141,7 @@ def bench_model(args: argparse.Namespace, short: str, methods: list[str], per_ch
                 out = work / f"int8-{method}-{int(pc)}-{count}.onnx"
                 t = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its calibration steps
-                    _quantize(fp32, out, calibration, {"calibration": method, "per_channel": pc}, [], op_types)
+                    quantize(fp32, out, calibration, Int8Options(calibration=method, per_channel=pc), [], op_types)
                 spent = time.perf_counter() - t
                 print(f"  {m.name} {name}: quantized in {spent:.1f} s", flush=True)
                 variants.append({"name": name, "method": method, "per_channel": pc, "samples": count, "path": out,

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from agent.protocol import sha256_file
 from controller.build.cache import Cache, key_of
-from controller.errors import ModelError, one_line
 from controller.build.source import Prepared, prepare
-from controller.config.spec import LoadedSpec, ModelSpec
-from controller.passes import NEEDS_CALIBRATION, PRECISION, RECIPE_VERSION, RECIPES, STARTS_FROM
+from controller.config.spec import LoadedSpec, ModelSpec, Spec
+from controller.errors import ModelError, one_line
+from controller.passes import get_pass
 
 PREPARE_VERSION = 1
 CALIBRATION_SEED_OFFSET = 1_000_003  # calibration never sees an evaluation sample
@@ -56,9 +57,9 @@ def _artifact(path: Path, meta: dict[str, Any]) -> Artifact:
 
 # --- Ray tasks: bytes in, bytes out -------------------------------------------------------
 
-def _task_recipe(name: str, source: bytes, fp32: bytes | None, calibration: bytes | None,
-                 options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    from controller.passes import RecipeInput
+def _task_pass(name: str, source: bytes, fp32: bytes | None, calibration: bytes | None, budget: float | None,
+               options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    from controller.passes import PassInput, run_pass
 
     with tempfile.TemporaryDirectory(prefix="edgefarm-compile-") as tmp:
         d = Path(tmp)
@@ -68,10 +69,12 @@ def _task_recipe(name: str, source: bytes, fp32: bytes | None, calibration: byte
         if calibration is not None:
             (d / "calibration.npz").write_bytes(calibration)
         out = d / "out.onnx"
-        meta = RECIPES[name](
-            RecipeInput(d / "source.onnx", d / "fp32.onnx" if fp32 is not None else None,
-                        d / "calibration.npz" if calibration is not None else None, options),
+        meta = run_pass(
+            name,
+            PassInput(d / "source.onnx", d / "fp32.onnx" if fp32 is not None else None,
+                      d / "calibration.npz" if calibration is not None else None, budget),
             out,
+            options,
         )
         return out.read_bytes(), meta
 
@@ -119,7 +122,8 @@ class _Tasks:
 
     def get(self, what: str, kind: str, key: str, suffix: str, submit: Callable[[], Any],
             done: Callable[[Artifact], None]) -> None:
-        """``what`` names the step for progress, e.g. "ppocr-det int8" or "ppocr-det int8 -> ncnn (x86)"."""
+        """``what`` names the step for progress, e.g. "ppocr-det int8" or "ppocr-det int8 -> ncnn (x86)".
+        ``submit`` is called here, on a miss; ``done`` here on a hit, else when the task ends."""
         hit = self.cache.lookup(kind, key, suffix)
         if hit:
             done(_artifact(*hit))
@@ -154,7 +158,7 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
     # max_calls=1: each task's worker process exits when it is done. Idle workers left behind
     # by quantization kept the local board busy: ONNX Runtime measured the detector at 89 ms
     # after a cold compile and at 51 ms after a cached one.
-    recipe_task = ray.remote(max_calls=1)(_task_recipe)
+    pass_task = ray.remote(max_calls=1)(_task_pass)
     dataset_task = ray.remote(max_calls=1)(_task_dataset)
     builds: list[ModelBuild] = []
     tasks = _Tasks(cache, on_step)
@@ -171,21 +175,21 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
         tasks.get(
             f"{m.name} evaluation data", "datasets",
             key_of(samples=m.dataset.samples, seed=m.dataset.seed, **data_key), ".npz",
-            lambda m=m, ref=ref, shapes=shapes: dataset_task.remote(m.dataset.kind, shapes, m.dataset.samples, m.dataset.seed, ref),
-            lambda a, b=build: setattr(b, "dataset", a),
+            lambda: dataset_task.remote(m.dataset.kind, shapes, m.dataset.samples, m.dataset.seed, ref),
+            partial(setattr, build, "dataset"),
         )
         if _needs_calibration(spec):
             q = spec.quantization
             seed = m.dataset.seed + CALIBRATION_SEED_OFFSET
             tasks.get(
                 f"{m.name} calibration data", "datasets", key_of(samples=q.samples, seed=seed, **data_key), ".npz",
-                lambda m=m, ref=ref, shapes=shapes, q=q, seed=seed: dataset_task.remote(m.dataset.kind, shapes, q.samples, seed, ref),
-                lambda a, b=build: setattr(b, "calibration", a if a.size else None),
+                lambda: dataset_task.remote(m.dataset.kind, shapes, q.samples, seed, ref),
+                partial(_calibration_done, build),
             )
         tasks.get(
-            f"{m.name} fp32", "variants", _variant_key("fp32", p.sha256, None, {}, versions), ".onnx",
-            lambda ref=ref: recipe_task.remote("fp32", ref, None, None, {}),
-            lambda a, b=build: _record(b, "fp32", a),
+            f"{m.name} fp32", "variants", _variant_key("fp32", p.sha256, None, None, {}, versions), ".onnx",
+            lambda: pass_task.remote("fp32", ref, None, None, None, {}),
+            partial(_record, build, "fp32"),
         )
     tasks.wait()
 
@@ -196,22 +200,24 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
                              f"{build.dataset.meta.get('error')}")
         fp32 = build.variants.get("fp32")
         for name in spec.variants:
-            if name == "fp32" or STARTS_FROM[name] != "fp32":
+            variant_pass = get_pass(name)
+            if name == "fp32" or variant_pass.starts_from != "fp32":
                 continue
             if fp32 is None:
                 build.failures[name] = "fp32 did not compile"
                 continue
-            options = _recipe_options(name, spec, build.spec)
-            calib = build.calibration if name in NEEDS_CALIBRATION else None
-            if name in NEEDS_CALIBRATION and calib is None:
+            options = _pass_options(name, spec, build.spec)
+            calib = build.calibration if variant_pass.calibrated else None
+            if variant_pass.calibrated and calib is None:
                 build.failures[name] = "no calibration data"
                 continue
+            budget = spec.selection.budget if variant_pass.budgeted else None
             tasks.get(
                 f"{build.spec.name} {name}", "variants",
-                _variant_key(name, fp32.sha256, calib.sha256 if calib else None, options, versions), ".onnx",
-                lambda name=name, fp32=fp32, calib=calib, options=options: recipe_task.remote(
-                    name, b"", fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options),
-                lambda a, b=build, name=name: _record(b, name, a),
+                _variant_key(name, fp32.sha256, calib.sha256 if calib else None, budget, options, versions), ".onnx",
+                lambda: pass_task.remote(name, b"", fp32.path.read_bytes(), calib.path.read_bytes() if calib else None,
+                                         budget, options),
+                partial(_record, build, name),
             )
     tasks.wait()
 
@@ -231,23 +237,18 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
     return builds
 
 
-def _needs_calibration(spec: Any) -> bool:
-    return any(v in NEEDS_CALIBRATION for v in spec.variants)
+def _calibration_done(build: ModelBuild, artifact: Artifact) -> None:
+    build.calibration = artifact if artifact.size else None
 
 
-def _recipe_options(name: str, spec: Any, model: ModelSpec) -> dict[str, Any]:
-    options = spec.quantization.model_dump() if PRECISION[name] == "int8" else {}
-    if name == "int8-mixed":  # its search stops at the budget selection will apply
-        options["budget"] = spec.selection.budget
-    if name == "pruned":
-        from controller.passes.finetune import trainer_version
+def _needs_calibration(spec: Spec) -> bool:
+    return any(get_pass(v).calibrated for v in spec.variants)
 
-        options = spec.pruning_for(model).model_dump()
-        if options["budget"] is None:
-            options["budget"] = spec.selection.budget
-        # With torch the variant is fine-tuned, without it surgery alone: part of the cache key.
-        options["trainer"] = trainer_version()
-    return options
+
+def _pass_options(name: str, spec: Spec, model: ModelSpec) -> dict[str, Any]:
+    """The options the variant's pass runs with (its own fields of its spec section, validated by
+    its options model), as the cache keys and the converters that quantize themselves see them."""
+    return spec.options_for(name, model).model_dump()
 
 
 # --- conversions for engines that do not read ONNX ------------------------------------------
@@ -298,31 +299,36 @@ def convert_all(spec: Any, builds: list[ModelBuild], requests: set[ConvertReques
         variant, fp32 = build.variants.get(r.variant), build.variants.get("fp32")
         if converter is None or variant is None or fp32 is None:
             continue
-        calib = build.calibration if r.variant in NEEDS_CALIBRATION else None
+        variant_pass = get_pass(r.variant)
+        calib = build.calibration if variant_pass.calibrated else None
         try:
             tools = converter.tool_versions()
         except Exception as exc:  # a missing tool fails these jobs, with the reason
             out[r] = Artifact(Path(), "", 0, {"error": one_line(exc)})
             continue
-        options = _recipe_options(r.variant, spec, build.spec)  # an engine that quantizes itself follows the spec
+        options = _pass_options(r.variant, spec, build.spec)  # an engine that quantizes itself follows the spec
         key = key_of(kind="conversion", engine=r.engine, v=converter.version, target=r.target, tools=tools,
                      variant=r.variant, model=variant.sha256, fp32=fp32.sha256,
                      calibration=calib.sha256 if calib else None, options=options)
         tasks.get(
             f"{r.model} {r.variant} -> {r.engine} ({r.target})", "conversions", key, converter.suffix,
-            lambda r=r, variant=variant, fp32=fp32, calib=calib, options=options: task.remote(
-                r.engine, r.variant, PRECISION[r.variant], r.target, variant.path.read_bytes(),
+            lambda: task.remote(
+                r.engine, r.variant, variant_pass.precision, r.target, variant.path.read_bytes(),
                 fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options),
-            lambda a, r=r: out.__setitem__(r, a),
+            partial(out.__setitem__, r),
         )
     tasks.wait()
     return out
 
 
-def _variant_key(name: str, input_sha: str, calib_sha: str | None, options: dict[str, Any],
+def _variant_key(name: str, input_sha: str, calib_sha: str | None, budget: float | None, options: dict[str, Any],
                  versions: dict[str, str]) -> str:
-    return key_of(kind="variant", recipe=name, v=RECIPE_VERSION, input=input_sha, calibration=calib_sha,
-                  options=options, precision=PRECISION[name], **versions)
+    """A variant's cache key: its pass and that pass's own version, what it reads, its options, and
+    the libraries that make it."""
+    variant_pass = get_pass(name)
+    return key_of(kind="variant", variant=name, pass_version=variant_pass.version, input=input_sha,
+                  calibration=calib_sha, budget=budget, options=options, precision=variant_pass.precision,
+                  **variant_pass.environment(), **versions)
 
 
 def _record(build: ModelBuild, name: str, artifact: Artifact) -> None:

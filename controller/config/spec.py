@@ -3,6 +3,10 @@
 A spec is YAML written by people, so it is validated here, at the boundary, and every error
 names the file, the key and the bad value. ``spec_from_model`` builds the same object from
 ``edgefarm run --model`` flags so that both paths share one validator.
+
+The ``quantization`` and ``pruning`` sections are built from the variant passes' own options
+models (``controller.passes``), so each option is declared, defaulted and described once, by the
+pass that reads it: a section holds the fields of every pass whose options live under it.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from controller.errors import ConfigError
+from controller.passes import get_pass, pass_names
 from controller.plugins import NATIVE_TOOLS
 from controller.validation import Name, Strict, load_yaml, parse
 
@@ -43,47 +48,41 @@ class DatasetSpec(Strict):
     seed: int = 0
 
 
-class QuantizationSpec(Strict):
-    calibration: Literal["minmax", "entropy", "percentile"] = "entropy"
-    samples: int = Field(32, ge=1, le=10_000, description="calibration samples, never the evaluation ones")
-    per_channel: bool = True
-    op_types: list[str] | None = Field(
-        None, description="quantize only these op types, e.g. [Conv, MatMul, Gemm]; default: every op ORT can")
-    budget_samples: int = Field(
-        256, ge=8, description="int8-mixed: samples the budget is checked on (the calibration set, extended)")
-    ncnn_layers: list[Literal["Convolution", "ConvolutionDepthWise", "InnerProduct"]] = Field(
-        ["Convolution"], min_length=1,
-        description="ncnn int8: the layer types quantized (on x86 its int8 depthwise and inner-product layers "
-                    "were slower than fp32; arm boards gain from them)")
+def section_model(section: str, models: list[type[Strict]]) -> type[Strict]:
+    """One model with the fields of every options model in ``models`` (their validators too): a
+    field two passes both declare must be the same field (type, default, limits, description)."""
+    fields: dict[str, tuple[type[Strict], str]] = {}
+    for model in models:
+        for name, info in model.model_fields.items():
+            other = fields.setdefault(name, (model, repr(info)))
+            if other[1] != repr(info):
+                raise TypeError(f"spec section {section}: option {name} of {model.__qualname__} differs from "
+                                f"{other[0].__qualname__}'s ({repr(info)} vs {other[1]})")
+    # A model another one extends adds nothing: its fields and validators come with the subclass.
+    leaves = tuple(dict.fromkeys(m for m in models if not any(o is not m and issubclass(o, m) for o in models)))
+    if len(leaves) == 1:
+        return leaves[0]
+    union = create_model(f"{section.title()}Spec", __base__=leaves or (Strict,),
+                         __doc__=f"The spec's {section} section: the options of its passes.")
+    return cast(type[Strict], union)  # a subclass of its bases, all of them Strict
 
 
-class PruningSpec(Strict):
-    """The pruned variant (controller.passes.pruning): structured channel pruning under the accuracy
-    budget, then fine-tuning with distillation where torch is installed."""
+def _section(section: str) -> type[Strict]:
+    """The spec section ``section``, from the options of every registered pass that reads it."""
+    return section_model(section, [get_pass(n).options for n in pass_names() if get_pass(n).section == section])
 
-    budget: float | None = Field(None, ge=0, description="accuracy drop allowed on calibration; default: selection's")
-    target_flops: float | None = Field(
-        None, gt=0, lt=1, description="share of the MACs to remove; default: 0.4 when fine-tuning, else the budget's")
-    target_params: float | None = Field(None, gt=0, lt=1, description="share of the weights to remove")
-    ratios: list[float] = Field([0.25, 0.5, 0.75], min_length=1, description="per-layer ratios the sensitivity tries")
-    max_ratio: float = Field(0.75, gt=0, lt=1, description="most of one layer's channels ever cut")
-    round_to: int = Field(8, ge=1, description="channels go in multiples of this (vector widths)")
-    criterion: Literal["activation", "l1"] = "activation"
-    samples: int = Field(256, ge=8, description="calibration samples the sensitivity and the budget are measured on")
-    finetune: Literal["auto", "off"] = Field("auto", description="auto: fine-tune when torch is installed")
-    distill: bool = Field(True, description="knowledge distillation from the fp32 model in the loss")
-    train_samples: int = Field(4000, ge=64, description="freshly rendered fine-tuning samples")
-    epochs: int = Field(4, ge=1)
-    lr: float = Field(1e-3, gt=0, lt=1, description="Adam's learning rate relative to each weight tensor's RMS")
-    attempts: int = Field(2, ge=1, description="training runs, backing off towards surgery alone on a miss")
-    max_seconds: float = Field(900.0, gt=0, description="longest fine-tuning run")
 
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, ratios: list[float]) -> list[float]:
-        if any(not 0 < r < 1 for r in ratios):
-            raise ValueError(f"ratios must lie in (0, 1), got {ratios}")
-        return sorted(set(ratios))
+if TYPE_CHECKING:  # what mypy sees: the sections as the built-in passes make them
+    from controller.passes.int8_mixed import Int8MixedOptions
+    from controller.passes.int8_nncf import NncfOptions
+    from controller.passes.pruning.options import PruningOptions
+
+    class QuantizationSpec(Int8MixedOptions, NncfOptions): ...
+
+    class PruningSpec(PruningOptions): ...
+else:
+    QuantizationSpec = _section("quantization")
+    PruningSpec = _section("pruning")
 
 
 class ModelSpec(Strict):
@@ -175,11 +174,10 @@ class Spec(Strict):
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, variants: list[str]) -> list[str]:
-        from controller.passes import RECIPES
-
+        known = pass_names()
         for v in variants:
-            if v not in RECIPES:
-                raise ValueError(f"unknown variant {v!r}; known: {', '.join(RECIPES)}")
+            if v not in known:
+                raise ValueError(f"unknown variant {v!r}; known: {', '.join(known)}")
         if "fp32" not in variants:
             raise ValueError("fp32 is the reference every other variant is judged against; keep it")
         return list(dict.fromkeys(variants))
@@ -208,6 +206,16 @@ class Spec(Strict):
         if model.pruning is None:
             return self.pruning
         return self.pruning.model_copy(update=model.pruning.model_dump(include=model.pruning.model_fields_set))
+
+    def options_for(self, variant: str, model: ModelSpec) -> BaseModel:
+        """The options the pass of ``variant`` runs with for ``model``: its own fields of its
+        section (a model's own pruning keys over the spec's), in its own options model."""
+        kind = get_pass(variant)
+        sections: dict[str | None, BaseModel | None] = {
+            "quantization": self.quantization, "pruning": self.pruning_for(model), None: None}
+        section = sections[kind.section]
+        values = section.model_dump(include=set(kind.options.model_fields)) if section is not None else {}
+        return kind.options.model_validate(values)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()

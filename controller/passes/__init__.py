@@ -1,194 +1,104 @@
-"""Variant recipes: how one prepared fp32 model becomes fp32-fused, fp16 and int8 artifacts.
+"""Variant passes: how one prepared model becomes the fp32-fused, fp16, int8 and pruned artifacts.
 
-A registry in the manner of Olive's passes: each recipe registers under its variant name and
-imports its heavy libraries inside the function. Recipes are pure functions of their inputs,
-so the controller caches their outputs by content hash (see ``controller.build.compile``).
-A new variant is one more decorated function here.
+In the manner of Olive's passes: each variant is a :class:`Pass` subclass in a module of its own
+(``fp32``, ``fp16``, ``int8``, ``int8_mixed``, ``int8_nncf``, ``pruned``), listed by name in the
+manifest (``controller.plugins.PASSES``) and imported the first time its name is asked for. A pass
+declares what it reads and makes (``starts_from``, ``precision``, ``calibrated``), its options as a
+pydantic model (typed, defaulted, described: the spec's ``quantization`` and ``pruning`` sections
+are built from these models, so the defaults live there and nowhere else), and its own
+``version``, its part of the cache key. Passes are pure functions of their inputs, so the build
+caches their outputs by content hash (``controller.build.compile``). Heavy libraries are imported
+inside ``run``: importing a pass module is cheap.
+
+Also here: ``graph`` (ONNX helpers the passes share), ``fusion`` (the fp32 pass's record),
+``pruning`` and ``finetune`` (the pruned pass's algorithm).
+
+Adding a pass is one module (a ``Pass`` subclass decorated with ``@register()``), a line in the
+manifest, and its tests; options read from the spec name the section they live under, and every
+option is documented in docs/configuration.md (a test checks both ways).
+
+May import: ``controller.data``, the foundation modules (``controller.errors``,
+``controller.validation``, ``controller.plugins``, ``controller.workspace``), ``agent``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-# Bump a recipe's version when its output would change for the same input: it is part of
-# the cache key.
-RECIPE_VERSION = 2  # 2: the fp32 recipe's record names the fusions it applied (controller.passes.fusion)
-CALIBRATION_CHUNK = 4
+from controller.plugins import PASSES
+from controller.validation import Strict
+
+
+class NoOptions(Strict):
+    """The options of a pass that has none."""
+
+
+O = TypeVar("O", bound=Strict)
 
 
 @dataclass(frozen=True)
-class RecipeInput:
+class PassInput:
+    """What a pass reads, besides its options."""
+
     source: Path  # the prepared model (shapes fixed, opset >= 13)
-    fp32: Path | None  # the fused fp32 artifact, for recipes that start from it
+    fp32: Path | None  # the fused fp32 artifact, for passes that start from it
     calibration: Path | None  # a dataset .npz, never the evaluation samples
-    options: dict[str, Any] = field(default_factory=dict)
+    budget: float | None = None  # the accuracy drop selection accepts, for budgeted passes
 
 
-Recipe = Callable[[RecipeInput, Path], dict[str, Any]]
-RECIPES: dict[str, Recipe] = {}
-# Which artifact a recipe reads: "source" or "fp32".
-STARTS_FROM: dict[str, str] = {}
-PRECISION: dict[str, str] = {}
-# Recipes that read calibration samples (rendered apart from the evaluation samples).
-NEEDS_CALIBRATION: set[str] = set()
+class Pass(ABC, Generic[O]):
+    """One variant: an ONNX model in, an ONNX model and a record of what was done out."""
+
+    name: ClassVar[str]  # the variant's name in specs, reports and the manifest
+    # Bump when the output would change for the same input and options: the cache key has it.
+    version: ClassVar[int]
+    starts_from: ClassVar[Literal["source", "fp32"]]  # which artifact the pass reads
+    precision: ClassVar[Literal["fp32", "fp16", "int8"]]  # what the engines are told the model computes in
+    calibrated: ClassVar[bool] = False  # reads calibration samples (rendered apart from the evaluation ones)
+    budgeted: ClassVar[bool] = False  # searches under the accuracy budget (PassInput.budget)
+    # The spec section its options are read from (controller.config.spec builds them from the passes).
+    section: ClassVar[Literal["quantization", "pruning"] | None] = None
+    options: type[O]  # its options model (NoOptions for none)
+
+    @abstractmethod
+    def run(self, inp: PassInput, options: O, out: Path) -> dict[str, Any]:
+        """Write the variant to ``out``; return its record (stored with the variant, shown by
+        ``edgefarm variants``)."""
+
+    @classmethod
+    def environment(cls) -> dict[str, Any]:
+        """What else changes this pass's output (a library that may or may not be installed):
+        part of its cache key, beside the versions every pass's key has."""
+        return {}
 
 
-def recipe(name: str, *, starts_from: str, precision: str, calibrated: bool = False) -> Callable[[Recipe], Recipe]:
-    def deco(fn: Recipe) -> Recipe:
-        if name in RECIPES:
-            raise ValueError(f"variant recipe {name!r} is already registered")
-        RECIPES[name] = fn
-        STARTS_FROM[name] = starts_from
-        PRECISION[name] = precision
-        if calibrated:
-            NEEDS_CALIBRATION.add(name)
-        return fn
-
-    return deco
+register = PASSES.register
 
 
-def op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return dict(Counter(n.op_type for n in model.graph.node))
-
-
-@recipe("fp32", starts_from="source", precision="fp32")
-def fp32_fused(inp: RecipeInput, out: Path) -> dict[str, Any]:
-    """Offline graph optimisation at ONNX Runtime's *basic* level.
-
-    Basic is the portable level: constant folding and semantics-preserving fusions (Conv+BN,
-    Conv+Add, Conv+Mul, Relu+Clip) that leave standard ONNX ops, so OpenVINO and every other
-    engine still load the result. The extended level would emit ORT-only ops (FusedConv).
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.optimized_model_filepath = str(out)
-    ort.InferenceSession(str(inp.source), opts, providers=["CPUExecutionProvider"])
-    from controller.passes.fusion import fusions
-
-    return fusions(inp.source, out)
+def get_pass(name: str) -> type[Pass[Any]]:
+    """The pass of the variant ``name``, its module imported on first use (unknown: UnknownPlugin)."""
+    kind: type[Pass[Any]] = PASSES.get(name)
+    return kind
 
 
-@recipe("fp16", starts_from="fp32", precision="fp16")
-def fp16(inp: RecipeInput, out: Path) -> dict[str, Any]:
-    """Weights and compute in float16; inputs and outputs stay float32 for the caller."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    assert inp.fp32 is not None
-    model = convert_float_to_float16(onnx.load(str(inp.fp32)), keep_io_types=True)
-    onnx.save(model, str(out))
-    return {"ops": op_counts(out)}
+def pass_names() -> list[str]:
+    """Every variant name, in the order a run builds and reports them (fp32 first)."""
+    return PASSES.names()
 
 
-@recipe("int8", starts_from="fp32", precision="int8", calibrated=True)
-def int8(inp: RecipeInput, out: Path) -> dict[str, Any]:
-    """ONNX Runtime static post-training quantization: QDQ, int8 weights, real calibration data.
-
-    Activations are uint8 and weights int8 (the U8S8 pair that x86 VNNI kernels and OpenVINO's
-    QDQ import both run fastest); weights per channel unless the spec turns it off.
-    """
-    assert inp.fp32 is not None and inp.calibration is not None
-    count = _quantize(inp.fp32, out, inp.calibration, inp.options, exclude=[], op_types=inp.options.get("op_types"))
-    return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"),
-            "calibration_samples": count, "per_channel": bool(inp.options.get("per_channel", True)),
-            "op_types": inp.options.get("op_types") or "all"}
+def run_pass(name: str, inp: PassInput, out: Path, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the pass ``name`` with ``options`` validated by its model (unset keys take its defaults;
+    a bad or unknown one raises pydantic's ValidationError, a ValueError, before any work)."""
+    kind = get_pass(name)
+    return kind().run(inp, kind.options.model_validate(dict(options or {})), out)
 
 
-@recipe("int8-mixed", starts_from="fp32", precision="int8", calibrated=True)
-def int8_mixed(inp: RecipeInput, out: Path) -> dict[str, Any]:
-    """int8 with the most sensitive nodes kept in float until the spec's accuracy budget holds
-    on the calibration data (see controller.passes.mixed_precision)."""
-    from controller.passes.mixed_precision import search
-
-    assert inp.fp32 is not None and inp.calibration is not None
-    calibration = inp.calibration
-    report = search(inp.fp32, calibration, out, inp.options,
-                    lambda src, dst, exclude, op_types: _quantize(src, dst, calibration, inp.options, exclude, op_types))
-    return {"ops": op_counts(out), "calibration": inp.options.get("calibration", "entropy"), "mixed": report}
-
-
-@recipe("int8-nncf", starts_from="fp32", precision="int8", calibrated=True)
-def int8_nncf(inp: RecipeInput, out: Path) -> dict[str, Any]:
-    """OpenVINO's own int8: NNCF post-training quantization on the calibration samples (ONNX
-    backend, activations stored unsigned so OpenVINO runs them right); see controller.passes.nncf_quant."""
-    from controller.passes.nncf_quant import nncf_int8
-
-    assert inp.fp32 is not None and inp.calibration is not None
-    return nncf_int8(inp.fp32, inp.calibration, out, inp.options)
-
-
-@recipe("pruned", starts_from="fp32", precision="fp32", calibrated=True)
-def pruned(inp: RecipeInput, out: Path) -> dict[str, Any]:
-    """Structured channel pruning by per-layer sensitivity under the accuracy budget, fine-tuned
-    with distillation from fp32 where torch is installed; see controller.passes.pruning."""
-    from controller.passes.pruning import variant
-
-    return variant(inp, out)
-
-
-def _quantize(src: Path, out: Path, calibration: Path, options: dict[str, Any], exclude: list[str],
-              op_types: list[str] | None = None) -> int:
-    """Quantize ``src`` into ``out`` (only ``op_types`` when given), leaving the ``exclude`` nodes
-    in float; returns the sample count."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[options.get("calibration", "entropy")]
-    reader = CalibrationReader(calibration)
-    quantize_static(
-        str(src),
-        str(out),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        per_channel=bool(options.get("per_channel", True)),
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=method,
-        nodes_to_exclude=exclude,
-        op_types_to_quantize=op_types,
-        # ORT keeps every intermediate tensor of every calibration sample until the reader is
-        # empty: over 20 GB for the 640x640 detector. Strides fold them into the ranges or
-        # histograms a few samples at a time, which bounds memory and gives the same result.
-        extra_options={"CalibStridedMinMax": reader.stride},
-    )
-    return reader.count
-
-
-class CalibrationReader:
-    """Feeds ONNX Runtime real samples, one at a time, one stride after another (at most ``limit``)."""
-
-    def __init__(self, path: Path, limit: int | None = None) -> None:
-        from agent.dataset import load_dataset
-
-        self._data = load_dataset(str(path))
-        self.count = min(self._data.count, limit or self._data.count)
-        # ORT wants strides that divide the sample count exactly.
-        self.stride = next(d for d in range(CALIBRATION_CHUNK, 0, -1) if self.count % d == 0)
-        self._next, self._end = 0, self.count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):  # ORT's debugging helpers iterate a reader instead of calling get_next
-        return iter(self.get_next, None)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._next, self._end = start_index, min(end_index, self.count)
-
-    def get_next(self) -> dict | None:
-        if self._next >= self._end:
-            return None
-        batch = self._data.batch([self._next])
-        self._next += 1
-        return batch
+def __getattr__(name: str) -> Any:
+    # Temporary, until controller.run reads get_pass(variant).precision: variant -> precision.
+    if name == "PRECISION":
+        return {n: get_pass(n).precision for n in pass_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

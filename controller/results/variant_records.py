@@ -1,6 +1,6 @@
-"""What each variant's recipe did, from the records stored with the variants.
+"""What each variant's pass did, from the records stored with the variants.
 
-Every recipe returns a record (controller.passes): the fusions applied, the calibration used,
+Every pass returns a record (controller.passes): the fusions applied, the calibration used,
 the nodes int8-mixed kept in float and why, the channels pruning cut. ``edgefarm variants``
 prints one line per variant from it, or the whole records as JSON.
 """
@@ -25,9 +25,9 @@ def latest_variants(session: Session, model: str | None = None) -> list[Variant]
     for v in session.scalars(query):
         if model is None or v.model.name == model:
             newest[v.model.name, v.name] = v  # later jobs overwrite earlier ones
-    from controller.passes import RECIPES
+    from controller.passes import pass_names
 
-    order = list(RECIPES)  # fp32 first, then as the recipes are registered
+    order = pass_names()  # fp32 first, then in the manifest's order
     return [newest[k] for k in sorted(newest, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order)))]
 
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from controller.build.source import prepare
-from controller.passes import RecipeInput, fp32_fused
+from controller.passes import PassInput, run_pass
 from controller.passes.fusion import engine_fusions, fusions
 from tests.models import ocr_model
 
@@ -66,7 +66,7 @@ def small_model(path: Path) -> None:
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("fusion")
     small_model(d / "small.onnx")
-    fp32_fused(RecipeInput(d / "small.onnx", None, None), d / "small-fp32.onnx")
+    run_pass("fp32", PassInput(d / "small.onnx", None, None), d / "small-fp32.onnx")
     return d / "small.onnx", d / "small-fp32.onnx"
 
 
@@ -108,7 +108,7 @@ def test_openvino_reports_what_it_fuses_at_load_time(small: tuple[Path, Path]) -
 def test_real_cls_model_counts_add_up(tmp_path: Path) -> None:
     src = prepare(ocr_model("cls"), "cls", {"x": [1, 3, 48, 192]}, tmp_path / "source.onnx").path
     out = tmp_path / "fp32.onnx"
-    fp32_fused(RecipeInput(src, None, None), out)
+    run_pass("fp32", PassInput(src, None, None), out)
     report = fusions(src, out)
     before = Counter(n.op_type for n in onnx.load(str(src)).graph.node)
     after = Counter(n.op_type for n in onnx.load(str(out)).graph.node)

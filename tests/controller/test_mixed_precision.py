@@ -13,8 +13,9 @@ from agent.dataset import load_dataset
 from controller.build.source import prepare
 from controller.data.datasets import _write_npz, extend_dataset, make_dataset
 from controller.data.evaluation import accuracy
-from controller.passes import RECIPES, RecipeInput, _quantize
-from controller.passes.mixed_precision import search, sensitivity
+from controller.passes import PassInput, run_pass
+from controller.passes.int8 import Int8Options, quantize
+from controller.passes.int8_mixed import search, sensitivity
 from tests.models import ocr_model
 
 
@@ -24,7 +25,7 @@ def cls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("mixed")
     fp32 = tmp / "fp32.onnx"
     source = prepare(ocr_model("cls"), "cls", {"x": [1, 3, 48, 192]}, tmp / "source.onnx").path
-    RECIPES["fp32"](RecipeInput(source, None, None), fp32)
+    run_pass("fp32", PassInput(source, None, None), fp32)
     calibration = tmp / "calibration.npz"
     make_dataset("ocr-cls", {"x": ((1, 3, 48, 192), "float32")}, 16, 1_000_003, calibration)
     return fp32, calibration
@@ -33,7 +34,7 @@ def cls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_sensitivity_ranks_real_nodes_by_the_error_they_add(cls: tuple[Path, Path], tmp_path: Path) -> None:
     fp32, calibration = cls
     qdq = tmp_path / "int8.onnx"
-    _quantize(fp32, qdq, calibration, {"calibration": "minmax"}, exclude=[])
+    quantize(fp32, qdq, calibration, Int8Options(calibration="minmax"), exclude=[])
     ranking = sensitivity(fp32, qdq, calibration)
     names = {n.name for n in onnx.load(str(fp32)).graph.node}
     assert len(ranking) > 10 and all(r["node"] in names for r in ranking)
@@ -53,8 +54,9 @@ def test_the_search_keeps_nodes_in_float_until_the_budget_holds(cls: tuple[Path,
     _write_npz(dim, meta, arrays)
 
     out = tmp_path / "mixed.onnx"
-    report = search(fp32, calibration, out, {"budget": 0.0, "budget_samples": 64},
-                    lambda src, dst, exclude, ops: _quantize(src, dst, dim, {"calibration": "minmax"}, exclude, ops))
+    minmax = Int8Options(calibration="minmax")
+    report = search(fp32, calibration, out, 0.0, 64,
+                    lambda src, dst, exclude, ops: quantize(src, dst, dim, minmax, exclude, ops))
     chosen, steps = report["chosen"], report["steps"]
     assert steps[0]["float_nodes"] == 0 and steps[0]["drop"] > 0  # plain int8 missed the budget
     # The budget is judged on the calibration set extended with its own seed, not on the few

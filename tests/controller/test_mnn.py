@@ -21,7 +21,7 @@ from agent.metrics import evaluator_for  # noqa: E402
 from controller.build.source import prepare  # noqa: E402
 from controller.convert import ConversionError, ConvertInput, converted_engines, converter_for  # noqa: E402
 from controller.data.datasets import make_dataset  # noqa: E402
-from controller.passes import RECIPES, RecipeInput  # noqa: E402
+from controller.passes import PassInput, run_pass  # noqa: E402
 from tests.models import ocr_model  # noqa: E402
 
 SHAPES = {"cls": [1, 3, 48, 192], "rec": [1, 3, 48, 320], "det": [1, 3, 640, 640]}
@@ -33,7 +33,7 @@ def build(which: str, d: Path, samples: int, calibration: int) -> dict[str, Path
     an evaluation set and a calibration set rendered with another seed."""
     src = prepare(ocr_model(which), which, {"x": SHAPES[which]}, d / f"{which}.source.onnx")
     fp32 = d / f"{which}.fp32.onnx"
-    RECIPES["fp32"](RecipeInput(src.path, None, None), fp32)
+    run_pass("fp32", PassInput(src.path, None, None), fp32)
     inputs = {i.name: (i.shape, i.dtype) for i in src.inputs}
     make_dataset(KINDS[which], inputs, samples, 0, d / f"{which}.eval.npz", model_path=src.path)
     make_dataset(KINDS[which], inputs, calibration, 1, d / f"{which}.calib.npz", model_path=src.path)
@@ -150,7 +150,7 @@ def test_int8_mixed_keeps_in_float_what_the_onnx_variant_keeps_in_float(cls: dic
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from controller.passes import CalibrationReader
+    from controller.passes.int8 import CalibrationReader
 
     convs = [n for n in onnx.load(str(cls["fp32"])).graph.node if n.op_type == "Conv"]
     kept = convs[0]  # the first convolution, as the mixed-precision search often leaves it

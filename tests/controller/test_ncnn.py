@@ -38,10 +38,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cls_fp32(work: Path) -> Path:
     """The cls model as the project compiles it: prepared (batch 1 shape), then fused fp32."""
     from controller.build.source import prepare
-    from controller.passes import RecipeInput, fp32_fused
+    from controller.passes import PassInput, run_pass
 
     prepared = prepare(ocr_model("cls"), "ppocr-cls", {"x": list(CLS_SHAPE)}, work / "source.onnx")
-    fp32_fused(RecipeInput(prepared.path, None, None), work / "fp32.onnx")
+    run_pass("fp32", PassInput(prepared.path, None, None), work / "fp32.onnx")
     return work / "fp32.onnx"
 
 
@@ -259,11 +259,11 @@ def test_kl_clips_a_lone_outlier() -> None:
 
 
 def test_int8_mixed_keeps_the_variants_float_layers_float(work: Path, cls_fp32: Path, cls_data: Path) -> None:
-    from controller.passes import _quantize
+    from controller.passes.int8 import Int8Options, quantize
 
     mixed = work / "mixed.onnx"
     # The first convolution and the first SE block's squeeze (ncnn makes it an InnerProduct) stay float.
-    _quantize(cls_fp32, mixed, cls_data, {"calibration": "minmax"}, ["Conv@0", "Conv@3"])
+    quantize(cls_fp32, mixed, cls_data, Int8Options(calibration="minmax"), ["Conv@0", "Conv@3"])
     meta = converter_for("ncnn").convert(ConvertInput(
         "int8-mixed", "int8", mixed, cls_fp32, cls_data, "cpu",
         {"calibration": "minmax", "ncnn_layers": ["Convolution", "InnerProduct"]}), work / "mixed.tar")

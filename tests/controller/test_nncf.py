@@ -16,8 +16,8 @@ from agent.engines.openvino import OpenVinoEngine
 from agent.metrics import evaluator_for
 from controller.build.source import prepare
 from controller.data.datasets import make_dataset
-from controller.passes import RECIPES, RecipeInput
-from controller.passes.nncf_quant import nncf_int8, unsigned_activations
+from controller.passes import PassInput, run_pass
+from controller.passes.int8_nncf import NncfOptions, nncf_int8, unsigned_activations
 from tests.models import ocr_model
 
 CALIBRATION_SEED = 1_000_003  # as the controller draws calibration: never an evaluation sample
@@ -25,7 +25,7 @@ CALIBRATION_SEED = 1_000_003  # as the controller draws calibration: never an ev
 
 def _build(d: Path, which: str, shape: list[int], calibration: int, evaluation: int) -> dict[str, Path]:
     src = prepare(ocr_model(which), which, {"x": shape}, d / "source.onnx").path
-    RECIPES["fp32"](RecipeInput(src, None, None), d / "fp32.onnx")
+    run_pass("fp32", PassInput(src, None, None), d / "fp32.onnx")
     inputs = {"x": (tuple(shape), "float32")}
     make_dataset(f"ocr-{which}", inputs, calibration, CALIBRATION_SEED, d / "calibration.npz", model_path=src)
     make_dataset(f"ocr-{which}", inputs, evaluation, 0, d / "eval.npz", model_path=src)
@@ -36,7 +36,8 @@ def _build(d: Path, which: str, shape: list[int], calibration: int, evaluation: 
 def cls(tmp_path_factory: pytest.TempPathFactory) -> dict:
     paths = _build(tmp_path_factory.mktemp("nncf-cls"), "cls", [1, 3, 48, 192], 16, 64)
     paths["int8"] = paths["dir"] / "int8-nncf.onnx"
-    paths["meta"] = nncf_int8(paths["fp32"], paths["calibration"], paths["int8"], {"calibration": "entropy"})
+    paths["meta"] = run_pass("int8-nncf", PassInput(paths["fp32"], paths["fp32"], paths["calibration"]), paths["int8"],
+                             {"calibration": "entropy"})
     return paths
 
 
@@ -113,10 +114,12 @@ def test_onnxruntime_runs_the_same_file(cls: dict) -> None:
 
 
 def test_bad_options_are_refused_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="nncf_preset 'fast'"):
-        nncf_int8(tmp_path / "none.onnx", tmp_path / "none.npz", tmp_path / "out.onnx", {"nncf_preset": "fast"})
-    with pytest.raises(ValueError, match="nncf_model_type 'cnn'"):
-        nncf_int8(tmp_path / "none.onnx", tmp_path / "none.npz", tmp_path / "out.onnx", {"nncf_model_type": "cnn"})
+    nowhere = PassInput(tmp_path / "none.onnx", tmp_path / "none.onnx", tmp_path / "none.npz")
+    with pytest.raises(ValueError, match=r"nncf_preset\n.*input_value='fast'"):
+        run_pass("int8-nncf", nowhere, tmp_path / "out.onnx", {"nncf_preset": "fast"})
+    with pytest.raises(ValueError, match=r"nncf_model_type\n.*input_value='cnn'"):
+        run_pass("int8-nncf", nowhere, tmp_path / "out.onnx", {"nncf_model_type": "cnn"})
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def _signed_pair(path: Path, zero: np.ndarray, scale: np.ndarray, axis: int = 1) -> None:
@@ -164,7 +167,7 @@ def test_per_channel_activation_pairs_stay_signed(tmp_path: Path) -> None:
 def _openvino_accuracy_kept(which: str, shape: list[int], tmp_path: Path, tolerance: float) -> None:
     paths = _build(tmp_path, which, shape, 8, 24)
     out = tmp_path / "int8-nncf.onnx"
-    meta = nncf_int8(paths["fp32"], paths["calibration"], out, {})
+    meta = nncf_int8(paths["fp32"], paths["calibration"], out, NncfOptions())
     assert meta["activations_made_unsigned"] > 10
     fp32, _ = accuracy_openvino(paths["fp32"], paths["eval"])
     int8, _ = accuracy_openvino(out, paths["eval"])

@@ -20,7 +20,7 @@ from controller.build.source import prepare
 from controller.convert import ConversionError, ConvertInput
 from controller.convert.openvino import OpenVinoConverter
 from controller.data.datasets import make_dataset
-from controller.passes import RECIPES, RecipeInput
+from controller.passes import PassInput, run_pass
 from tests.models import ocr_model
 
 SHAPE = {"x": ((1, 3, 48, 192), "float32")}
@@ -36,10 +36,10 @@ def cls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The cls model's fp32, fp16 and int8 variants, each converted to IR, and labelled data."""
     d = tmp_path_factory.mktemp("openvino-ir")
     src = prepare(ocr_model("cls"), "cls", {"x": [1, 3, 48, 192]}, d / "source.onnx").path
-    RECIPES["fp32"](RecipeInput(src, None, None), d / "fp32.onnx")
-    RECIPES["fp16"](RecipeInput(src, d / "fp32.onnx", None), d / "fp16.onnx")
+    run_pass("fp32", PassInput(src, None, None), d / "fp32.onnx")
+    run_pass("fp16", PassInput(src, d / "fp32.onnx", None), d / "fp16.onnx")
     make_dataset("ocr-cls", SHAPE, 8, 1_000_003, d / "calibration.npz")
-    RECIPES["int8"](RecipeInput(src, d / "fp32.onnx", d / "calibration.npz", {"calibration": "minmax"}), d / "int8.onnx")
+    run_pass("int8", PassInput(src, d / "fp32.onnx", d / "calibration.npz"), d / "int8.onnx", {"calibration": "minmax"})
     make_dataset("ocr-cls", SHAPE, 48, 0, d / "eval.npz")
     paths = {"dir": d, "eval": d / "eval.npz"}
     converter = OpenVinoConverter()
@@ -182,12 +182,12 @@ def test_the_recognizers_int8_ir_computes_what_its_onnx_computes(tmp_path: Path)
     """convert_model's offline transformations made OpenVINO run this QDQ model differently
     (exact match 0.57 -> 0.22 on these samples); the int8 IR must match the ONNX file."""
     src = prepare(ocr_model("rec"), "rec", {"x": [1, 3, 48, 320]}, tmp_path / "source.onnx").path
-    RECIPES["fp32"](RecipeInput(src, None, None), tmp_path / "fp32.onnx")
+    run_pass("fp32", PassInput(src, None, None), tmp_path / "fp32.onnx")
     shape = {"x": ((1, 3, 48, 320), "float32")}
     make_dataset("ocr-rec", shape, 8, 1_000_003, tmp_path / "calibration.npz", model_path=src)
     make_dataset("ocr-rec", shape, 40, 0, tmp_path / "eval.npz", model_path=src)
     int8 = tmp_path / "int8.onnx"
-    RECIPES["int8"](RecipeInput(src, tmp_path / "fp32.onnx", tmp_path / "calibration.npz", {"calibration": "minmax"}), int8)
+    run_pass("int8", PassInput(src, tmp_path / "fp32.onnx", tmp_path / "calibration.npz"), int8, {"calibration": "minmax"})
     packed = tmp_path / "int8.tar"
     OpenVinoConverter().convert(ConvertInput("int8", "int8", int8, tmp_path / "fp32.onnx", tmp_path / "calibration.npz",
                                              "any"), packed)

@@ -99,12 +99,12 @@ def _prepared(name: str, work: Path) -> tuple[Path, Path]:
     """The model as a run makes it: shapes fixed (batch left dynamic), fp32 fused; and rendered samples."""
     from controller.build.source import prepare
     from controller.data.datasets import make_dataset
-    from controller.passes import RecipeInput, fp32_fused
+    from controller.passes import PassInput, run_pass
 
     file, shape, kind = MODELS[name]
     source = prepare(cls_model_path().parent / file, name, {"x": shape}, work / f"{name}.src.onnx")
     fp32 = work / f"{name}.fp32.onnx"
-    fp32_fused(RecipeInput(source.path, None, None), fp32)
+    run_pass("fp32", PassInput(source.path, None, None), fp32)
     dataset = work / f"{name}.npz"
     make_dataset(kind, {"x": (tuple(shape), "float32")}, SAMPLES, 0, dataset, model_path=source.path)
     return fp32, dataset

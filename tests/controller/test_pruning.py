@@ -14,25 +14,18 @@ from onnx import numpy_helper
 from controller.build.source import prepare
 from controller.data.datasets import _write_npz, extend_dataset, make_dataset
 from controller.data.evaluation import accuracy
-from controller.passes import RECIPES, RecipeInput, finetune
-from controller.passes.pruning import (
-    PruningError,
-    apply,
-    channel_activity,
-    cost,
-    find_groups,
-    greedy_order,
-    importance,
-    keep_indices,
-    prune,
-    removable,
-    variant,
-)
+from controller.passes import PassInput, run_pass
+from controller.passes.finetune import FinetuneUnsupported, losses, training
+from controller.passes.finetune.interpreter import build_module
+from controller.passes.pruning.groups import find_groups
+from controller.passes.pruning.options import PruningOptions
+from controller.passes.pruning.search import greedy_order, prune
+from controller.passes.pruning.surgery import apply, channel_activity, cost, importance, keep_indices, removable
 from tests.models import digits_mlp, ocr_model
 
 CLS_INPUT = {"x": ((1, 3, 48, 192), "float32")}
 CALIBRATION_SEED = 1_000_003  # as controller.build.compile renders calibration samples
-needs_torch = pytest.mark.skipif(not finetune.available(), reason="torch is not installed")
+needs_torch = pytest.mark.skipif(not training.available(), reason="torch is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def cls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fused fp32 classifier, 32 calibration samples and 200 evaluation samples (seed 0)."""
     tmp = tmp_path_factory.mktemp("pruning-cls")
     source = prepare(ocr_model("cls"), "cls", {"x": [1, 3, 48, 192]}, tmp / "source.onnx").path
-    RECIPES["fp32"](RecipeInput(source, None, None), tmp / "fp32.onnx")
+    run_pass("fp32", PassInput(source, None, None), tmp / "fp32.onnx")
     make_dataset("ocr-cls", CLS_INPUT, 32, CALIBRATION_SEED, tmp / "calibration.npz")
     make_dataset("ocr-cls", CLS_INPUT, 200, 0, tmp / "eval.npz")
     return {"fp32": tmp / "fp32.onnx", "calibration": tmp / "calibration.npz", "eval": tmp / "eval.npz", "dir": tmp}
@@ -202,7 +195,7 @@ def test_sensitivity_and_choice_meet_the_budget_on_calibration_samples(cls: dict
     out = tmp_path / "pruned.onnx"
     budget = 0.02
     report = prune(cls["fp32"], cls["calibration"], out,
-                   {"budget": budget, "finetune": "off", "samples": 96, "ratios": [0.5]})
+                   PruningOptions(budget=budget, finetune="off", samples=96, ratios=[0.5]))
     # The calibration set was extended with its own seed (never the evaluation seed), and the
     # drop it reports is what the written model really scores on those samples.
     extended = extend_dataset(cls["calibration"], 96, cls["fp32"], tmp_path / "check.npz")
@@ -222,10 +215,12 @@ def test_sensitivity_and_choice_meet_the_budget_on_calibration_samples(cls: dict
 
 
 def test_bad_options_are_refused(cls: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(PruningError, match="max_ratio"):
-        prune(cls["fp32"], cls["calibration"], tmp_path / "x.onnx", {"max_ratio": 1.5})
-    with pytest.raises(PruningError, match="finetune"):
-        prune(cls["fp32"], cls["calibration"], tmp_path / "x.onnx", {"finetune": "sometimes"})
+    inp = PassInput(cls["fp32"], cls["fp32"], cls["calibration"], budget=0.01)
+    with pytest.raises(ValueError, match="max_ratio"):
+        run_pass("pruned", inp, tmp_path / "x.onnx", {"max_ratio": 1.5})
+    with pytest.raises(ValueError, match="finetune"):
+        run_pass("pruned", inp, tmp_path / "x.onnx", {"finetune": "sometimes"})
+    assert not (tmp_path / "x.onnx").exists()
 
 
 # --- training --------------------------------------------------------------------------------
@@ -241,7 +236,7 @@ def test_the_torch_interpreter_runs_the_graph_as_onnx_runtime_does(cls: dict[str
     groups = find_groups(model)
     pruned = apply(model, groups, {g.id: keep_indices(model, g, 0.25) for g in groups
                                    if g.prunable and removable(g.channels, 0.25)})
-    module = finetune.build_module(pruned)
+    module = build_module(pruned)
     batch = load_dataset(str(cls["calibration"])).batch(list(range(4)))
     with torch.no_grad():
         got = module({"x": torch.from_numpy(batch["x"])}, [pruned.graph.output[0].name])
@@ -261,7 +256,7 @@ def _digits(tmp: Path) -> dict[str, Path]:
     from sklearn.model_selection import train_test_split
 
     digits_mlp(tmp / "source.onnx")
-    RECIPES["fp32"](RecipeInput(tmp / "source.onnx", None, None), tmp / "fp32.onnx")
+    run_pass("fp32", PassInput(tmp / "source.onnx", None, None), tmp / "fp32.onnx")
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0)  # as digits_mlp splits
@@ -281,8 +276,8 @@ def test_digits_pruned_past_the_budget_win_it_back_by_distillation(tmp_path: Pat
     # An MLP this small, pruned this far, relearns at 10x the default rate (which suits the
     # pretrained PaddleOCR models).
     report = prune(d["fp32"], d["calibration"], out,
-                   {"budget": 0.01, "round_to": 4, "target_params": 0.6, "epochs": 30, "lr": 1e-2,
-                    "ratios": [0.25, 0.5, 0.625, 0.75]},
+                   PruningOptions(budget=0.01, round_to=4, target_params=0.6, epochs=30, lr=1e-2,
+                                  ratios=[0.25, 0.5, 0.625, 0.75]),
                    train=d["train"], keep=keep)
     fp32 = accuracy(d["fp32"], d["eval"])
     untrained = accuracy(keep["untrained"], d["eval"])
@@ -311,13 +306,13 @@ def test_finetuning_without_labels_distills_alone_and_without_distillation_needs
     unlabelled = tmp_path / "unlabelled.npz"
     _write_npz(unlabelled, {"task": "agreement", "count": len(arrays["input:pixels"]),
                             "inputs": {"pixels": {"normalize": None}}, "params": {}}, arrays)
-    tuned, report = finetune.finetune(model, student, unlabelled, {"epochs": 20, "lr": 1e-2})
+    tuned, report = training.finetune(model, student, unlabelled, PruningOptions(epochs=20, lr=1e-2))
     assert not report["labels"] and report["distill"]
     assert accuracy(tuned, d["eval"]) > accuracy(student, d["eval"]) + 0.1
-    with pytest.raises(finetune.FinetuneUnsupported, match="no labels"):
-        finetune.finetune(model, student, unlabelled, {"distill": False})
+    with pytest.raises(FinetuneUnsupported, match="no labels"):
+        training.finetune(model, student, unlabelled, PruningOptions(distill=False))
     # A run that cannot finish in its time limit is planned to end there, not cut off.
-    _, short = finetune.finetune(model, student, unlabelled, {"epochs": 500, "max_seconds": 1.0})
+    _, short = training.finetune(model, student, unlabelled, PruningOptions(epochs=500, max_seconds=1.0))
     assert short["shortened"] and short["steps"] < 500 * (1347 // 32) and short["seconds"] < 3.0
 
 
@@ -336,7 +331,7 @@ def test_fine_tuning_keeps_a_model_whose_weight_scales_lie_orders_of_magnitude_a
     assert accuracy(student, d["eval"]) == fp32
     # Trained against the teacher it already equals, it must stay put: one absolute learning
     # rate would move the small layer by several times its own scale in the first steps.
-    tuned, _ = finetune.finetune(teacher, student, d["train"], {"epochs": 4})
+    tuned, _ = training.finetune(teacher, student, d["train"], PruningOptions(epochs=4))
     assert accuracy(tuned, d["eval"]) >= fp32 - 0.01
 
 
@@ -364,7 +359,7 @@ def test_distillation_reads_a_softmax_behind_a_reshape_and_pulls_the_student_to_
     rng = np.random.default_rng(0)
     w = rng.standard_normal((12, 10)) * 2
     teacher, student = _sequence_model(w), _sequence_model(w + rng.standard_normal(w.shape) * 2)
-    (head,) = finetune._heads(student)
+    (head,) = losses.heads(student)
     assert head == {"output": 0, "tensor": "flat", "kind": "softmax", "axis": -1}
     x = rng.standard_normal((512, 8, 12)).astype(np.float32)
     data = tmp_path / "train.npz"
@@ -376,7 +371,7 @@ def test_distillation_reads_a_softmax_behind_a_reshape_and_pulls_the_student_to_
                for m in (teacher, model)]
         return float((run[0].argmax(-1) == run[1].argmax(-1)).mean())
 
-    tuned, report = finetune.finetune(teacher, student, data, {"epochs": 60, "lr": 5e-2})
+    tuned, report = training.finetune(teacher, student, data, PruningOptions(epochs=60, lr=5e-2))
     assert report["loss"][-1] < 0.2 * report["loss"][0]
     assert agreement(student) < 0.6 and agreement(tuned) > 0.9, (agreement(student), agreement(tuned))
 
@@ -384,12 +379,12 @@ def test_distillation_reads_a_softmax_behind_a_reshape_and_pulls_the_student_to_
 @needs_torch
 @pytest.mark.slow
 def test_the_pruned_variant_fine_tunes_the_ppocr_classifier(cls: dict[str, Path], tmp_path: Path) -> None:
-    """The recipe end to end on the PaddleOCR classifier, with a small training run: pruned past
+    """The pass end to end on the PaddleOCR classifier, with a small training run: pruned past
     what surgery alone keeps within the budget, trained on rendered lines with distillation."""
     out = tmp_path / "pruned.onnx"
-    meta = variant(RecipeInput(cls["fp32"], cls["fp32"], cls["calibration"],
-                               {"budget": 0.02, "samples": 128, "ratios": [0.5], "target_flops": 0.3,
-                                "train_samples": 768, "epochs": 2, "attempts": 1}), out)
+    meta = run_pass("pruned", PassInput(cls["fp32"], cls["fp32"], cls["calibration"]), out,
+                    {"budget": 0.02, "samples": 128, "ratios": [0.5], "target_flops": 0.3,
+                     "train_samples": 768, "epochs": 2, "attempts": 1})
     report = meta["pruning"]
     attempt = report["finetune"]["attempts"][0]
     assert attempt["macs"] <= 0.7 * report["macs_before"]
@@ -414,11 +409,11 @@ def test_the_activation_count_is_what_onnx_runtime_computes_and_sizes_the_traini
     x = np.zeros((1, 3, 48, 192), np.float32)
     assert cost(model)["activations"] == sum(o.size for o in session.run(None, {"x": x}))
 
-    assert finetune.batch_size(model) == finetune.BATCH  # 48x192 inputs: a full batch fits
-    monkeypatch.setattr(finetune, "ACTIVATION_BYTES", 10 * 4 * cost(model)["activations"])
-    assert finetune.batch_size(model) == 10
-    monkeypatch.setattr(finetune, "ACTIVATION_BYTES", 1)
-    assert finetune.batch_size(model) == 1
+    assert training.batch_size(model) == training.BATCH  # 48x192 inputs: a full batch fits
+    monkeypatch.setattr(training, "ACTIVATION_BYTES", 10 * 4 * cost(model)["activations"])
+    assert training.batch_size(model) == 10
+    monkeypatch.setattr(training, "ACTIVATION_BYTES", 1)
+    assert training.batch_size(model) == 1
 
 
 @pytest.mark.parametrize("which, shape, reason", [
@@ -430,7 +425,7 @@ def test_det_and_rec_groups_can_all_be_cut_and_still_run(which: str, shape: list
     import onnxruntime as ort
 
     source = prepare(ocr_model(which), which, {"x": shape}, tmp_path / "source.onnx").path
-    RECIPES["fp32"](RecipeInput(source, None, None), tmp_path / "fp32.onnx")
+    run_pass("fp32", PassInput(source, None, None), tmp_path / "fp32.onnx")
     model = onnx.load(str(tmp_path / "fp32.onnx"))
     groups = find_groups(model)
     plan = {g.id: keep_indices(model, g, 0.25) for g in groups if g.prunable and removable(g.channels, 0.25)}

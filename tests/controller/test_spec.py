@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
-from controller.build.compile import _recipe_options
+from controller.build.compile import _pass_options
 from controller.config.inventory import DEFAULT, load_inventory
-from controller.config.spec import load_spec, parse_input_flag
+from controller.config.spec import load_spec, parse_input_flag, section_model
 from controller.errors import ConfigError
+from controller.passes import get_pass, pass_names
+from controller.validation import Strict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,6 +66,9 @@ def test_optimization_example_asks_for_every_optimized_variant_with_its_models_o
         (lambda s: s.update(pruning={"finetune": "always"}), "pruning.finetune"),
         (lambda s: s["models"][1].update(pruning={"lr": 2}), "models.1.pruning.lr: Input should be less than 1"),
         (lambda s: s.update(quantization={"ncnn_layers": ["Gemm"]}), "quantization.ncnn_layers.0: Input should be"),
+        (lambda s: s.update(quantization={"nncf_preset": "fast"}), "quantization.nncf_preset: Input should be "
+                                                                   "'performance' or 'mixed' (got 'fast')"),
+        (lambda s: s.update(quantization={"budget": 0.1}), "quantization.budget: Extra inputs are not permitted"),
     ],
 )
 def test_bad_spec_names_file_key_and_value(tmp_path: Path, mutate, expected: str) -> None:
@@ -84,7 +91,55 @@ def test_a_model_sets_its_own_pruning_keys_over_the_specs(tmp_path: Path) -> Non
     det, cls = spec.pruning_for(spec.models[0]), spec.pruning_for(spec.models[2])
     assert (det.lr, det.epochs) == (0.001, 2)
     assert (cls.lr, cls.epochs) == (0.003, 2)  # the model's key wins, the spec's others stay
-    assert _recipe_options("pruned", spec, spec.models[2])["lr"] == 0.003  # and is what the recipe gets
+    assert _pass_options("pruned", spec, spec.models[2])["lr"] == 0.003  # and is what the pass gets
+
+
+def test_the_nncf_keys_reach_the_nncf_pass_and_each_pass_gets_only_its_own_keys(tmp_path: Path) -> None:
+    data = example()
+    data["variants"] = ["fp32", "int8", "int8-mixed", "int8-nncf", "pruned"]
+    data["quantization"] = {"calibration": "minmax", "nncf_preset": "mixed", "nncf_model_type": "transformer",
+                            "nncf_fast_bias_correction": False, "budget_samples": 64}
+    data["pruning"] = {"epochs": 2}
+    spec = load_spec(write(tmp_path, data)).spec
+    model = spec.models[0]
+    nncf = _pass_options("int8-nncf", spec, model)
+    assert (nncf["nncf_preset"], nncf["nncf_model_type"], nncf["nncf_fast_bias_correction"]) == (
+        "mixed", "transformer", False)
+    assert nncf["calibration"] == "minmax"
+    assert "budget_samples" not in nncf
+    # Only a pass's own fields are in its options (and so in its cache key): a pruning or an
+    # int8-mixed key does not rebuild int8.
+    for name in ("int8", "int8-mixed", "int8-nncf", "pruned"):
+        assert set(_pass_options(name, spec, model)) == set(get_pass(name).options.model_fields), name
+    assert _pass_options("int8-mixed", spec, model)["budget_samples"] == 64
+    assert _pass_options("pruned", spec, model)["epochs"] == 2
+    assert _pass_options("fp16", spec, model) == {}
+
+
+def test_every_pass_option_is_documented_and_every_documented_option_can_be_set() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `((?:quantization|pruning)\.\w+)`", text, flags=re.MULTILINE))
+    settable = {f"{kind.section}.{field}" for kind in map(get_pass, pass_names()) if kind.section
+                for field in kind.options.model_fields}
+    assert "quantization.nncf_preset" in settable and "pruning.lr" in settable
+    assert documented == settable
+
+
+def test_two_passes_declaring_one_option_differently_are_refused() -> None:
+    class A(Strict):
+        samples: int = Field(32, description="calibration samples")
+
+    class B(Strict):
+        samples: int = Field(64, description="calibration samples")
+
+    class C(Strict):
+        samples: int = Field(32, description="calibration samples")
+        extra: bool = Field(True, description="a key of C's own")
+
+    assert set(section_model("quantization", [A, C]).model_fields) == {"samples", "extra"}
+    assert section_model("quantization", [A]) is A
+    with pytest.raises(TypeError, match="option samples of .*B differs from .*A's"):
+        section_model("quantization", [A, B])
 
 
 def test_malformed_yaml_and_missing_file(tmp_path: Path) -> None:

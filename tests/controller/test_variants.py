@@ -1,4 +1,4 @@
-"""Variant recipes on a real model with real calibration data."""
+"""Variant passes on a real model with real calibration data."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from onnx import numpy_helper
 
 from controller.build.source import prepare
 from controller.data.datasets import make_dataset
-from controller.passes import RECIPES, CalibrationReader, RecipeInput
+from controller.passes import PassInput, run_pass
+from controller.passes.int8 import CalibrationReader
 from tests.models import ocr_model
 
 SHAPE = {"x": ((1, 3, 48, 192), "float32")}
@@ -21,7 +22,7 @@ SHAPE = {"x": ((1, 3, 48, 192), "float32")}
 def cls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("variants")
     src = prepare(ocr_model("cls"), "cls", {"x": [1, 3, 48, 192]}, d / "source.onnx").path
-    RECIPES["fp32"](RecipeInput(src, None, None), d / "fp32.onnx")
+    run_pass("fp32", PassInput(src, None, None), d / "fp32.onnx")
     make_dataset("ocr-cls", SHAPE, 6, 11, d / "calibration.npz")
     return {"source": src, "fp32": d / "fp32.onnx", "calibration": d / "calibration.npz", "dir": d}
 
@@ -38,7 +39,7 @@ def test_calibration_methods_give_different_ranges(cls: dict[str, Path]) -> None
     scales = {}
     for method in ("minmax", "entropy", "percentile"):
         out = cls["dir"] / f"int8-{method}.onnx"
-        meta = RECIPES["int8"](RecipeInput(cls["source"], cls["fp32"], cls["calibration"], {"calibration": method}), out)
+        meta = run_pass("int8", PassInput(cls["source"], cls["fp32"], cls["calibration"]), out, {"calibration": method})
         assert meta["calibration"] == method and meta["calibration_samples"] == 6
         assert meta["ops"]["QuantizeLinear"] > 10 and meta["ops"]["DequantizeLinear"] > 10
         scales[method] = activation_scales(out)
@@ -52,8 +53,8 @@ def test_calibration_methods_give_different_ranges(cls: dict[str, Path]) -> None
 def test_per_channel_weights_can_be_turned_off(cls: dict[str, Path]) -> None:
     def weight_scale_sizes(per_channel: bool) -> set[int]:
         out = cls["dir"] / f"int8-pc{per_channel}.onnx"
-        RECIPES["int8"](RecipeInput(cls["source"], cls["fp32"], cls["calibration"],
-                                    {"calibration": "minmax", "per_channel": per_channel}), out)
+        run_pass("int8", PassInput(cls["source"], cls["fp32"], cls["calibration"]), out,
+                 {"calibration": "minmax", "per_channel": per_channel})
         model = onnx.load(str(out))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         return {inits[n.input[1]].size for n in model.graph.node
@@ -64,7 +65,7 @@ def test_per_channel_weights_can_be_turned_off(cls: dict[str, Path]) -> None:
 
 def test_fp16_keeps_float32_inputs_and_outputs(cls: dict[str, Path]) -> None:
     out = cls["dir"] / "fp16.onnx"
-    RECIPES["fp16"](RecipeInput(cls["source"], cls["fp32"], None), out)
+    run_pass("fp16", PassInput(cls["source"], cls["fp32"], None), out)
     model = onnx.load(str(out))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

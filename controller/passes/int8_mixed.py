@@ -1,4 +1,5 @@
-"""Accuracy-aware int8: keep the most sensitive nodes in float until the accuracy budget holds.
+"""The ``int8-mixed`` variant, accuracy-aware int8: the most sensitive nodes stay in float until
+the accuracy budget holds.
 
 Plain post-training int8 can lose far more than a deployment accepts (the PaddleOCR
 recogniser drops from 0.92 to 0.54 exact match). Usually a handful of layers cause it, so:
@@ -25,8 +26,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import Field
+
 from controller.data.datasets import count, extend_dataset, rendered, sample_bytes
 from controller.data.evaluation import accuracy, latency_ms
+from controller.passes import Pass, PassInput, register
+from controller.passes.graph import op_counts
+from controller.passes.int8 import CalibrationReader, Int8Options, quantize
 
 # What is quantized. "compute": the ops that carry weights, where int8 kernels pay; the
 # normalisation, activation and elementwise ops around them stay float. On the PaddleOCR
@@ -37,18 +43,42 @@ SCOPE_WHY = {"all": "every op quantized",
 # Candidates tried past the fewest float nodes that meet the budget, to find the fastest.
 EXTRA_CANDIDATES = 2
 CLEARLY_FASTER = 0.05  # below this, a latency difference on the controller is noise
-BUDGET_SAMPLES = 256
 BUDGET_BYTES = 256 << 20  # rendered samples stay in memory as stored (uint8 images)
 
 
-def search(fp32: Path, calibration: Path, out: Path, options: dict[str, Any],
-           quantize: Callable[[Path, Path, list[str], list[str] | None], None]) -> dict[str, Any]:
-    """Write the chosen model to ``out`` and return the report; ``quantize(src, dst, exclude,
-    op_types)`` is the int8 recipe itself, so both variants quantize exactly alike."""
-    budget = float(options["budget"])
+class Int8MixedOptions(Int8Options):
+    """The int8 pass's keys, and the samples the accuracy budget is judged on."""
+
+    budget_samples: int = Field(
+        256, ge=8, description="int8-mixed: samples the budget is checked on (the calibration set, extended)")
+
+
+@register()
+class Int8Mixed(Pass[Int8MixedOptions]):
+    name = "int8-mixed"
+    version = 1
+    starts_from = "fp32"
+    precision = "int8"
+    calibrated = True
+    budgeted = True  # its search stops at the budget selection will apply
+    section = "quantization"
+    options = Int8MixedOptions
+
+    def run(self, inp: PassInput, options: Int8MixedOptions, out: Path) -> dict[str, Any]:
+        assert inp.fp32 is not None and inp.calibration is not None and inp.budget is not None
+        calibration = inp.calibration
+        report = search(inp.fp32, calibration, out, inp.budget, options.budget_samples,
+                        lambda src, dst, exclude, op_types: quantize(src, dst, calibration, options, exclude, op_types))
+        return {"ops": op_counts(out), "calibration": options.calibration, "mixed": report}
+
+
+def search(fp32: Path, calibration: Path, out: Path, budget: float, budget_samples: int,
+           quantizer: Callable[[Path, Path, list[str], list[str] | None], Any]) -> dict[str, Any]:
+    """Write the chosen model to ``out`` and return the report; ``quantizer(src, dst, exclude,
+    op_types)`` is the int8 pass's own quantizer, so both variants quantize exactly alike."""
     with tempfile.TemporaryDirectory(prefix="edgefarm-mixed-") as tmp_dir:
         tmp = Path(tmp_dir)
-        calibration = judged_on(calibration, fp32, int(options.get("budget_samples") or BUDGET_SAMPLES), tmp)
+        calibration = judged_on(calibration, fp32, budget_samples, tmp)
         samples = count(calibration)
         reference = accuracy(fp32, calibration)
         tried: dict[tuple[str, int], dict[str, Any]] = {}
@@ -58,7 +88,7 @@ def search(fp32: Path, calibration: Path, out: Path, options: dict[str, Any],
             """Quantize the scope's ops, the k most sensitive nodes left in float; within budget?"""
             if (scope, k) not in tried:
                 path = tmp / f"q-{len(tried)}.onnx"
-                quantize(fp32, path, [r["node"] for r in ranking[:k]], SCOPES[scope])
+                quantizer(fp32, path, [r["node"] for r in ranking[:k]], SCOPES[scope])
                 score = accuracy(path, calibration)
                 tried[scope, k] = {"scope": scope, "float_nodes": k, "accuracy": score, "drop": reference - score,
                                    "path": path}
@@ -131,8 +161,6 @@ def sensitivity(fp32: Path, qdq: Path, calibration: Path) -> list[dict[str, Any]
         create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
-
-    from controller.passes import CalibrationReader
 
     activations = {}
     with tempfile.TemporaryDirectory(prefix="edgefarm-sqnr-") as tmp_dir:

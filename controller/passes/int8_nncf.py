@@ -1,4 +1,5 @@
-"""OpenVINO's own int8: NNCF post-training quantization of the fused fp32 ONNX, output ONNX.
+"""The ``int8-nncf`` variant, OpenVINO's own int8: NNCF post-training quantization of the fused
+fp32 ONNX, output ONNX.
 
 NNCF (``nncf.quantize``) places quantizers by OpenVINO's hardware config (which inputs of which
 ops the CPU plugin runs in int8), measures activation ranges on the calibration samples, then
@@ -20,18 +21,18 @@ transformations (the same file through ``ov.convert_model`` runs in 30 ms), not 
 Per-channel activation pairs (NNCF's inputs of depthwise convolutions) stay as they are: ONNX
 Runtime's fused int8 convolution takes only a per-tensor output zero point.
 
-Options (the spec's ``quantization`` section plus NNCF's own, all optional):
+Options (``NncfOptions``: the spec's ``quantization`` section, NNCF's own keys included):
 
-- ``nncf_preset``: ``"performance"`` (default, NNCF's own for CNNs): symmetric int8 weights and
-  activations; ``"mixed"``: asymmetric activations, NNCF's advice for non-ReLU activations such
+- ``nncf_preset``: ``performance`` (default, NNCF's own for CNNs): symmetric int8 weights and
+  activations; ``mixed``: asymmetric activations, NNCF's advice for non-ReLU activations such
   as PaddleOCR's HardSwish. Measured on OpenVINO (1 thread), same speed, performance at least as
   accurate: cls 0.985 both, rec exact match 0.900 vs 0.875, det hmean 0.990 vs 0.988.
-- ``nncf_model_type``: ``None`` (default: NNCF's CNN rules) or ``"transformer"``: keeps
+- ``nncf_model_type``: none (default: NNCF's CNN rules) or ``transformer``: keeps
   attention's Softmax/LayerNorm paths in float and smooths MatMul activations (SmoothQuant);
   meant for attention-heavy models (the PP-OCRv4 recognizer has two small SVTR blocks only).
-- ``nncf_fast_bias_correction`` (default True): NNCF's bias correction after quantizing.
-- ``per_channel`` (the spec's, default True): per-output-channel weight scales.
-- ``calibration`` (the spec's entropy/minmax/percentile) names ONNX Runtime's calibrators; NNCF
+- ``nncf_fast_bias_correction`` (default true): NNCF's bias correction after quantizing.
+- ``per_channel`` (default true): per-output-channel weight scales.
+- ``calibration`` (entropy/minmax/percentile) names ONNX Runtime's calibrators; NNCF
   estimates ranges its own way (min/max by the preset's rules), so it is only recorded.
 
 The subset size is the number of calibration samples: every sample is used, once each.
@@ -41,10 +42,40 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
-PRESETS = ("mixed", "performance")
-MODEL_TYPES = ("transformer",)
+from pydantic import Field
+
+from controller.passes import Pass, PassInput, register
+from controller.passes.int8 import Int8Options
+
+
+class NncfOptions(Int8Options):
+    """The int8 pass's keys, and NNCF's own."""
+
+    nncf_preset: Literal["performance", "mixed"] = Field(
+        "performance", description="int8-nncf: NNCF's preset: performance (symmetric activations) or mixed "
+                                   "(asymmetric activations, NNCF's advice for non-ReLU activations)")
+    nncf_model_type: Literal["transformer"] | None = Field(
+        None, description="int8-nncf: transformer keeps attention's Softmax/LayerNorm paths in float and "
+                          "smooths MatMul activations (SmoothQuant); default: NNCF's rules for CNNs")
+    nncf_fast_bias_correction: bool = Field(
+        True, description="int8-nncf: NNCF's fast bias correction of the biases rounding shifted")
+
+
+@register()
+class Int8Nncf(Pass[NncfOptions]):
+    name = "int8-nncf"
+    version = 1
+    starts_from = "fp32"
+    precision = "int8"
+    calibrated = True
+    section = "quantization"
+    options = NncfOptions
+
+    def run(self, inp: PassInput, options: NncfOptions, out: Path) -> dict[str, Any]:
+        assert inp.fp32 is not None and inp.calibration is not None
+        return nncf_int8(inp.fp32, inp.calibration, out, options)
 
 
 class _Samples:
@@ -64,19 +95,13 @@ class _Samples:
             yield self._data.batch([i])
 
 
-def nncf_int8(fp32: Path, calibration: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+def nncf_int8(fp32: Path, calibration: Path, out: Path, options: NncfOptions) -> dict[str, Any]:
     """Quantize the fused fp32 ONNX ``fp32`` with NNCF on the samples in ``calibration``; write
     QDQ ONNX to ``out``; return what was quantized and how."""
-    preset = str(options.get("nncf_preset") or "performance")
-    if preset not in PRESETS:
-        raise ValueError(f"nncf_preset {preset!r} is not one of {', '.join(PRESETS)}")
-    model_type = options.get("nncf_model_type")
-    if model_type is not None and model_type not in MODEL_TYPES:
-        raise ValueError(f"nncf_model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)} (or None)")
-    per_channel = bool(options.get("per_channel", True))
-    bias_correction = bool(options.get("nncf_fast_bias_correction", True))
+    preset, model_type = options.nncf_preset, options.nncf_model_type
+    per_channel, bias_correction = options.per_channel, options.nncf_fast_bias_correction
 
-    import nncf  # here, after the options are checked: it imports torch and takes seconds
+    import nncf  # here, not at the top: it imports torch and takes seconds
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
