@@ -5,6 +5,7 @@
     edgefarm select                          the best engine + variant per (model, chip)
     edgefarm nightly SPEC.yaml --report DIR  run, compare with the previous run, exit 1 on regression
     edgefarm dashboard                       the Streamlit app over the database
+    edgefarm db upgrade | current            the database's schema revision: upgrade it in place, or print it
 
 A user's mistake (a bad spec, a missing model) is one line on stderr and exit status 2.
 """
@@ -72,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     dash = sub.add_parser("dashboard", help="start the Streamlit dashboard")
     dash.add_argument("--port", type=int, default=8501)
     _db_flag(dash)
+
+    db = sub.add_parser("db", help="the database's schema: upgrade it in place, or print its revision")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    _db_flag(db_sub.add_parser("upgrade", help="upgrade the database to this EdgeFarm's schema; every row stays"))
+    _db_flag(db_sub.add_parser("current", help="print the database's schema revision"))
     return parser
 
 
@@ -194,8 +200,28 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0  # not reached: the process is now Streamlit
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from controller.results.queries import database_exists
+    from controller.results.store import describe, head_revision, schema_state, upgrade_db
+
+    head, where = head_revision(), describe(args.db)
+    if args.db_command == "upgrade":
+        before, after = upgrade_db(args.db)
+        print(f"{where}: schema revision {after} (head), was {before or 'none'}" if before != after
+              else f"{where}: already at schema revision {after} (head)")
+        return 0
+    revision, tables = schema_state(args.db) if database_exists(args.db) else (None, False)
+    if revision == head:
+        print(f"{revision} (head)")
+    elif revision is None and not tables:
+        print(f"none (no EdgeFarm tables yet: the first command makes them at {head})")
+    else:
+        print(f"{revision or 'none'} (this EdgeFarm needs {head}: edgefarm db upgrade --db {where})")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "boards": cmd_boards, "select": cmd_select, "variants": cmd_variants, "nightly": cmd_nightly,
-            "dashboard": cmd_dashboard}
+            "dashboard": cmd_dashboard, "db": cmd_db}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,10 @@ import multiprocessing.synchronize
 import sqlite3
 from pathlib import Path
 
-from controller.results.store import Board, open_db
+import pytest
+
+from controller.errors import UserError
+from controller.results.store import Board, open_db, upgrade_db
 
 
 def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -21,7 +24,11 @@ def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_ro
         for column in ("health_failures", "quarantined_at", "quarantine_reason"):
             conn.execute(f"ALTER TABLE boards DROP COLUMN {column}")
         conn.execute("ALTER TABLE runs DROP COLUMN spec_base")
+        conn.execute("DROP TABLE alembic_version")  # and before schema revisions
 
+    with pytest.raises(UserError, match="edgefarm db upgrade"):
+        open_db(url)
+    upgrade_db(url)
     with open_db(url)() as db:
         (board,) = db.query(Board).all()
         assert (board.name, board.chip, board.health_failures, board.quarantined_at) == ("rk3399-a", "rk3399", 0, None)
