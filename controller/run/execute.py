@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.protocol import Result, failed
+from agent.protocol import ResultRecord, failed
 from controller.boards.health import golden, record
 from controller.build.cache import Cache
 from controller.build.compile import ModelBuild, build_all, convert_all, prepare_sources
@@ -136,7 +136,7 @@ def _measure(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, A
             _stored(db, p, result, outcome, progress)
 
 
-def _stored(db: Any, p: Planned, result: Result, outcome: RunOutcome, progress: RunProgress) -> None:
+def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, progress: RunProgress) -> None:
     job = db.get(Job, p.row_id)
     recording.job_result(db, job, result)
     db.commit()
