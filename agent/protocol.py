@@ -210,16 +210,20 @@ def new_result(job_id: str) -> ResultRecord:
     }
 
 
-def failed(job_id: str, stage: Stage, message: str, stderr_tail: str = "") -> ResultRecord:
-    """A result that records a failure as data, so the run goes on and the row is stored."""
+def failed(job_id: str, stage: Stage, message: str, stderr_tail: str = "", lost: bool = False) -> ResultRecord:
+    """A result that records a failure as data, so the run goes on and the row is stored.
+    ``lost``: the board went away during the job, so the controller reconnects and tries again."""
     if stage not in FAILURE_STAGES:
         raise ValueError("unknown failure stage %r; one of %s" % (stage, ", ".join(FAILURE_STAGES)))
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "job_id": job_id,
-        "status": "failed",
-        "failure": {"stage": stage, "message": message, "stderr_tail": stderr_tail},
-    }
+    failure: Failure = {"stage": stage, "message": message, "stderr_tail": stderr_tail}
+    if lost:
+        failure["lost"] = True
+    return {"protocol": PROTOCOL_VERSION, "job_id": job_id, "status": "failed", "failure": failure}
+
+
+def failure_of(result: ResultRecord) -> Failure:
+    """The result's failure block; empty for a result that did not fail."""
+    return result.get("failure") or {}
 
 
 # --- probe: agent -> controller ---------------------------------------------------------------

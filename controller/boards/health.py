@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.protocol import JobRecord, MeasureSettings, make_job
+from agent.protocol import JobRecord, MeasureSettings, ResultRecord, make_job
 from controller.build.cache import Cache, key_of
 from controller.results.store import Board as BoardRow
 from controller.results.store import now
@@ -85,7 +85,7 @@ def engine_for(probe: dict[str, Any], allowed: list[str] | None) -> str | None:
     return None
 
 
-def verdict(result: dict[str, Any]) -> str | None:
+def verdict(result: ResultRecord) -> str | None:
     """Why the golden job failed, or None when the board is healthy."""
     if result.get("status") != "ok":
         failure = result.get("failure") or {}

@@ -15,9 +15,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from agent.protocol import PROTOCOL_VERSION, failed
+from agent.protocol import (
+    PROTOCOL_VERSION,
+    BoardConditions,
+    Fingerprint,
+    JobRecord,
+    ProbeRecord,
+    ResultRecord,
+    failed,
+    failure_of,
+)
 from controller.boards.transports import Transport, open_transport
 from controller.config.inventory import Board
 from controller.errors import BoardCommandFailed, BoardUnreachable, CommandTimeout, TransportError, one_line
@@ -41,9 +50,9 @@ class BoardSession:
         # A board with concurrency > 1 runs jobs in several threads: their commands may overlap,
         # their file transfers (one SFTP session, one cache listing) may not.
         self._files = threading.RLock()
-        self.fingerprint: dict[str, Any] = {}
+        self.fingerprint: Fingerprint | None = None
         # How the agent sets the board up before each job (see agent/hygiene.py).
-        self.conditions = {"cpus": board.cpus, "cooldown_s": board.cooldown_s,
+        self.conditions: BoardConditions = {"cpus": board.cpus, "cooldown_s": board.cooldown_s,
                            "max_temperature_c": board.max_temperature_c, "thermal_wait_s": board.thermal_wait_s}
 
     # -- agent commands --------------------------------------------------------------------
@@ -55,11 +64,12 @@ class BoardSession:
             raise BoardCommandFailed(f"agent {args[0]} exited {done.exit_code}: {_tail(done.stderr, 300)}")
         return done.stdout
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> ProbeRecord:
         """Push the agent if the board lacks it and return what the agent finds on the board;
         a board without Python is looked at with shell commands instead."""
         from controller.boards.native.job import native_engines, shell_probe
 
+        probe: ProbeRecord
         if not self.board.agent:
             probe = shell_probe(self)
         else:
@@ -104,7 +114,7 @@ class BoardSession:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+    def run_job(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float) -> ResultRecord:
         """Run one job; every failure comes back as a failed result, never as an exception.
 
         A board lost in the middle of a job (link down, sshd or the agent killed) is
@@ -120,17 +130,16 @@ class BoardSession:
                     self.reconnect()
                     self._clean(posixpath.join(self.root, "jobs", job["job_id"]))  # and its stale agent
                 except (TransportError, ValueError, KeyError) as exc:  # still gone (or its probe garbled)
-                    result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}")
-                    result["failure"]["lost"] = True
-                    notes.append(f"attempt {attempt}: {result['failure']['message']}")
+                    result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}", lost=True)
+                    notes.append(f"attempt {attempt}: {failure_of(result).get('message')}")
                     continue
             result = self._run_verified(job, files, timeout)
-            if not (result.get("failure") or {}).get("lost"):
+            if not failure_of(result).get("lost"):
                 break
-            notes.append(f"attempt {attempt}: {result['failure']['message']}")
-        if attempt > 1 and (result.get("failure") or {}).get("lost"):
-            result["failure"]["message"] = (f"board lost during the job on all {attempt} attempts; "
-                                            f"last: {result['failure']['message']}")
+            notes.append(f"attempt {attempt}: {failure_of(result).get('message')}")
+        failure = failure_of(result)
+        if attempt > 1 and failure.get("lost"):
+            failure["message"] = f"board lost during the job on all {attempt} attempts; last: {failure.get('message')}"
         result["attempts"] = attempt
         result["started_at"] = started_at
         result.setdefault("notes", []).extend(notes)
@@ -146,7 +155,7 @@ class BoardSession:
         self._cached = None
         self.start()
 
-    def _run_verified(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+    def _run_verified(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float) -> ResultRecord:
         """A cached artifact whose hash no longer matches on the board (a bad flash card, a
         half-finished copy by hand) is refused by the agent; it is pushed again once."""
         if job["engine"]["name"] in self.board.native:
@@ -154,25 +163,25 @@ class BoardSession:
 
             return _as_result(job["job_id"], timeout, lambda: run_native(self, job, files, timeout))
         result = self._run_once(job, files, timeout, repush=False)
-        if (result.get("failure") or {}).get("stage") == "verify":
+        if failure_of(result).get("stage") == "verify":
             result = self._run_once(job, files, timeout, repush=True)
             result.setdefault("notes", []).append("an artifact on the board did not match its sha256; pushed again")
         return result
 
-    def _run_once(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float,
-                  repush: bool) -> dict[str, Any]:
+    def _run_once(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float,
+                  repush: bool) -> ResultRecord:
         workdir = posixpath.join(self.root, "jobs", job["job_id"])
         try:
             return _as_result(job["job_id"], timeout, lambda: self._agent_job(job, files, timeout, repush, workdir))
         finally:
             self._clean(workdir)
 
-    def _agent_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float, repush: bool,
-                   workdir: str) -> dict[str, Any]:
-        job = dict(job, board=self.conditions, artifacts={
-            role: {"file": posixpath.relpath(self.push(path, sha, force=repush), workdir), "sha256": sha}
-            for role, (path, sha) in files.items()
-        })
+    def _agent_job(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float, repush: bool,
+                   workdir: str) -> ResultRecord:
+        job = job.copy()  # the caller's record stays as it was, for another attempt
+        job["board"] = self.conditions
+        job["artifacts"] = {role: {"file": posixpath.relpath(self.push(path, sha, force=repush), workdir), "sha256": sha}
+                            for role, (path, sha) in files.items()}
         with tempfile.TemporaryDirectory(prefix="edgefarm-job-") as tmp:
             local_job = Path(tmp) / "job.json"
             local_job.write_text(json.dumps(job))
@@ -186,13 +195,12 @@ class BoardSession:
             try:
                 with self._files:
                     self.transport.get(posixpath.join(workdir, "result.json"), local_result)
-                return json.loads(local_result.read_text())
+                record: ResultRecord = json.loads(local_result.read_text())
+                return record
             except (TransportError, ValueError):
                 # Killed or crashed before it could write a result: worth another attempt.
-                result = failed(job["job_id"], "agent", f"the agent exited {done.exit_code} without a result",
-                                _tail(done.stderr))
-                result["failure"]["lost"] = True
-                return result
+                return failed(job["job_id"], "agent", f"the agent exited {done.exit_code} without a result",
+                              _tail(done.stderr), lost=True)
 
     def health_check(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
         """Run the golden job (see controller.boards.health); why the board is unfit, or None."""
@@ -234,16 +242,14 @@ class BoardSession:
 _EXISTS = "import os,sys; sys.exit(0 if os.path.isfile(os.path.expanduser(sys.argv[1])) else 1)"
 
 
-def _as_result(job_id: str, timeout: float, attempt: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _as_result(job_id: str, timeout: float, attempt: Callable[[], ResultRecord]) -> ResultRecord:
     """The result ``attempt`` returns, or the failed result its transport error amounts to."""
     try:
         return attempt()
     except CommandTimeout as exc:
         return failed(job_id, "agent", f"killed after {timeout:g} s without finishing", exc.stderr)
     except BoardUnreachable as exc:
-        result = failed(job_id, "transport", str(exc))
-        result["failure"]["lost"] = True  # the link went away: worth another attempt
-        return result
+        return failed(job_id, "transport", str(exc), lost=True)  # the link went away: worth another attempt
     except TransportError as exc:
         return failed(job_id, "transport", str(exc))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -61,7 +61,8 @@ class NativeTool(Strict):
                                   "mnn_benchmark, benchmark_app")
     binary: str = Field(description="the tool built for the board, on this machine; pushed and checked by sha256")
     backend: str | None = Field(None, description="the tool's backend or device, in its own words")
-    cores: str | None = Field(None, description="big, little or all, for tools that bind to a core cluster")
+    cores: Literal["big", "little", "all"] | None = Field(
+        None, description="big, little or all, for tools that bind to a core cluster")
 
     @field_validator("tool")
     @classmethod

@@ -96,9 +96,3 @@ def run_pass(name: str, inp: PassInput, out: Path, options: Mapping[str, Any] | 
     kind = get_pass(name)
     return kind().run(inp, kind.options.model_validate(dict(options or {})), out)
 
-
-def __getattr__(name: str) -> Any:
-    # Temporary, until controller.run reads get_pass(variant).precision: variant -> precision.
-    if name == "PRECISION":
-        return {n: get_pass(n).precision for n in pass_names()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agent.protocol import JobRecord, ProbeRecord, ResultRecord
 from controller.boards.health import Golden, engine_for
 from controller.config.inventory import Board
 from controller.errors import one_line
@@ -25,13 +26,13 @@ def actor_class() -> Any:
         def __init__(self, board: Board, bundle: Path) -> None:
             self.session = BoardSession(board, bundle)
 
-        def start(self) -> dict[str, Any]:
+        def start(self) -> ProbeRecord:
             return self.session.start()
 
         def health(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
             return self.session.health_check(golden, engine)
 
-        def run_job(self, job: dict[str, Any], files: dict[str, tuple[Path, str]], timeout: float) -> dict[str, Any]:
+        def run_job(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float) -> ResultRecord:
             return self.session.run_job(job, files, timeout)
 
         def close(self) -> None:

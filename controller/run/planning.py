@@ -15,7 +15,7 @@ from agent.protocol import JobRecord, Stage, make_job
 from controller.build.compile import Artifact, ConvertRequest, ModelBuild
 from controller.config.inventory import Board
 from controller.config.spec import Spec
-from controller.passes import PRECISION
+from controller.passes import get_pass
 
 
 @dataclass
@@ -52,7 +52,7 @@ def plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], sp
                 if board.engines is not None and eng.name not in board.engines:
                     continue
                 # The board's own options (its accelerators) first; the spec may still override.
-                base = {"model_precision": PRECISION[variant],
+                base = {"model_precision": get_pass(variant).precision,
                         **board.engine_options.get(eng.name, {}), **eng.options}
                 if "threads" not in eng.options and (board.threads or board.cpus):
                     # Pinned to n cores, an engine that starts a thread per core would oversubscribe.

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from agent.job import archive_members
-from agent.protocol import ProbeRecord, failed, make_probe, sha256_file
+from agent.protocol import Fingerprint, JobRecord, ProbeRecord, ResultRecord, Stage, failed, make_probe, sha256_file
 from controller.boards.native import NativeOutputError, NativeRun, native_benchmark, to_result
 from controller.boards.transports import Transport
 from controller.config.inventory import Board
@@ -27,7 +27,7 @@ class NativeHost(Protocol):
 
     board: Board
     transport: Transport
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint | None
 
     def push(self, local: Path, sha256: str, force: bool = False) -> str: ...
 
@@ -49,8 +49,11 @@ def shell_probe(session: NativeHost) -> ProbeRecord:
     done = session.transport.run(["sh", "-c", _FINGERPRINT], timeout=SHELL_TIMEOUT)
     if done.exit_code != 0:
         raise BoardCommandFailed(f"the board's shell exited {done.exit_code}: {done.stderr.strip()[-300:]}")
-    facts = dict(line.partition("=")[::2] for line in done.stdout.splitlines() if "=" in line)
-    facts = {k: v.strip() or None for k, v in facts.items()}
+    facts: dict[str, str | None] = {}
+    for line in done.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            facts[key] = value.strip() or None
     cores = facts.get("cores")
     return make_probe(
         {"arch": facts.get("arch"), "cpu_model": facts.get("cpu_model") or facts.get("cpuinfo_model"),
@@ -70,8 +73,8 @@ def native_engines(session: NativeHost) -> dict[str, dict[str, Any]]:
     return engines
 
 
-def run_native(session: NativeHost, job: dict[str, Any], files: dict[str, tuple[Path, str]],
-               timeout: float) -> dict[str, Any]:
+def run_native(session: NativeHost, job: JobRecord, files: dict[str, tuple[Path, str]],
+               timeout: float) -> ResultRecord:
     """Run ``job`` with the board's native tool for its engine; failures come back as results."""
     job_id, engine = job["job_id"], job["engine"]["name"]
     spec = session.board.native[engine]
@@ -85,7 +88,7 @@ def run_native(session: NativeHost, job: dict[str, Any], files: dict[str, tuple[
     if loads not in bench.model_suffixes:
         return failed(job_id, "convert", f"{bench.name} takes {', '.join(bench.model_suffixes)} models; "
                                          f"this variant is a {loads} file")
-    stage = "verify"
+    stage: Stage = "verify"
     try:
         binary = Path(spec.binary).expanduser()
         remote_binary = _push_verified(session, binary, sha256_file(str(binary)))
@@ -97,8 +100,8 @@ def run_native(session: NativeHost, job: dict[str, Any], files: dict[str, tuple[
         asked = job["native"]
         run = NativeRun(warmup=bench.fixed_warmup if bench.fixed_warmup is not None else asked["warmup"],
                         iterations=asked["iterations"], threads=asked.get("threads"),
-                        input_shape=asked.get("input_shape"), precision=asked.get("precision"),
-                        backend=spec.backend, cores=spec.cores)  # type: ignore[arg-type]
+                        input_shape=tuple(asked["input_shape"]), precision=asked.get("precision"),
+                        backend=spec.backend, cores=spec.cores)
         argv = bench.argv(remote_binary, [remote_model], run)
         if session.board.cpus:  # a hex mask: what both toybox's and util-linux's taskset take
             argv = ["taskset", format(sum(1 << c for c in session.board.cpus), "x"), *argv]

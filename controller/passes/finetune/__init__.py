@@ -24,6 +24,8 @@ per weight tensor. torch is imported inside functions: EdgeFarm runs without it,
 
 from __future__ import annotations
 
+from controller.errors import PassError
 
-class FinetuneUnsupported(RuntimeError):
+
+class FinetuneUnsupported(PassError):
     """The graph has an op this interpreter cannot run, or the data gives nothing to learn from."""
