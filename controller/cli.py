@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        check_installation()
         return COMMANDS[args.command](args)
     except UserError as exc:  # only what the user can fix; a board's failure is stored, not an exit
         print(f"edgefarm: error: {exc}", file=sys.stderr)
@@ -91,6 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgefarm: interrupted; results measured so far are stored", file=sys.stderr)
         return 130
+
+
+def check_installation() -> None:
+    """EdgeFarm installs three top-level packages (docs/architecture.md says why not one namespace);
+    another distribution's ``agent`` or ``dashboard`` earlier on the path would be imported in
+    place of ours and fail in ways far from the cause, so a stranger is named here instead."""
+    import agent
+    import dashboard
+
+    def home(module: object) -> Path:
+        return Path(next(iter(getattr(module, "__path__")))).resolve().parent
+
+    ours = home(sys.modules[__package__ or "controller"])
+    for module in (agent, dashboard):
+        if home(module) != ours:
+            raise UserError(f"the package {module.__name__!r} is imported from {home(module)}, not from EdgeFarm's "
+                            f"{ours}: another package of that name shadows it; install EdgeFarm in a virtual "
+                            "environment of its own (scripts/setup.sh makes .venv)")
 
 
 def _load(args: argparse.Namespace):  # -> LoadedSpec

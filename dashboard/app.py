@@ -20,6 +20,7 @@ except ImportError:  # a plain checkout: `streamlit run` puts dashboard/ on sys.
 import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.errors import UserError
 from controller.results import queries, selection, store, variant_records
 from dashboard import charts, views
 
@@ -175,6 +176,8 @@ def main() -> None:
     except SQLAlchemyError as exc:  # a server that is down or a wrong URL: say so, don't dump a trace
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         st.error(f"Cannot read {store.describe(url)}: {detail}")
+    except UserError as exc:  # e.g. an older EdgeFarm's database: the line names the command that upgrades it
+        st.error(str(exc))
 
 
 def render(session: Session) -> None:

@@ -28,7 +28,7 @@ from agent.protocol import (
     failure_of,
 )
 from controller.boards.transports import Transport, open_transport
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.errors import BoardCommandFailed, BoardUnreachable, CommandTimeout, TransportError, one_line
 
 PROBE_TIMEOUT = 120.0
@@ -39,7 +39,7 @@ RETRY_PAUSE_S = 2.0
 
 
 class BoardSession:
-    def __init__(self, board: Board, bundle: Path) -> None:
+    def __init__(self, board: BoardSpec, bundle: Path) -> None:
         self.board = board
         self.bundle = bundle
         self.transport: Transport = open_transport(board)

@@ -72,7 +72,9 @@ class NativeTool(Strict):
         return tool
 
 
-class Board(Strict):
+class BoardSpec(Strict):
+    """One board of the inventory (a labgrid resource): its chip, how to reach it, how to measure on it."""
+
     name: Name
     chip: str = Field("auto", description="chip name used to group results; 'auto' = the CPU the agent reports")
     transport: str = Field("local", description="a registered transport: local, ssh, adb")
@@ -110,7 +112,7 @@ class Board(Strict):
         return cpus
 
     @model_validator(mode="after")
-    def _known_transport(self) -> "Board":
+    def _known_transport(self) -> "BoardSpec":
         if self.transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {self.transport!r}; known: {', '.join(TRANSPORTS)}")
         if self.transport == "ssh" and self.ssh is None:
@@ -135,7 +137,7 @@ class Board(Strict):
 
 
 class Inventory(Strict):
-    boards: list[Board] = Field(min_length=1)
+    boards: list[BoardSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _unique(self) -> "Inventory":
@@ -144,7 +146,7 @@ class Inventory(Strict):
             raise ValueError(f"board names must be unique, got {names}")
         return self
 
-    def board(self, name: str, source: str) -> Board:
+    def board(self, name: str, source: str) -> BoardSpec:
         for b in self.boards:
             if b.name == name:
                 return b
@@ -153,7 +155,7 @@ class Inventory(Strict):
 
 
 # The embedded default: this machine, reached without a network. inventory/local.yaml says the same.
-DEFAULT = Inventory(boards=[Board(name="local")])
+DEFAULT = Inventory(boards=[BoardSpec(name="local")])
 
 
 def load_inventory(path: Path | None) -> tuple[Inventory, str]:

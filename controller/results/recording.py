@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from agent.protocol import ResultRecord
 from controller.build.compile import Artifact, ModelBuild
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.config.spec import Spec
 from controller.errors import UserError
 from controller.results.store import Board as BoardRow
@@ -72,7 +72,7 @@ def finish_run(db: Session, run_id: int, status: str, skipped: dict[str, str], r
                    "skipped": skipped, "resumed": resumed}
 
 
-def quarantined(db: Session, boards: list[Board]) -> dict[str, str]:
+def quarantined(db: Session, boards: list[BoardSpec]) -> dict[str, str]:
     """Why each quarantined board among ``boards`` is skipped."""
     rows = {r.name: r for r in db.query(BoardRow).filter(BoardRow.name.in_([b.name for b in boards]))}
     return {name: f"quarantined since {row.quarantined_at:%Y-%m-%d %H:%M}: {row.quarantine_reason} "
@@ -80,7 +80,7 @@ def quarantined(db: Session, boards: list[Board]) -> dict[str, str]:
             for name, row in rows.items() if row.quarantined_at is not None}
 
 
-def board_seen(db: Session, board: Board, probe: dict[str, Any] | None, error: str | None) -> BoardRow:
+def board_seen(db: Session, board: BoardSpec, probe: dict[str, Any] | None, error: str | None) -> BoardRow:
     """The board's row, created or brought up to date with what its probe found."""
     row = db.query(BoardRow).filter_by(name=board.name).one_or_none()
     if row is None:

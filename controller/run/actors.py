@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.protocol import JobRecord, ProbeRecord, ResultRecord
 from controller.boards.health import Golden, engine_for
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.errors import one_line
 
 
@@ -23,7 +23,7 @@ def actor_class() -> Any:
     # num_cpus=0: an actor mostly waits on its board; it must not take a compile task's core.
     @ray.remote(num_cpus=0)
     class BoardActor:
-        def __init__(self, board: Board, bundle: Path) -> None:
+        def __init__(self, board: BoardSpec, bundle: Path) -> None:
             self.session = BoardSession(board, bundle)
 
         def start(self) -> ProbeRecord:
@@ -41,7 +41,7 @@ def actor_class() -> Any:
     return BoardActor
 
 
-def start_boards(boards: list[Board], actors: dict[str, Any],
+def start_boards(boards: list[BoardSpec], actors: dict[str, Any],
                  gold: Golden) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Probe every board and run its health check: (the probes of boards fit to measure, and why
     each other board is not).

@@ -15,7 +15,7 @@ from agent.protocol import ResultRecord, failed
 from controller.boards.health import golden, record
 from controller.build.cache import Cache
 from controller.build.compile import ModelBuild, build_all, convert_all, prepare_sources
-from controller.config.inventory import Board, Inventory
+from controller.config.inventory import BoardSpec, Inventory
 from controller.config.spec import LoadedSpec, Spec
 from controller.errors import EdgeFarmError, one_line
 from controller.results import recording
@@ -94,7 +94,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     return outcome
 
 
-def _start(sessions: Any, boards: list[Board], actors: dict[str, Any], outcome: RunOutcome,
+def _start(sessions: Any, boards: list[BoardSpec], actors: dict[str, Any], outcome: RunOutcome,
            cache: Cache) -> dict[str, dict[str, Any]]:
     """Probe and health-check every board; record each one's state (and quarantine) in the database."""
     probes, problems = start_boards(boards, actors, golden(cache))

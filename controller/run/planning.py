@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.protocol import JobRecord, Stage, make_job
 from controller.build.compile import Artifact, ConvertRequest, ModelBuild
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.config.spec import Spec
 from controller.passes import get_pass
 
@@ -41,7 +41,7 @@ class Planned:
         return f"{self.model.spec.name} {self.label} {self.engine}"
 
 
-def plan_board(board: Board, probe: dict[str, Any], builds: list[ModelBuild], spec: Spec) -> list[Planned]:
+def plan_board(board: BoardSpec, probe: dict[str, Any], builds: list[ModelBuild], spec: Spec) -> list[Planned]:
     """Every job ``board`` gets: model x variant x engine x configuration (x thread count)."""
     engines_found = probe.get("engines", {})
     arch = (probe.get("fingerprint") or {}).get("arch") or ""
@@ -91,7 +91,7 @@ def thread_sweep(spec: Spec, engine_options: dict[str, Any],
     return [(f"{label}/t{t}", {**options, "threads": t}) for label, options in configs for t in threads]
 
 
-def converter_target(board: Board, engine: str, arch: str) -> str:
+def converter_target(board: BoardSpec, engine: str, arch: str) -> str:
     """The converter target for ``engine`` on ``board`` ("" when the engine reads ONNX)."""
     from controller.convert import converter_for
 

@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from controller.boards.transports import Transport, open_transport
-from controller.config.inventory import Board, Inventory
+from controller.config.inventory import BoardSpec, Inventory
 from controller.errors import BoardUnreachable, ConfigError, TransportError
 from controller.validation import parse
 from tests.adbboard import AdbBoard, adb_board
@@ -63,7 +63,7 @@ def board() -> Iterator[AdbBoard]:
 
 def transport(serial: str, port: int, **adb: object) -> Transport:
     entry = {"name": "phone", "transport": "adb", "adb": {"serial": serial, "server_port": port, **adb}}
-    return open_transport(Board.model_validate(entry))
+    return open_transport(BoardSpec.model_validate(entry))
 
 
 def _answers(port: int) -> bool:

@@ -8,11 +8,11 @@ from pathlib import Path
 from agent.protocol import sha256_file
 from controller.boards.agent_bundle import build_agent_bundle
 from controller.boards.session import BoardSession
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 
 
 def test_the_board_cache_is_bounded_least_recently_used_first(tmp_path: Path) -> None:
-    board = Board(name="local", workdir=str(tmp_path / "board"), cache_mb=0.25)
+    board = BoardSpec(name="local", workdir=str(tmp_path / "board"), cache_mb=0.25)
     session = BoardSession(board, build_agent_bundle(tmp_path / "agent"))
     session.start()
     cache = tmp_path / "board" / "cache"

@@ -9,7 +9,7 @@ from controller.boards.agent_bundle import build_agent_bundle
 from controller.boards.health import golden, golden_job
 from controller.boards.session import BoardSession
 from controller.build.cache import Cache
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from tests.conftest import ROOT
 
 BOARD_PYTHON = ROOT / ".venv-board" / "bin" / "python"
@@ -17,7 +17,7 @@ BOARD_PYTHON = ROOT / ".venv-board" / "bin" / "python"
 
 def test_one_engine_runs_in_its_own_interpreter(tmp_path: Path) -> None:
     assert BOARD_PYTHON.is_file(), "scripts/setup.sh makes .venv-board"
-    board = Board(name="local", workdir=str(tmp_path / "board"),
+    board = BoardSpec(name="local", workdir=str(tmp_path / "board"),
                   engine_python={"onnxruntime": str(BOARD_PYTHON), "openvino": str(tmp_path / "no-such-python")})
     session = BoardSession(board, build_agent_bundle(tmp_path / "agent"))
     try:

@@ -21,7 +21,7 @@ from controller.boards.session import BoardSession
 from controller.boards.transports import fake, open_transport
 from controller.boards.transports.fake import FakeTransport
 from controller.build.cache import Cache
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.errors import BoardUnreachable
 from controller.plugins import TRANSPORTS
 from controller.results.store import Board as BoardRow
@@ -50,7 +50,7 @@ def gold(tmp_path_factory: pytest.TempPathFactory) -> Golden:
 
 def _session(tmp_path: Path, bundle: Path, name: str, **board: object) -> BoardSession:
     entry = {"name": name, "transport": "fake", "python": sys.executable, "workdir": str(tmp_path / name), **board}
-    session = BoardSession(Board.model_validate(entry), bundle)
+    session = BoardSession(BoardSpec.model_validate(entry), bundle)
     session.start()
     return session
 
@@ -61,11 +61,11 @@ def _run(session: BoardSession, gold: Golden) -> dict:
 
 def test_the_fake_is_registered_as_a_transport_and_refuses_what_it_cannot_do() -> None:
     assert TRANSPORTS.get("fake") is FakeTransport
-    assert isinstance(open_transport(Board(name="b", transport="fake")), FakeTransport)
+    assert isinstance(open_transport(BoardSpec(name="b", transport="fake")), FakeTransport)
     fake.script("b", "connect", ["refused"])
     with pytest.raises(BoardUnreachable, match="b: cannot connect: connection refused"):
-        open_transport(Board(name="b", transport="fake"))
-    open_transport(Board(name="b", transport="fake")).close()  # past its script: "ok"
+        open_transport(BoardSpec(name="b", transport="fake"))
+    open_transport(BoardSpec(name="b", transport="fake")).close()  # past its script: "ok"
     assert fake.events("b") == ["connect ok", "connect refused", "connect ok"]
     with pytest.raises(ValueError, match="connect cannot be 'corrupt'"):
         fake.script("b", "connect", ["corrupt"])

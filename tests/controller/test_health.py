@@ -16,7 +16,7 @@ from controller.boards.health import engine_for, golden
 from controller.boards.session import BoardSession
 from controller.build.cache import Cache
 from controller.cli import main
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.results import queries
 from controller.results.store import Board as BoardRow
 from controller.results.store import Job, open_db
@@ -25,7 +25,7 @@ from tests.conftest import small_ppocr_spec
 
 
 def _session(tmp_path: Path) -> BoardSession:
-    return BoardSession(Board(name="local", workdir=str(tmp_path / "board")), build_agent_bundle(tmp_path / "agent"))
+    return BoardSession(BoardSpec(name="local", workdir=str(tmp_path / "board")), build_agent_bundle(tmp_path / "agent"))
 
 
 def test_the_golden_job_passes_on_a_sound_board_and_catches_wrong_numbers(tmp_path: Path) -> None:

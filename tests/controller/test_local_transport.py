@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from controller.boards.transports import open_transport
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 
 
 @pytest.fixture
 def local():
-    return open_transport(Board(name="local"))
+    return open_transport(BoardSpec(name="local"))
 
 
 def test_thread_settings_of_the_controller_do_not_reach_the_board(local, monkeypatch: pytest.MonkeyPatch) -> None:

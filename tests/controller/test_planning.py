@@ -6,7 +6,7 @@ from pathlib import Path
 
 from controller.build.compile import Artifact, ConvertRequest, ModelBuild
 from controller.build.source import ModelInput, Prepared
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.config.spec import Spec
 from controller.run.planning import attach_conversions, conversions, job_files, job_payload, plan_board, thread_sweep
 
@@ -40,7 +40,7 @@ def test_a_thread_sweep_makes_one_configuration_per_count() -> None:
 def test_each_variant_and_engine_is_a_job_and_openvino_measures_its_bf16_default_too() -> None:
     spec = _spec(variants=["fp32", "int8"], engines=["onnxruntime", "openvino"])
     ok = {"available": True}
-    plan = plan_board(Board(name="b"), _probe(onnxruntime=ok, openvino={**ok, "default_precision": "bf16"}),
+    plan = plan_board(BoardSpec(name="b"), _probe(onnxruntime=ok, openvino={**ok, "default_precision": "bf16"}),
                       [_build(spec)], spec)
     labels = {(p.variant, p.engine, p.label): p.options for p in plan}
     assert set(labels) == {("fp32", "onnxruntime", "fp32"), ("int8", "onnxruntime", "int8"),
@@ -50,7 +50,7 @@ def test_each_variant_and_engine_is_a_job_and_openvino_measures_its_bf16_default
     assert labels[("int8", "onnxruntime", "int8")]["model_precision"] == "int8"
     assert all(p.failure is None for p in plan)
     # Where OpenVINO's default is f32 there is nothing extra to measure.
-    plan = plan_board(Board(name="b"), _probe(openvino={**ok, "default_precision": "fp32"}), [_build(spec)],
+    plan = plan_board(BoardSpec(name="b"), _probe(openvino={**ok, "default_precision": "fp32"}), [_build(spec)],
                       _spec(variants=["fp32"], engines=["openvino"]))
     assert [p.label for p in plan] == ["fp32"]
 
@@ -58,7 +58,7 @@ def test_each_variant_and_engine_is_a_job_and_openvino_measures_its_bf16_default
 def test_a_missing_engine_or_a_failed_variant_is_a_planned_failure_and_the_board_limits_engines() -> None:
     spec = _spec(variants=["fp32", "fp16"], engines=["onnxruntime", "openvino"])
     build = _build(spec, failures={"fp16": "boom"})
-    plan = plan_board(Board(name="b", cpus=[0, 1]), _probe(onnxruntime={"available": True},
+    plan = plan_board(BoardSpec(name="b", cpus=[0, 1]), _probe(onnxruntime={"available": True},
                                                            openvino={"available": False, "reason": "no wheel"}),
                       [build], spec)
     failures = {(p.variant, p.engine): p.failure for p in plan}
@@ -66,13 +66,13 @@ def test_a_missing_engine_or_a_failed_variant_is_a_planned_failure_and_the_board
     assert failures[("fp16", "onnxruntime")] == ("convert", "variant fp16 did not compile: boom")
     assert failures[("fp32", "openvino")] == ("load", "engine openvino is not available on board b: no wheel")
     assert all(p.options["threads"] == 2 for p in plan)  # pinned to two cores: two threads
-    only = plan_board(Board(name="b", engines=["onnxruntime"]), _probe(onnxruntime={"available": True}), [build], spec)
+    only = plan_board(BoardSpec(name="b", engines=["onnxruntime"]), _probe(onnxruntime={"available": True}), [build], spec)
     assert {p.engine for p in only} == {"onnxruntime"}
 
 
 def test_an_engine_with_its_own_format_waits_for_its_conversion() -> None:
     spec = _spec(variants=["fp32"], engines=["onnxruntime", "ncnn"])
-    plan = plan_board(Board(name="b"), _probe(onnxruntime={"available": True}, ncnn={"available": True}),
+    plan = plan_board(BoardSpec(name="b"), _probe(onnxruntime={"available": True}, ncnn={"available": True}),
                       [_build(spec)], spec)
     wanted = conversions(plan)
     assert list(wanted) == [ConvertRequest("m", "fp32", "ncnn", "cpu")]

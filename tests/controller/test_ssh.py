@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.boards.transports import open_transport
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.errors import BoardUnreachable
 from tests.sshboard import SshBoard, netns_refusal, ssh_board
 
@@ -29,7 +29,7 @@ def board() -> SshBoard:
 def transport(b: SshBoard, **ssh: object):
     entry = b.inventory_entry()
     entry["ssh"].update(ssh)
-    return open_transport(Board.model_validate(entry))
+    return open_transport(BoardSpec.model_validate(entry))
 
 
 def test_a_home_relative_path_resolves_to_the_login_users_home(board: SshBoard) -> None:
@@ -67,7 +67,7 @@ def test_an_unreachable_board_says_why(tmp_path: Path) -> None:
     entry = {"name": "gone", "transport": "ssh",
              "ssh": {"host": "127.0.0.1", "port": 9, "user": "root", "connect_timeout": 3}}
     with pytest.raises(BoardUnreachable, match="root@127.0.0.1:9: cannot connect"):
-        open_transport(Board.model_validate(entry))
+        open_transport(BoardSpec.model_validate(entry))
 
 
 @pytest.mark.slow
@@ -123,7 +123,7 @@ def test_a_board_behind_a_jump_host_is_reached_through_it(tmp_path: Path) -> Non
         hop = {"user": "root", "key_file": str(jb.key_file), "known_hosts": str(jb.known_hosts), "connect_timeout": 5}
         entry = {"name": "behind", "transport": "ssh",
                  "ssh": {"host": "127.0.0.1", **hop, "jump": {"host": jb.host, **hop}}}
-        t = open_transport(Board.model_validate(entry))
+        t = open_transport(BoardSpec.model_validate(entry))
         try:
             done = t.run(["sh", "-c", "echo $SSH_CONNECTION; readlink /proc/self/ns/net"], timeout=20)
         finally:
@@ -137,7 +137,7 @@ def test_a_board_behind_a_jump_host_is_reached_through_it(tmp_path: Path) -> Non
         # A jump host that refuses us is named in the error.
         entry["ssh"]["jump"]["known_hosts"] = str(tmp_path / "empty_known_hosts")
         with pytest.raises(BoardUnreachable, match=f"root@{jb.host}:22: unknown host key"):
-            open_transport(Board.model_validate(entry))
+            open_transport(BoardSpec.model_validate(entry))
 
 
 def test_a_key_held_by_a_running_ssh_agent_is_used_when_no_key_file_is_named(
@@ -147,7 +147,7 @@ def test_a_key_held_by_a_running_ssh_agent_is_used_when_no_key_file_is_named(
         del entry["ssh"]["key_file"]
         monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
         with pytest.raises(BoardUnreachable, match="root@10.231.45.2:22: "):  # no agent, no key: refused
-            open_transport(Board.model_validate(entry))
+            open_transport(BoardSpec.model_validate(entry))
 
         sock = tmp_path / "agent.sock"
         started = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], capture_output=True, text=True, check=True)
@@ -156,7 +156,7 @@ def test_a_key_held_by_a_running_ssh_agent_is_used_when_no_key_file_is_named(
             env = {"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"}
             subprocess.run(["ssh-add", str(b.key_file)], env=env, capture_output=True, check=True)
             monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
-            t = open_transport(Board.model_validate(entry))
+            t = open_transport(BoardSpec.model_validate(entry))
             try:
                 assert t.run(["echo", "via the agent"], timeout=20).stdout == "via the agent\n"
             finally:
@@ -170,7 +170,7 @@ def test_a_link_cut_under_a_command_is_a_lost_board_not_a_result(board: SshBoard
 
     entry = board.inventory_entry()
     entry["ssh"]["dead_after"] = 3
-    t = open_transport(Board.model_validate(entry))
+    t = open_transport(BoardSpec.model_validate(entry))
     cutter = threading.Timer(1.0, set_link, (board.host_veth, "down"))
     cutter.start()
     try:
@@ -181,7 +181,7 @@ def test_a_link_cut_under_a_command_is_a_lost_board_not_a_result(board: SshBoard
         cutter.join()
         set_link(board.host_veth, "up")
         t.close()
-    t = open_transport(Board.model_validate(entry))  # the board is back once the link is
+    t = open_transport(BoardSpec.model_validate(entry))  # the board is back once the link is
     try:
         assert t.run(["true"], timeout=20).exit_code == 0
     finally:

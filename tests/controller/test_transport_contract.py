@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from controller.boards.transports import Transport, open_transport
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.errors import BoardUnreachable, CommandTimeout, FileNotOnBoard, TransportError
 from tests.adbboard import AdbBoard, adb_board
 from tests.hung import hung_command
@@ -60,14 +60,14 @@ def adb_lab() -> Iterator[tuple[AdbBoard, int]]:
 @pytest.fixture(params=["local", "fake", "ssh", "adb"])
 def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
     if request.param == "local":
-        board = Board(name="local")
+        board = BoardSpec(name="local")
     elif request.param == "fake":
-        board = Board(name="contract-fake", transport="fake")  # unscripted: it behaves as local
+        board = BoardSpec(name="contract-fake", transport="fake")  # unscripted: it behaves as local
     elif request.param == "ssh":
-        board = Board.model_validate(request.getfixturevalue("ssh_lab").inventory_entry())
+        board = BoardSpec.model_validate(request.getfixturevalue("ssh_lab").inventory_entry())
     else:
         phone, port = request.getfixturevalue("adb_lab")
-        board = Board.model_validate({"name": "phone", "transport": "adb",
+        board = BoardSpec.model_validate({"name": "phone", "transport": "adb",
                                       "adb": {"serial": phone.serial, "server_port": port}})
     t = open_transport(board)
     yield t

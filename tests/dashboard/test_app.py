@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import func, select
 
 from controller.results import selection
 from controller.results.store import Board, Job, Model, Result, Run, Variant, open_db
+from tests.conftest import ROOT
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 TIMEOUT = 60  # the first run imports pandas, altair and SQLAlchemy on a 2-core machine
@@ -106,6 +108,16 @@ def test_missing_sqlite_file_is_reported_not_created(monkeypatch: pytest.MonkeyP
     at = start(monkeypatch, f"sqlite:///{db}")
     assert any("No results yet" in i.value and str(db) in i.value for i in at.info)
     assert not db.exists(), "a read-only dashboard must not create the database it was pointed at"
+
+
+def test_an_older_database_is_named_with_the_command_that_upgrades_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    old = tmp_path / "release.db"
+    shutil.copyfile(ROOT / "tests" / "data" / "release-bf4204a.db", old)
+    before = old.read_bytes()
+    at = start(monkeypatch, f"sqlite:///{old}")
+    assert [e.value for e in at.error if "edgefarm db upgrade" in e.value], [e.value for e in at.error]
+    assert not at.exception and old.read_bytes() == before  # shown, not raised; and not altered
 
 
 def test_password_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,14 +18,14 @@ from agent.job import archive_members
 from agent.protocol import Fingerprint, JobRecord, ProbeRecord, ResultRecord, Stage, failed, make_probe, sha256_file
 from controller.boards.native import NativeOutputError, NativeRun, native_benchmark, to_result
 from controller.boards.transports import Transport
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.errors import BoardCommandFailed, FileCorrupt, one_line
 
 
 class NativeHost(Protocol):
     """What a native job needs of the board's session (controller.boards.session.BoardSession)."""
 
-    board: Board
+    board: BoardSpec
     transport: Transport
     fingerprint: Fingerprint | None
 

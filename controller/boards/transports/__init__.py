@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.errors import BoardUnreachable, TransportError
 from controller.plugins import TRANSPORTS
 
@@ -66,7 +66,7 @@ class Transport(ABC):
     # Where the agent lives on the board when the inventory names no workdir.
     default_workdir = "~/.edgefarm"
 
-    def __init__(self, board: Board) -> None:
+    def __init__(self, board: BoardSpec) -> None:
         self.board = board
 
     @abstractmethod
@@ -122,6 +122,6 @@ def register(name: str) -> Callable[[type[Transport]], type[Transport]]:
     return TRANSPORTS.register(name)
 
 
-def open_transport(board: Board) -> Transport:
+def open_transport(board: BoardSpec) -> Transport:
     transport: Transport = TRANSPORTS.get(board.transport)(board)
     return transport

@@ -37,7 +37,7 @@ from controller.boards.transports import (
 from controller.errors import BoardCommandFailed, BoardUnreachable, CommandTimeout, FileNotOnBoard, TransportError
 
 if TYPE_CHECKING:
-    from controller.config.inventory import Board
+    from controller.config.inventory import BoardSpec
 
 # Shell protocol packets: a one-byte id, a little-endian 32-bit length, the data.
 _STDOUT, _STDERR, _EXIT, _CLOSE_STDIN = 1, 2, 3, 4
@@ -67,7 +67,7 @@ class AdbTransport(Transport):
     # The one place on a phone the shell user may write to and execute from.
     default_workdir = "/data/local/tmp/edgefarm"
 
-    def __init__(self, board: "Board") -> None:
+    def __init__(self, board: "BoardSpec") -> None:
         import adbutils
 
         super().__init__(board)

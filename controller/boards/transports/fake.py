@@ -38,7 +38,7 @@ from typing import Sequence
 
 from controller.boards.transports import Completed, register
 from controller.boards.transports.local import LocalTransport
-from controller.config.inventory import Board
+from controller.config.inventory import BoardSpec
 from controller.errors import BoardUnreachable, CommandTimeout
 
 FAULTS: dict[str, tuple[str, ...]] = {
@@ -112,7 +112,7 @@ class FakeTransport(LocalTransport):
         # Not the workspace the local board uses: a fake board never shares files with a real one.
         return os.path.join(tempfile.gettempdir(), "edgefarm-fake-boards")
 
-    def __init__(self, board: Board) -> None:
+    def __init__(self, board: BoardSpec) -> None:
         super().__init__(board)
         self._dead = False
         if _next(board.name, "connect", "") == "refused":

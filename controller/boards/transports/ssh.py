@@ -30,7 +30,7 @@ from controller.boards.transports import (
 from controller.errors import BoardUnreachable, CommandTimeout, FileNotOnBoard, TransportError
 
 if TYPE_CHECKING:
-    from controller.config.inventory import Board, SshHop
+    from controller.config.inventory import BoardSpec, SshHop
 
 
 @functools.cache
@@ -54,7 +54,7 @@ def _always_lost() -> bool:
 class SshTransport(Transport):
     default_workdir = "~/.edgefarm"
 
-    def __init__(self, board: "Board") -> None:
+    def __init__(self, board: "BoardSpec") -> None:
         super().__init__(board)
         ssh = board.ssh
         if ssh is None:
