@@ -29,21 +29,18 @@ from controller.plugins import TRANSPORTS
 ErrorTable = Sequence[tuple[tuple[type[BaseException], ...], type[TransportError]]]
 
 
-def _never_lost() -> bool:
-    return False
-
-
 @contextmanager
-def mapped_errors(table: ErrorTable, what: str, lost: Callable[[], bool] = _never_lost) -> Iterator[None]:
+def mapped_errors(table: ErrorTable, what: str, lost: bool | Callable[[], bool] = False) -> Iterator[None]:
     """Raise the table's error for a library error raised in the block, ``from`` it, as
-    ``"<what>: <the library's words>"``. While ``lost()`` says the link is gone, any error of the
-    table is BoardUnreachable: a socket error then is the lost link, not a refusal by the board.
-    Errors the table does not name (EdgeFarm's own among them) pass through untouched."""
+    ``"<what>: <the library's words>"``. Where ``lost`` holds (True while connecting: nothing was
+    reached yet; or a check that the link is gone), any error of the table is BoardUnreachable: a
+    socket error then is the lost link, not a refusal by the board. Errors the table does not name
+    (EdgeFarm's own among them) pass through untouched."""
     try:
         yield
     except tuple(t for types, _ in table for t in types) as exc:
         mapped: type[TransportError] = BoardUnreachable
-        if not lost():
+        if not (lost() if callable(lost) else lost):
             mapped = next(error for types, error in table if isinstance(exc, types))
         raise mapped(f"{what}: {str(exc).strip() or type(exc).__name__}") from exc
 

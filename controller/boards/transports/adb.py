@@ -58,10 +58,6 @@ def _errors() -> ErrorTable:
     )
 
 
-def _always_lost() -> bool:
-    return True  # not connected yet: whatever fails while connecting, the device was not reached
-
-
 @register("adb")
 class AdbTransport(Transport):
     # The one place on a phone the shell user may write to and execute from.
@@ -78,7 +74,7 @@ class AdbTransport(Transport):
         self.where = f"{adb.serial} (adb server {adb.server_host}:{adb.server_port})"
         _ensure_server(adb.server_host, adb.server_port)
         self.client = adbutils.AdbClient(host=adb.server_host, port=adb.server_port)
-        with mapped_errors(_errors(), self.where, _always_lost):
+        with mapped_errors(_errors(), self.where, lost=True):
             if ":" in adb.serial:
                 self._connect()
             self._wait_online()

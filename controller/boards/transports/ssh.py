@@ -46,10 +46,6 @@ def _errors() -> ErrorTable:
     )
 
 
-def _always_lost() -> bool:
-    return True  # no session yet: whatever fails while connecting, the board was not reached
-
-
 @register("ssh")
 class SshTransport(Transport):
     default_workdir = "~/.edgefarm"
@@ -75,7 +71,7 @@ class SshTransport(Transport):
         if self._jump is None or ssh.jump is None:
             return _socket(ssh, ssh.dead_after)
         # Like ssh -J: a channel through the jump host is the board connection's socket.
-        with mapped_errors(_errors(), f"{_where(ssh)} via {_where(ssh.jump)}", _always_lost):
+        with mapped_errors(_errors(), f"{_where(ssh)} via {_where(ssh.jump)}", lost=True):
             return _active(self._jump, _where(ssh.jump)).open_channel(
                 "direct-tcpip", (ssh.host, ssh.port), ("127.0.0.1", 0), timeout=ssh.connect_timeout)
 
@@ -201,7 +197,7 @@ def _socket(hop: "SshHop", dead_after: float | None = None) -> socket.socket:
     retransmissions for a quarter of an hour; TCP_USER_TIMEOUT bounds how long sent data may
     stay unacknowledged, and the SSH keepalives set in _connect make sure there is data to send.
     """
-    with mapped_errors(_errors(), f"{_where(hop)}: cannot connect", _always_lost):
+    with mapped_errors(_errors(), f"{_where(hop)}: cannot connect", lost=True):
         sock = socket.create_connection((hop.host, hop.port), timeout=hop.connect_timeout)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     if dead_after and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; elsewhere keepalives alone
@@ -221,7 +217,7 @@ def _connect(hop: "SshHop", dead_after: float, sock: Any) -> Any:
     client.set_missing_host_key_policy(policy)
     where = _where(hop)
     try:
-        with mapped_errors(_errors(), where, _always_lost):
+        with mapped_errors(_errors(), where, lost=True):
             try:
                 client.connect(
                     hop.host, port=hop.port, username=hop.user, sock=sock,
