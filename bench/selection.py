@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     from controller.cli import main as edgefarm
+    from controller.results.database import open_db
     from controller.results.selection import latest_candidates, select_best
-    from controller.results.store import open_db
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=ROOT / "examples" / "ppocr.yaml")

@@ -27,7 +27,8 @@ def main() -> int:
     from sqlalchemy import select
 
     from controller.cli import main as edgefarm
-    from controller.results.store import Job, open_db
+    from controller.results.database import open_db
+    from controller.results.store import Job
 
     out = ROOT / "bench" / "out" / f"tool-agreement-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)

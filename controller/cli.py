@@ -141,7 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _resumed_spec(args: argparse.Namespace):  # -> LoadedSpec
     """The spec a run was started with, as the database keeps it."""
     from controller.config.spec import LoadedSpec, Spec
-    from controller.results.store import Run, open_db
+    from controller.results.database import open_db
+    from controller.results.store import Run
     from controller.validation import parse
 
     with open_db(args.db)() as db:
@@ -153,8 +154,8 @@ def _resumed_spec(args: argparse.Namespace):  # -> LoadedSpec
 
 
 def _finish(db: str | None, outcome, models: list[str], rule) -> None:  # rule: SelectionSpec
+    from controller.results.database import describe, open_db
     from controller.results.selection import describe_rule, latest_candidates, render, select_best
-    from controller.results.store import describe, open_db
 
     with open_db(db)() as session:
         chosen = select_best([c for c in latest_candidates(session) if c.model in models], rule.budget,
@@ -180,8 +181,8 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from controller.results.database import open_db
     from controller.results.selection import render, selections
-    from controller.results.store import open_db
 
     with open_db(args.db)() as session:
         print(render(selections(session, args.budget, args.objective, args.latency_ceiling), args.format))
@@ -189,7 +190,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    from controller.results.store import open_db
+    from controller.results.database import open_db
     from controller.results.variant_records import latest_variants, render
 
     with open_db(args.db)() as session:
@@ -209,7 +210,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import dashboard
-    from controller.results.store import database_url
+    from controller.results.database import database_url
 
     app = Path(dashboard.__file__).parent / "app.py"
     env = dict(os.environ, EDGEFARM_DB=database_url(args.db))
@@ -220,8 +221,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
+    from controller.results.database import (
+        database_url,
+        describe,
+        head_revision,
+        schema_state,
+        upgrade_command,
+        upgrade_db,
+    )
     from controller.results.queries import database_exists
-    from controller.results.store import describe, head_revision, schema_state, upgrade_db
 
     head, where = head_revision(), describe(args.db)
     if args.db_command == "upgrade":
@@ -235,7 +243,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     elif revision is None and not tables:
         print(f"none (no EdgeFarm tables yet: the first command makes them at {head})")
     else:
-        print(f"{revision or 'none'} (this EdgeFarm needs {head}: edgefarm db upgrade --db {where})")
+        print(f"{revision or 'none'} (this EdgeFarm needs {head}: {upgrade_command(database_url(args.db))})")
     return 0
 
 

@@ -12,7 +12,8 @@
     │   └── FileCorrupt           a file on the board does not match its sha256, even after a new push
     ├── ConversionError           a converter refused or failed (controller.convert); stored on its jobs
     ├── PassError                 a variant pass cannot work with a model or an option; stored on the variant
-    │   └── PruningError          (controller.passes.pruning)
+    │   ├── PruningError          (controller.passes.pruning)
+    │   └── FinetuneUnsupported   the graph has an op the fine-tuning interpreter lacks: surgery alone
     └── NativeOutputError         a native tool's output lacks what its summary needs (controller.boards.native)
 
 Only ``UserError`` reaches the user as an exit status: everything else is data about a board, a

@@ -1,6 +1,6 @@
 """EdgeFarm dashboard: ``streamlit run dashboard/app.py -- --db URL``.
 
-The database is ``--db``, else $EDGEFARM_DB, else ./edgefarm.db (``controller.results.store.database_url``).
+The database is ``--db``, else $EDGEFARM_DB, else ./edgefarm.db (``controller.results.database.database_url``).
 It is read only through ``controller.results.queries`` and ``controller.results.selection``, so the figures here
 are the ones the CLI's selection tables and nightly reports print.
 """
@@ -21,7 +21,7 @@ import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.errors import UserError
-from controller.results import queries, selection, store, variant_records
+from controller.results import database, queries, selection, variant_records
 from dashboard import charts, views
 
 MAX_TAILS = 20  # a run where everything failed would otherwise bury the page in tracebacks
@@ -39,7 +39,7 @@ def cli_db(argv: list[str]) -> str | None:
 @st.cache_resource(show_spinner=False)
 def sessions(url: str) -> sessionmaker[Session]:
     # One engine (and connection pool) per database for the whole server, not one per rerun.
-    return store.open_db(url)
+    return database.open_db(url)
 
 
 @dataclass
@@ -160,13 +160,13 @@ def runs_section(session: Session, runs: list[queries.RunRow]) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="EdgeFarm", layout="wide")
-    url = store.database_url(cli_db(sys.argv[1:]))
+    url = database.database_url(cli_db(sys.argv[1:]))
     st.title("EdgeFarm")
     with st.sidebar:
         st.subheader("Database")
-        st.code(store.describe(url), language=None, wrap_lines=True)  # describe() hides a password
+        st.code(database.describe(url), language=None, wrap_lines=True)  # describe() hides a password
     if not queries.database_exists(url):
-        st.info(f"{EMPTY}\n\n(There is no database file at `{store.describe(url)}` yet.)")
+        st.info(f"{EMPTY}\n\n(There is no database file at `{database.describe(url)}` yet.)")
         return
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -175,7 +175,7 @@ def main() -> None:
             render(session)
     except SQLAlchemyError as exc:  # a server that is down or a wrong URL: say so, don't dump a trace
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        st.error(f"Cannot read {store.describe(url)}: {detail}")
+        st.error(f"Cannot read {database.describe(url)}: {detail}")
     except UserError as exc:  # e.g. an older EdgeFarm's database: the line names the command that upgrades it
         st.error(str(exc))
 

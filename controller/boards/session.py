@@ -129,7 +129,7 @@ class BoardSession:
                 try:
                     self.reconnect()
                     self._clean(posixpath.join(self.root, "jobs", job["job_id"]))  # and its stale agent
-                except (TransportError, ValueError, KeyError) as exc:  # still gone (or its probe garbled)
+                except Exception as exc:  # still gone, or back garbled: run_job returns a result, never raises
                     result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}", lost=True)
                     notes.append(f"attempt {attempt}: {failure_of(result).get('message')}")
                     continue

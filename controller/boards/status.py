@@ -39,8 +39,9 @@ def probe_boards(inventory_path: Path | None) -> list[dict[str, Any]]:
 
 def quarantine(db_url: str | None) -> dict[str, str]:
     """Quarantined board -> since when and why, from the results database."""
+    from controller.results.database import open_db
     from controller.results.queries import database_exists
-    from controller.results.store import Board, open_db
+    from controller.results.store import Board
 
     if not database_exists(db_url):  # listing boards must not leave an empty database behind
         return {}
@@ -52,7 +53,8 @@ def quarantine(db_url: str | None) -> dict[str, str]:
 def release(name: str, db_url: str | None) -> str:
     from controller.boards.health import release as release_row
     from controller.errors import UserError
-    from controller.results.store import Board, open_db
+    from controller.results.database import open_db
+    from controller.results.store import Board
 
     with open_db(db_url)() as db:
         row = db.query(Board).filter_by(name=name).one_or_none()

@@ -1,7 +1,8 @@
 """A content-addressed artifact cache: an unchanged input is never compiled twice.
 
-An entry's key is the sha256 of everything that decides its bytes (input hashes, recipe name
-and options, library versions, recipe version); the entry is the file plus a JSON sidecar.
+An entry's key is the sha256 of everything that decides its bytes (input hashes, the pass or
+converter with its own options and version, library versions); the entry is the file plus a
+JSON sidecar.
 Entries appear atomically (written aside, then renamed), so a killed run leaves no half file.
 """
 

@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller.results.store import Board, Job, Model, Result, Run, Variant, database_url
+from controller.results.database import database_url
+from controller.results.store import Board, Job, Model, Result, Run, Variant
 
 
 @dataclass(frozen=True)

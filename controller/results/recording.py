@@ -52,13 +52,24 @@ def resumed_run(db: Session, run_id: int, spec: Spec) -> Run:
     run = db.get(Run, run_id)
     if run is None:
         raise UserError(f"--resume {run_id}: there is no run {run_id} in this database")
-    if run.spec_sha256 != spec.digest():
+    if _digest_now(run) != spec.digest():
         raise UserError(f"--resume {run_id}: run {run_id} was made from another spec ({run.spec_name}); "
-                            "resume it with the spec it was started with")
+                        "resume it with the spec it was started with")
     if run.status == "done":
         raise UserError(f"--resume {run_id}: run {run_id} finished; there is nothing to resume")
     run.status = "running"
     return run
+
+
+def _digest_now(run: Run) -> str:
+    """The digest of the run's stored spec as this EdgeFarm reads it: a release that adds a key
+    with its default gives the same spec a new digest, and must not make its runs unresumable."""
+    from pydantic import ValidationError
+
+    try:
+        return Spec.model_validate(run.spec).digest()
+    except ValidationError:  # a key this release no longer knows: only the digest it was stored with
+        return run.spec_sha256
 
 
 def finish_run(db: Session, run_id: int, status: str, skipped: dict[str, str], resumed: int) -> None:

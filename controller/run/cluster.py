@@ -33,4 +33,4 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
         raise UserError(f"--ray-address {address}: no Ray head answers there ({exc}); "
-                            "start one with `ray start --head` or leave the flag out for a local Ray") from None
+                        "start one with `ray start --head` or leave the flag out for a local Ray") from None

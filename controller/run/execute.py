@@ -17,9 +17,10 @@ from controller.build.cache import Cache
 from controller.build.compile import ModelBuild, build_all, convert_all, prepare_sources
 from controller.config.inventory import BoardSpec, Inventory
 from controller.config.spec import LoadedSpec, Spec
-from controller.errors import EdgeFarmError, one_line
+from controller.errors import UserError, one_line
 from controller.results import recording
-from controller.results.store import Job, Run, open_db
+from controller.results.database import open_db
+from controller.results.store import Job, Run
 from controller.run.actors import actor_class, close_boards, start_boards
 from controller.run.cluster import ensure_ray
 from controller.run.planning import Planned, attach_conversions, conversions, job_files, job_payload, plan_board
@@ -82,7 +83,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         progress.boards({b: sum(1 for p in plan if p.board == b) for b in probes})
         _measure(sessions, spec, plan, actors, outcome, progress)
         status = "done"
-    except EdgeFarmError:
+    except UserError:
         status = "failed"
         raise
     finally:

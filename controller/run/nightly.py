@@ -13,8 +13,9 @@ def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     """True when something regressed."""
     from controller.errors import UserError
     from controller.results import regression, report
+    from controller.results.database import open_db
     from controller.results.selection import latest_candidates, render, select_best
-    from controller.results.store import Run, open_db
+    from controller.results.store import Run
     from controller.run.execute import execute
 
     try:

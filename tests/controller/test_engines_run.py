@@ -10,8 +10,9 @@ import yaml
 from sqlalchemy import select
 
 from controller.cli import main
+from controller.results.database import open_db
 from controller.results.selection import selections
-from controller.results.store import Job, open_db
+from controller.results.store import Job
 from tests.conftest import small_ppocr_spec
 
 CONVERTED = ("openvino", "paddlelite", "ncnn", "mnn")

@@ -24,8 +24,8 @@ from controller.build.cache import Cache
 from controller.config.inventory import BoardSpec
 from controller.errors import BoardUnreachable
 from controller.plugins import TRANSPORTS
+from controller.results.database import open_db
 from controller.results.store import Board as BoardRow
-from controller.results.store import open_db
 
 TIMEOUT = 120.0
 AGENT_JOB = "run job.json"  # in the command line of an agent job, and of no other command

@@ -16,7 +16,8 @@ import yaml
 from sqlalchemy import select
 
 from controller.cli import main
-from controller.results.store import Job, open_db
+from controller.results.database import open_db
+from controller.results.store import Job
 from tests.conftest import ROOT, small_ppocr_spec
 from tests.faults import clear_impairment, impair, kill_matching, namespace_processes, set_link, when_job_runs
 from tests.sshboard import SshBoard, netns_refusal, ssh_board

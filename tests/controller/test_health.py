@@ -18,8 +18,9 @@ from controller.build.cache import Cache
 from controller.cli import main
 from controller.config.inventory import BoardSpec
 from controller.results import queries
+from controller.results.database import open_db
 from controller.results.store import Board as BoardRow
-from controller.results.store import Job, open_db
+from controller.results.store import Job
 from dashboard.views import boards_frame
 from tests.conftest import small_ppocr_spec
 

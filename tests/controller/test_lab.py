@@ -15,7 +15,8 @@ import yaml
 from sqlalchemy import select
 
 from controller.cli import main
-from controller.results.store import Job, open_db
+from controller.results.database import open_db
+from controller.results.store import Job
 from tests.adbboard import adb_board
 from tests.conftest import ROOT, small_ppocr_spec
 from tests.net import free_port

@@ -22,19 +22,16 @@ from sqlalchemy.engine import make_url
 
 from controller.cli import main
 from controller.errors import UserError
-from controller.results.store import (
+from controller.results.database import (
     AUTO_UPGRADE,
     MIGRATIONS,
-    Base,
-    Board,
-    Job,
-    Result,
     describe,
     head_revision,
     open_db,
     schema_state,
     upgrade_db,
 )
+from controller.results.store import Base, Board, Job, Result
 from tests.conftest import ROOT
 from tests.postgres import postgres_server
 
@@ -304,8 +301,9 @@ def test_the_release_rows_upgrade_in_place_on_postgresql(pg_url: str, capsys: py
 
     assert main(["select", "--db", pg_url]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "schema revision none" in err and "edgefarm db upgrade --db" in err
-    assert "not-a-real-secret" not in err and "edgefarm:***@127.0.0.1" in err
+    assert err.count("\n") == 1 and "schema revision none" in err
+    assert "run: edgefarm db upgrade --db URL (this URL with its password: postgresql+psycopg://edgefarm:***@127.0.0.1" in err
+    assert "not-a-real-secret" not in err
     assert typed_rows(pg_url) == source  # stopping changed nothing
 
     assert main(["db", "upgrade", "--db", pg_url]) == 0

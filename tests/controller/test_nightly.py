@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from controller.cli import main
-from controller.results.store import Run, open_db
+from controller.results.database import open_db
+from controller.results.store import Run
 from tests.conftest import small_ppocr_spec
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ import yaml
 from sqlalchemy import select, text
 
 from controller.cli import main
-from controller.results.store import Job, describe, open_db
+from controller.results.database import describe, open_db
+from controller.results.store import Job
 from tests.conftest import small_ppocr_spec
 from tests.postgres import postgres_server
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from controller.results.store import Job, open_db
+from controller.results.database import open_db
+from controller.results.store import Job
 from tests.conftest import small_ppocr_spec
 from tests.net import free_port
 

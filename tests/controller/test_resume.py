@@ -15,7 +15,8 @@ import yaml
 from sqlalchemy import select
 
 from controller.cli import main
-from controller.results.store import Job, Result, Run, open_db
+from controller.results.database import open_db
+from controller.results.store import Job, Result, Run
 from tests.conftest import ROOT, small_ppocr_spec
 
 pytestmark = pytest.mark.slow

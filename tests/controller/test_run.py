@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 
 from agent.engines import probe_engines
 from controller.cli import main
+from controller.results.database import open_db
 from controller.results.selection import latest_candidates, render, select_best
-from controller.results.store import Job, Result, Run, Variant, open_db
+from controller.results.store import Job, Result, Run, Variant
 from tests.conftest import small_ppocr_spec
 from tests.models import digits_mlp
 

@@ -79,8 +79,9 @@ def test_a_run_spreads_over_local_and_ssh_boards_and_survives_an_unreachable_one
     from sqlalchemy import select
 
     from controller.cli import main
+    from controller.results.database import open_db
     from controller.results.store import Board as BoardRow
-    from controller.results.store import Job, open_db
+    from controller.results.store import Job
     from tests.conftest import small_ppocr_spec
 
     inventory = tmp_path / "inventory.yaml"

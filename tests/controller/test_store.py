@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from controller.errors import UserError
-from controller.results.store import Board, open_db, upgrade_db
+from controller.results.database import open_db, upgrade_db
+from controller.results.store import Board
 
 
 def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:

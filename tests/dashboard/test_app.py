@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from controller.results import selection
-from controller.results.store import Board, Job, Model, Result, Run, Variant, open_db
+from controller.results.database import open_db
+from controller.results.store import Board, Job, Model, Result, Run, Variant
 from tests.conftest import ROOT
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from controller.results import selection
-from controller.results.store import open_db
+from controller.results.database import open_db
 from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

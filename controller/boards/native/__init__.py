@@ -30,7 +30,7 @@ from controller.errors import EdgeFarmError
 from controller.plugins import NATIVE_TOOLS
 
 __all__ = [
-    "NATIVE_BENCHMARKS", "NativeBenchmark", "NativeOutputError", "NativeRun", "NativeSummary",
+    "NativeBenchmark", "NativeOutputError", "NativeRun", "NativeSummary",
     "native_benchmark", "register", "to_result",
 ]
 
@@ -160,10 +160,6 @@ class NativeBenchmark(ABC):
 
 def raw_tail(output: str) -> str:
     return output[-RAW_TAIL_CHARS:]
-
-
-# The tools' table lives in the manifest (controller.plugins.NATIVE_TOOLS).
-NATIVE_BENCHMARKS = NATIVE_TOOLS
 
 
 def register(cls: type[NativeBenchmark]) -> type[NativeBenchmark]:

@@ -1,8 +1,8 @@
 """Schema revisions of the results database (Alembic), shipped inside the package.
 
-``controller.results.store`` configures Alembic in code (no ``alembic.ini``): the script location
-is this folder, and ``env.py`` runs every revision on the connection the store hands it, in one
-transaction (on SQLite under ``BEGIN IMMEDIATE`` with foreign keys off, see ``store.upgrade_db``).
+``controller.results.database`` configures Alembic in code (no ``alembic.ini``): the script location
+is this folder, and ``env.py`` runs every revision on the connection ``database`` hands it, in one
+transaction (on SQLite under ``BEGIN IMMEDIATE`` with foreign keys off, see ``database.upgrade_db``).
 
 ``versions/0001_baseline.py`` is the schema the release at commit bf4204a created. A schema change
 is a new file ``versions/000N_<what>.py`` with ``revision = "000N"`` and ``down_revision`` the

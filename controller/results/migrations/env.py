@@ -1,6 +1,6 @@
-"""Alembic's environment: runs the revisions on the connection ``controller.results.store`` passes.
+"""Alembic's environment: runs the revisions on the connection ``controller.results.database`` passes.
 
-The store opens that connection, takes the lock and commits; nothing here connects by itself,
+``database`` opens that connection, takes the lock and commits; nothing here connects by itself,
 so a migration never runs outside that transaction.
 """
 
