@@ -23,6 +23,11 @@ Each transport maps its library's errors (paramiko, adbutils, OSError) onto the 
 branch at its boundary, through one table (``controller.boards.transports.mapped_errors``); no
 library exception leaves a transport.
 
+``ValueError`` keeps its Python meaning, a caller passing an argument that cannot be honoured
+(a dataset kind a model cannot render, a setting a native tool lacks), and is what pydantic
+validators raise; the boundary that called turns it into one of the errors above (a
+``ConfigError`` naming the key, a ``ModelError``, a failed job).
+
 Outside the tree, on purpose: the agent's errors (``agent.engines.EngineError`` and
 ``EngineUnavailable``, ``agent.hygiene.ThermalError``). The agent runs on boards with the standard
 library alone and never imports ``controller``; its failures come back as failed result records,
