@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from controller.errors import UserError, one_line
 
@@ -12,6 +13,9 @@ def ensure_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    # Ray reports usage to its makers' service by default. A farm runs in labs that often have no
+    # way out, and EdgeFarm sends nothing anywhere on its user's behalf: off, unless the user set it.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
         _check_reachable(address)  # Ray itself would retry a dead address for minutes
     # "local" starts a private Ray instead of joining whatever RAY_ADDRESS points at.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,12 @@ def test_a_variant_that_fails_to_compile_is_recorded_not_raised(tmp_path: Path, 
     (model,) = build_all(loaded, cache, prepare_sources(loaded, cache))
     assert set(model.variants) == {"fp32", "fp16"}
     assert "int8" in model.failures and "has no 'input:x'" in model.failures["int8"]
+
+
+def test_the_private_ray_reports_no_usage_anywhere() -> None:
+    import ray
+
+    ensure_ray(None)
+    # Ray's processes, workers included, see the switch that keeps Ray's usage report unsent.
+    seen = ray.get(ray.remote(lambda: os.environ.get("RAY_USAGE_STATS_ENABLED")).remote())
+    assert seen == "0"
