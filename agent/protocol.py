@@ -81,8 +81,9 @@ REFERENCE_PREFIX = "reference:"
 TASKS = ("det", "rec", "cls", "agreement")
 
 # Where a job failed: the board's conditions, the sha256 check, loading, measuring, scoring, the
-# agent itself, reaching the board, converting the model for its engine. One list for both sides.
-Stage = Literal["board", "verify", "load", "measure", "accuracy", "agent", "transport", "convert"]
+# agent itself, reaching the board, converting the model for its engine, the result record the
+# board sent back (malformed). One list for both sides.
+Stage = Literal["board", "verify", "load", "measure", "accuracy", "agent", "transport", "convert", "result"]
 FAILURE_STAGES: Tuple[str, ...] = get_args(Stage)
 
 

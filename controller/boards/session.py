@@ -27,6 +27,7 @@ from agent.protocol import (
     failed,
     failure_of,
 )
+from controller.boards.result_check import MAX_RESULT_BYTES, check_result
 from controller.boards.transports import Transport, open_transport
 from controller.config.inventory import BoardSpec
 from controller.errors import BoardCommandFailed, BoardUnreachable, CommandTimeout, TransportError, one_line
@@ -195,12 +196,15 @@ class BoardSession:
             try:
                 with self._files:
                     self.transport.get(posixpath.join(workdir, "result.json"), local_result)
-                record: ResultRecord = json.loads(local_result.read_text())
-                return record
+                if local_result.stat().st_size > MAX_RESULT_BYTES:
+                    return failed(job["job_id"], "result", f"the board's result record is "
+                                  f"{local_result.stat().st_size} bytes, over {MAX_RESULT_BYTES}")
+                record = json.loads(local_result.read_text())
             except (TransportError, ValueError):
                 # Killed or crashed before it could write a result: worth another attempt.
                 return failed(job["job_id"], "agent", f"the agent exited {done.exit_code} without a result",
                               _tail(done.stderr), lost=True)
+        return check_result(record, job["job_id"])
 
     def health_check(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
         """Run the golden job (see controller.boards.health); why the board is unfit, or None."""

@@ -143,7 +143,9 @@ def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, prog
     db.commit()
     if job.status == "ok":
         outcome.ok += 1
-        detail = f"{job.result.p50_ms:.2f} ms p50" if job.result else ""
+        r = job.result
+        # A native tool may print no median (Paddle Lite's benchmark_bin): its mean, then.
+        detail = "" if r is None else f"{r.p50_ms:.2f} ms p50" if r.p50_ms is not None else f"{r.mean_ms:.2f} ms mean"
     else:
         outcome.failed += 1
         detail = f"failed at {job.stage}: {job.message}"

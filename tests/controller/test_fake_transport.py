@@ -166,3 +166,17 @@ def test_a_board_failing_its_health_check_in_a_row_is_quarantined(tmp_path: Path
     with sessions() as db:  # stored
         assert db.query(BoardRow).filter_by(name="sick").one().quarantined_at is not None
     session.close()
+
+
+def test_a_forged_result_record_is_a_failure_at_stage_result_and_the_next_job_lands(
+        tmp_path: Path, bundle: Path, gold: Golden) -> None:
+    session = _session(tmp_path, bundle, "forger")
+    fake.forge("forger", '{"protocol": 1, "job_id": "health-forger", "status": "ok", "latency": {"p50": null}}')
+    fake.forge("forger", "[1, 2, 3]")
+    first, second = _run(session, gold), _run(session, gold)
+    for result in (first, second):
+        assert result["status"] == "failed" and result["failure"]["stage"] == "result"
+        assert result["attempts"] == 1  # a malformed record is data, not a lost board: no new attempt
+    assert "latency.samples_ms: Field required" in first["failure"]["message"]
+    assert _run(session, gold)["status"] == "ok"  # the real agent's record passes the check
+    session.close()

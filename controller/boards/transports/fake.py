@@ -24,6 +24,9 @@ The faults, by operation (a call past its script, or matching none, is "ok"):
 - put ``corrupt``: the file arrives with its last byte altered (a bad flash card, a copy cut
   short), so the agent's sha256 check refuses it on the board.
 - put and get ``lost``: BoardUnreachable before anything is moved; the transport stays dead.
+
+``forge(board, text)`` makes the next result record fetched from that board ``text`` instead of
+what the agent wrote: a board that is broken, or not ours, answering with a forged record.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class _Rule:
 _lock = threading.Lock()  # a board with concurrency > 1 runs jobs in several threads
 _scripts: dict[str, list[_Rule]] = {}
 _events: dict[str, list[str]] = {}
+_forged: dict[str, list[str]] = {}
 
 
 def script(board: str, op: str, outcomes: Sequence[str], match: str = "") -> None:
@@ -84,11 +88,18 @@ def events(board: str) -> list[str]:
         return list(_events.get(board, []))
 
 
+def forge(board: str, text: str) -> None:
+    """The next result record fetched from the fake board ``board`` reads ``text`` (queued)."""
+    with _lock:
+        _forged.setdefault(board, []).append(text)
+
+
 def reset() -> None:
-    """Forget every script and event."""
+    """Forget every script, event and forged record."""
     with _lock:
         _scripts.clear()
         _events.clear()
+        _forged.clear()
 
 
 def _next(board: str, op: str, subject: str) -> str:
@@ -154,6 +165,11 @@ class FakeTransport(LocalTransport):
         if self._link("get", remote) == "lost":
             raise BoardUnreachable(f"{self.board.name}: lost while reading {remote} (scripted)")
         super().get(remote, local)
+        with _lock:
+            forged = _forged.get(self.board.name) if remote.endswith("result.json") else None
+            text = forged.pop(0) if forged else None
+        if text is not None:
+            local.write_text(text)
 
     def close(self) -> None:
         self._dead = True  # like a closed connection: a session must open a new one
