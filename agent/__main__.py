@@ -137,15 +137,19 @@ def cmd_prune(directory: str, max_mb: float) -> int:
 
     Prints what was removed as JSON. A file in use is safe: a job's artifacts were touched
     when the job verified them, and the newest files are the last to go. A packed model's
-    unpacked folder (``<file>.d``) counts with its file and goes with it.
+    unpacked folder (``<file>.d``) counts with its file and goes with it. Only the files the
+    controller pushed, named by their sha256, are ever candidates: a work directory set to a
+    folder that holds other files loses none of them.
     """
+    import re
     import shutil
 
+    pushed = re.compile(r"^[0-9a-f]{64}(\.[A-Za-z0-9]+)*$")  # sha256 + the artifact's own suffix
     path = os.path.expanduser(directory)
     entries = []
     for name in os.listdir(path) if os.path.isdir(path) else []:
         full = os.path.join(path, name)
-        if os.path.isfile(full):
+        if pushed.match(name) and os.path.isfile(full):
             st = os.stat(full)
             unpacked = full + ".d"
             extra = sum(os.path.getsize(os.path.join(unpacked, f)) for f in os.listdir(unpacked)) \

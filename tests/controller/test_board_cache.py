@@ -24,6 +24,12 @@ def test_the_board_cache_is_bounded_least_recently_used_first(tmp_path: Path) ->
     # "used" is read again by a job (the agent touches what it verifies): it becomes the newest.
     used = next(p for p in cache.iterdir() if p.read_bytes() == (tmp_path / "used.bin").read_bytes())
     os.utime(used)
+    # Files EdgeFarm did not push (a work directory pointed at a folder in use) are never pruned,
+    # however old and large.
+    theirs = cache / "thesis.pdf"
+    theirs.write_bytes(os.urandom(300_000))
+    os.utime(theirs, (0, 0))
     session.close()  # the end of a session prunes the cache to cache_mb
-    kept = {p.read_bytes() for p in cache.iterdir()}
+    kept = {p.read_bytes() for p in cache.iterdir() if p != theirs}
     assert kept == {(tmp_path / f"{n}.bin").read_bytes() for n in ("used", "new")}  # 200 kB <= 250 kB; "old" went
+    assert theirs.is_file()
