@@ -26,9 +26,10 @@ from agent.protocol import (
     ResultRecord,
     failed,
     failure_of,
+    sha256_file,
 )
 from controller.boards.result_check import MAX_RESULT_BYTES, check_result
-from controller.boards.transports import Transport, open_transport
+from controller.boards.transports import Completed, Transport, open_transport
 from controller.config.inventory import BoardSpec
 from controller.errors import BoardCommandFailed, BoardUnreachable, CommandTimeout, TransportError, one_line
 
@@ -43,6 +44,7 @@ class BoardSession:
     def __init__(self, board: BoardSpec, bundle: Path) -> None:
         self.board = board
         self.bundle = bundle
+        self.agent_sha256 = sha256_file(bundle)
         self.transport: Transport = open_transport(board)
         self.root = self.transport.resolve(board.workdir or posixpath.join(self.transport.default_workdir, board.name))
         self.agent = posixpath.join(self.root, "agent", bundle.name)
@@ -58,9 +60,22 @@ class BoardSession:
 
     # -- agent commands --------------------------------------------------------------------
 
+    def _run_agent(self, args: list[str], timeout: float, cwd: str | None = None,
+                   python: str | None = None) -> tuple[Completed, bool]:
+        """Run the agent with ``args``, its copy on the board re-hashed first, as every artifact is
+        (``_VERIFIED_RUN``); a copy that is missing or no longer matches is pushed again once.
+        Returns what the command did, and whether the agent had to be pushed."""
+        argv = [python or self.python, "-c", _VERIFIED_RUN, self.agent, self.agent_sha256, *args]
+        done = self.transport.run(argv, timeout=timeout, cwd=cwd)
+        if done.exit_code != AGENT_MISMATCH:
+            return done, False
+        with self._files:
+            self.transport.put(self.bundle, self.agent)
+        return self.transport.run(argv, timeout=timeout, cwd=cwd), True
+
     def _agent(self, *args: str, timeout: float = SMALL_TIMEOUT, cwd: str | None = None,
                python: str | None = None) -> str:
-        done = self.transport.run([python or self.python, self.agent, *args], timeout=timeout, cwd=cwd)
+        done, _ = self._run_agent(list(args), timeout, cwd, python)
         if done.exit_code != 0:
             raise BoardCommandFailed(f"agent {args[0]} exited {done.exit_code}: {_tail(done.stderr, 300)}")
         return done.stdout
@@ -73,9 +88,7 @@ class BoardSession:
         probe: ProbeRecord
         if not self.board.agent:
             probe = shell_probe(self)
-        else:
-            if not self._exists(self.agent):
-                self.transport.put(self.bundle, self.agent)
+        else:  # the first agent command pushes the agent where the board lacks it
             probe = json.loads(self._agent("probe", "--workdir", self.root, timeout=PROBE_TIMEOUT))
             if probe.get("protocol") != PROTOCOL_VERSION:
                 raise TransportError(f"agent speaks protocol {probe.get('protocol')}, not {PROTOCOL_VERSION}")
@@ -89,10 +102,6 @@ class BoardSession:
         probe["engines"].update(native_engines(self))  # a native tool measures its engine on this board
         self.fingerprint = probe["fingerprint"]
         return probe
-
-    def _exists(self, remote: str) -> bool:
-        done = self.transport.run([self.python, "-c", _EXISTS, remote], timeout=SMALL_TIMEOUT)
-        return done.exit_code == 0
 
     def push(self, local: Path, sha256: str, force: bool = False) -> str:
         """The artifact's path in the board's cache, pushing it only when it is not there."""
@@ -189,9 +198,7 @@ class BoardSession:
             with self._files:
                 self.transport.put(local_job, posixpath.join(workdir, "job.json"))
             python = self.board.engine_python.get(job["engine"]["name"], self.python)
-            done = self.transport.run(
-                [python, self.agent, "run", "job.json", "--out", "result.json"], timeout=timeout, cwd=workdir
-            )
+            done, repushed = self._run_agent(["run", "job.json", "--out", "result.json"], timeout, workdir, python)
             local_result = Path(tmp) / "result.json"
             try:
                 with self._files:
@@ -204,7 +211,10 @@ class BoardSession:
                 # Killed or crashed before it could write a result: worth another attempt.
                 return failed(job["job_id"], "agent", f"the agent exited {done.exit_code} without a result",
                               _tail(done.stderr), lost=True)
-        return check_result(record, job["job_id"])
+        result = check_result(record, job["job_id"])
+        if repushed:
+            result.setdefault("notes", []).append("the agent on the board did not match its sha256; pushed again")
+        return result
 
     def health_check(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
         """Run the golden job (see controller.boards.health); why the board is unfit, or None."""
@@ -242,8 +252,24 @@ class BoardSession:
         self.transport.close()
 
 
-# Runs on the board with its own interpreter; the path arrives as argv, never in the code.
-_EXISTS = "import os,sys; sys.exit(0 if os.path.isfile(os.path.expanduser(sys.argv[1])) else 1)"
+# Runs on the board with its own interpreter before every use of the agent: hashes the zipapp and
+# runs it only if it still is the code the controller pushed. Paths and hashes arrive as argv,
+# never in the code; a missing or altered copy exits AGENT_MISMATCH without running anything.
+AGENT_MISMATCH = 86
+_VERIFIED_RUN = (
+    "import hashlib,os,runpy,sys\n"
+    "p,h=os.path.expanduser(sys.argv[1]),sys.argv[2]\n"
+    "d=hashlib.sha256()\n"
+    "try:\n"
+    " with open(p,'rb') as f:\n"
+    "  for c in iter(lambda:f.read(1<<20),b''):d.update(c)\n"
+    "except OSError as e:\n"
+    " sys.stderr.write('agent %s: %s\\n'%(p,e));sys.exit(86)\n"
+    "if d.hexdigest()!=h:\n"
+    " sys.stderr.write('agent %s does not match sha256 %s\\n'%(p,h));sys.exit(86)\n"
+    "sys.argv=[p]+sys.argv[3:]\n"
+    "runpy.run_path(p,run_name='__main__')\n"
+)
 
 
 def _as_result(job_id: str, timeout: float, attempt: Callable[[], ResultRecord]) -> ResultRecord:

@@ -180,3 +180,22 @@ def test_a_forged_result_record_is_a_failure_at_stage_result_and_the_next_job_la
     assert "latency.samples_ms: Field required" in first["failure"]["message"]
     assert _run(session, gold)["status"] == "ok"  # the real agent's record passes the check
     session.close()
+
+
+def test_an_agent_altered_on_the_board_is_never_run_and_is_pushed_again(
+        tmp_path: Path, bundle: Path, gold: Golden) -> None:
+    session = _session(tmp_path, bundle, "tampered")
+    assert _run(session, gold)["status"] == "ok"
+    agent = Path(session.agent)
+    marker = tmp_path / "the altered agent ran"
+    # Someone else's program under the agent's name: it would leave the marker if it ever ran.
+    agent.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    result = _run(session, gold)
+    assert result["status"] == "ok", result
+    assert "the agent on the board did not match its sha256; pushed again" in result["notes"]
+    assert not marker.exists()
+    assert sha256_file(str(agent)) == sha256_file(str(bundle))
+    agent.unlink()  # a board that lost it: the next command pushes it, nothing fails
+    assert session.prune_cache() == []
+    assert agent.is_file()
+    session.close()
