@@ -99,12 +99,13 @@ def check_installation() -> None:
     another distribution's ``agent`` or ``dashboard`` earlier on the path would be imported in
     place of ours and fail in ways far from the cause, so a stranger is named here instead."""
     import agent
+    import controller
     import dashboard
 
     def home(module: object) -> Path:
         return Path(next(iter(getattr(module, "__path__")))).resolve().parent
 
-    ours = home(sys.modules[__package__ or "controller"])
+    ours = home(controller)
     for module in (agent, dashboard):
         if home(module) != ours:
             raise UserError(f"the package {module.__name__!r} is imported from {home(module)}, not from EdgeFarm's "

@@ -203,9 +203,10 @@ class BoardSession:
             try:
                 with self._files:
                     self.transport.get(posixpath.join(workdir, "result.json"), local_result)
-                if local_result.stat().st_size > MAX_RESULT_BYTES:
-                    return failed(job["job_id"], "result", f"the board's result record is "
-                                  f"{local_result.stat().st_size} bytes, over {MAX_RESULT_BYTES}")
+                size = local_result.stat().st_size
+                if size > MAX_RESULT_BYTES:
+                    return failed(job["job_id"], "result",
+                                  f"the board's result record is {size} bytes, over {MAX_RESULT_BYTES}")
                 record = json.loads(local_result.read_text())
             except (TransportError, ValueError):
                 # Killed or crashed before it could write a result: worth another attempt.
@@ -264,12 +265,12 @@ _VERIFIED_RUN = (
     " with open(p,'rb') as f:\n"
     "  for c in iter(lambda:f.read(1<<20),b''):d.update(c)\n"
     "except OSError as e:\n"
-    " sys.stderr.write('agent %s: %s\\n'%(p,e));sys.exit(86)\n"
+    " sys.stderr.write('agent %s: %s\\n'%(p,e));sys.exit(MISMATCH)\n"
     "if d.hexdigest()!=h:\n"
-    " sys.stderr.write('agent %s does not match sha256 %s\\n'%(p,h));sys.exit(86)\n"
+    " sys.stderr.write('agent %s does not match sha256 %s\\n'%(p,h));sys.exit(MISMATCH)\n"
     "sys.argv=[p]+sys.argv[3:]\n"
     "runpy.run_path(p,run_name='__main__')\n"
-)
+).replace("MISMATCH", str(AGENT_MISMATCH))
 
 
 def _as_result(job_id: str, timeout: float, attempt: Callable[[], ResultRecord]) -> ResultRecord:

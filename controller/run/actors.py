@@ -6,6 +6,7 @@ reaches its board: the driver alone writes the database (``controller.results.re
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,7 @@ def close_boards(actors: dict[str, Any], reachable: dict[str, Any]) -> None:
 
     for name, actor in actors.items():
         if name in reachable:
-            try:
+            # A lost board cannot be closed politely; the kill below ends it.
+            with contextlib.suppress(Exception):
                 ray.get(actor.close.remote(), timeout=30)
-            except Exception:  # noqa: BLE001, S110 - a lost board cannot be closed politely; the kill below ends it
-                pass
         ray.kill(actor)

@@ -31,6 +31,7 @@ what the agent wrote: a board that is broken, or not ours, answering with a forg
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import tempfile
@@ -142,10 +143,8 @@ class FakeTransport(LocalTransport):
         outcome = self._link("run", shlex.join(argv))
         if outcome == "ok":
             return super().run(argv, timeout, cwd)
-        try:
-            super().run(argv, _MOMENT_S, cwd)  # it starts on the board, and is cut off and killed
-        except CommandTimeout:
-            pass
+        with contextlib.suppress(CommandTimeout):  # it starts on the board, and is cut off and killed
+            super().run(argv, _MOMENT_S, cwd)
         if outcome == "hung":
             raise CommandTimeout(argv, timeout, "(scripted: hung)")
         raise BoardUnreachable(f"{self.board.name}: the connection was lost during {argv[0]} (scripted)")
