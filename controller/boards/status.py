@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from controller.boards.chip_check import contradiction
 from controller.errors import one_line
 
 
@@ -32,7 +33,7 @@ def probe_boards(inventory_path: Path | None) -> list[dict[str, Any]]:
             if board.chip == "auto":
                 row["chip"] = f"{fp.get('arch', '?')} {fp.get('cpu_model', '?')}"
             row.update(reachable=True, fingerprint=fp, engines=probe.get("engines", {}),
-                       disk_free_mb=probe.get("disk_free_mb"))
+                       disk_free_mb=probe.get("disk_free_mb"), warning=contradiction(board.chip, fp))
         rows.append(row)
     return rows
 
@@ -77,6 +78,9 @@ def list_boards(inventory_path: Path | None, db_url: str | None = None) -> str:
             continue
         fp = row["fingerprint"]
         lines.append(f"{head}  reachable")
+        if row["warning"]:
+            lines.append(f"  WARNING: {row['warning']}: its results are filed under that chip; correct chip: "
+                         "in the inventory")
         lines.append(f"  arch={fp.get('arch')}  cpu={fp.get('cpu_model')}  cores={fp.get('cores')}  "
                      f"os={fp.get('os')}  python={fp.get('python')}  governor={fp.get('governor') or '-'}")
         disk, temp = row.get("disk_free_mb"), fp.get("temperature_c")

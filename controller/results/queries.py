@@ -40,7 +40,7 @@ class JobRow:
     run_id: int
     model: str
     board: str
-    chip: str
+    chip: str  # as the job recorded it when it ran
     engine: str
     label: str  # the configuration's name in selection, e.g. fp32 or fp32@bf16
     variant: str  # the artifact variant
@@ -62,7 +62,7 @@ class JobRow:
 @dataclass(frozen=True)
 class BoardRow:
     name: str
-    chip: str
+    chip: str  # as the board is declared now
     transport: str
     fingerprint: dict[str, Any]
     engines: dict[str, Any]
@@ -109,7 +109,7 @@ def run_jobs(session: Session, run_id: int) -> list[JobRow]:
     """Every job of a run with its result figures (None where the job failed before measuring)."""
     rows = session.execute(
         select(
-            Job.id, Job.run_id, Model.name.label("model"), Board.name.label("board"), Board.chip,
+            Job.id, Job.run_id, Model.name.label("model"), Board.name.label("board"), Job.chip,
             Job.engine, Job.label, Variant.name.label("variant"), Job.status, Job.stage, Job.message,
             Job.stderr_tail, Result.precision, Result.p50_ms, Result.p90_ms, Result.p99_ms, Result.n,
             Result.cv, Result.peak_rss_mb, Result.accuracy_metric, Result.accuracy,

@@ -119,9 +119,12 @@ def add_jobs(db: Session, run_id: int, plan: Sequence[PlannedJob], resuming: boo
         for job in db.query(Job).filter_by(run_id=run_id):
             existing[(job.board.name, job.variant.model.name, job.variant.name, job.engine, job.label)] = job
     for p in plan:
+        board = board_rows[p.board]
         if p.key() in existing:
             job = existing[p.key()]
             p.row_id, p.stored = job.id, job.status in ("ok", "failed")
+            if not p.stored:  # it runs now, on the board as it is now
+                job.chip, job.fingerprint = board.chip, board.fingerprint
             continue
         m = p.model
         if m.spec.name not in model_rows:
@@ -138,8 +141,8 @@ def add_jobs(db: Session, run_id: int, plan: Sequence[PlannedJob], resuming: boo
                 sha256=art.sha256 if art else "",
                 defaults=dict(size_bytes=art.size if art else 0, recipe=art.meta if art else {"error": m.failures.get(p.variant)}),
             )
-        job = Job(run_id=run_id, board_id=board_rows[p.board].id, variant_id=variant_rows[key].id,
-                  engine=p.engine, options=p.options, label=p.label,
+        job = Job(run_id=run_id, board_id=board.id, chip=board.chip, fingerprint=board.fingerprint,
+                  variant_id=variant_rows[key].id, engine=p.engine, options=p.options, label=p.label,
                   artifact={"sha256": p.artifact.sha256, "size_bytes": p.artifact.size, "target": p.target,
                             "conversion": p.artifact.meta} if p.artifact else None)
         db.add(job)

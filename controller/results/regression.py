@@ -3,8 +3,9 @@
 A latency change needs both a significant Mann-Whitney U test on the raw samples
 (p <= p_value) and an effect above the threshold (relative change of the median); an accuracy
 change is an absolute difference above its threshold. Improvements are reported too. Two
-results are alike when model file, variant artifact, engine version and board are the same;
-anything else is reported as "not comparable" rather than judged.
+results are alike when model file, variant artifact, engine version, board and the chip the
+board was declared as when each job ran are the same; anything else is reported as "not
+comparable" rather than judged.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ Key = tuple[str, str, str, str]  # model, board, engine, configuration label
 class Measured:
     status: str
     message: str | None
+    chip: str
     model_sha: str
     variant_sha: str
     engine_version: str | None
@@ -60,7 +62,7 @@ def run_results(session: Session, run_id: int) -> dict[Key, Measured]:
     out = {}
     for job, board, variant, model, res in rows:
         out[(model.name, board.name, job.engine, job.label)] = Measured(
-            job.status, job.message, model.sha256, variant.sha256,
+            job.status, job.message, job.chip, model.sha256, variant.sha256,
             res.engine_version if res else None, list(res.samples_ms) if res else [],
             res.p50_ms if res else None, res.accuracy if res else None, res.accuracy_metric if res else None,
         )
@@ -101,7 +103,7 @@ def compare(before: dict[Key, Measured], after: dict[Key, Measured], rules: Regr
         if old.status != "ok":
             changes.append(Change(key, "improvement", "status", note="was failing, now runs"))
             continue
-        if (old.model_sha, old.variant_sha, old.engine_version) != (new.model_sha, new.variant_sha, new.engine_version):
+        if _setup(old) != _setup(new):
             changes.append(Change(key, "not comparable", "setup",
                                   note=_setup_diff(old, new)))
             continue
@@ -119,8 +121,14 @@ def compare(before: dict[Key, Measured], after: dict[Key, Measured], rules: Regr
     return changes
 
 
+def _setup(m: Measured) -> tuple[str | None, ...]:
+    return m.chip, m.model_sha, m.variant_sha, m.engine_version
+
+
 def _setup_diff(old: Measured, new: Measured) -> str:
     parts = []
+    if old.chip != new.chip:
+        parts.append(f"chip {old.chip} -> {new.chip}")
     if old.model_sha != new.model_sha:
         parts.append("model file changed")
     if old.variant_sha != new.variant_sha:

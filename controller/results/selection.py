@@ -67,10 +67,13 @@ class Selection:
 
 
 def latest_candidates(session: Session) -> list[Candidate]:
-    """The newest successful result per (model, chip, engine, configuration), newest model file only."""
+    """The newest successful result per (model, chip, engine, configuration), newest model file only.
+
+    The chip is the one each job recorded when it ran, not what its board is declared as today.
+    """
     # Only the columns selection needs: raw samples and agent records stay in the database.
     rows = session.execute(
-        select(Model.name, Model.sha256, Board.chip, Board.name, Job.engine, Job.label, Variant.name,
+        select(Model.name, Model.sha256, Job.chip, Board.name, Job.engine, Job.label, Variant.name,
                Result.precision, Job.options, Result.engine_version, Result.p50_ms, Result.p90_ms,
                Result.peak_rss_mb, Variant.size_bytes, Result.accuracy_metric, Result.accuracy,
                Job.run_id, Job.id, Result.throughput, Job.artifact)

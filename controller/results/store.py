@@ -4,6 +4,9 @@
               │  └─── variants >── models
               └── results          measurements, raw latency samples, accuracy, fingerprint
 
+A job keeps the chip and fingerprint its board had when it ran, and history is grouped by those;
+``boards.chip`` is only what the board is declared as now.
+
 Only figures and descriptions are stored: never a password, key or token from an inventory.
 """
 
@@ -43,7 +46,7 @@ class Board(Base):
     __tablename__ = "boards"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    chip: Mapped[str] = mapped_column(String(128))
+    chip: Mapped[str] = mapped_column(String(128))  # as declared now; each job keeps its own
     transport: Mapped[str] = mapped_column(String(16))
     fingerprint: Mapped[dict | None] = mapped_column(JSON)
     engines: Mapped[dict | None] = mapped_column(JSON)
@@ -88,6 +91,10 @@ class Job(Base):
     engine: Mapped[str] = mapped_column(String(32))
     options: Mapped[dict] = mapped_column(JSON)
     label: Mapped[str] = mapped_column(String(64))  # what selection calls this config, e.g. fp32@bf16
+    # What the board was declared as, and what it was, when the job ran: history is grouped by
+    # these, so a later run that renames a board's chip (or mistypes it) cannot re-label it.
+    chip: Mapped[str] = mapped_column(String(128), index=True)
+    fingerprint: Mapped[dict | None] = mapped_column(JSON)
     # The file the engine loaded when a converter made it (sha256, size_bytes, target, conversion).
     artifact: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | ok | failed

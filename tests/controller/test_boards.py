@@ -43,3 +43,18 @@ def test_listing_boards_leaves_no_database_behind(tmp_path: Path, edgefarm_home:
     db = tmp_path / "never.db"
     assert main(["boards", "--db", f"sqlite:///{db}"]) == 0
     assert not db.exists()
+
+
+def test_a_chip_that_contradicts_the_board_is_a_warning(tmp_path: Path, edgefarm_home: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import platform
+
+    wrong = "rk3399" if platform.machine() in ("x86_64", "AMD64") else "EPYC 7B13"
+    inventory = tmp_path / "lab.yaml"
+    inventory.write_text(yaml.safe_dump({"boards": [{"name": "local"}, {"name": "mislabelled", "chip": wrong}]}))
+    assert main(["boards", "--inventory", str(inventory)]) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and f"chip {wrong!r} declares" in warnings[0]
+    assert f"but the board reports {platform.machine()}" in warnings[0]
+    assert out.index("mislabelled") < out.index("WARNING")  # under the board it is about

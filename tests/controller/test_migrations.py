@@ -109,6 +109,18 @@ def test_the_release_database_upgrades_in_place_on_sqlite(old_db: Path) -> None:
         assert [j.started_at for j in db.scalars(select(Job))] == [None] * len(before["jobs"])
 
 
+def test_jobs_stored_before_revision_0002_get_their_board_chip_and_their_result_fingerprint(old_db: Path) -> None:
+    before = stored_rows(old_db)
+    upgrade_db(_url(old_db))
+    after = stored_rows(old_db)
+    boards = {b["id"]: b for b in before["boards"]}
+    fingerprints = {r["job_id"]: r["fingerprint"] for r in before["results"]}
+    assert after["jobs"] and all(j["chip"] == boards[j["board_id"]]["chip"] for j in after["jobs"])
+    for j in after["jobs"]:  # the result's own record where there is one, else the board's last known
+        assert j["fingerprint"] == fingerprints.get(j["id"], boards[j["board_id"]]["fingerprint"])
+    assert {j["id"] for j in after["jobs"]} - set(fingerprints)  # both sources are exercised
+
+
 def test_the_baseline_revision_is_the_schema_the_release_made(tmp_path: Path) -> None:
     def schema(path: Path) -> list[tuple[str, str, str]]:
         with sqlite3.connect(path) as conn:
@@ -213,8 +225,9 @@ def test_batch_mode_relaxes_not_null_on_sqlite_and_keeps_every_row(old_db: Path,
         engine.dispose()
         return found
 
+    upgrade_db(url)  # the real revisions first: the throw-away one is measured on its own
     before_rows, before_shape = stored_rows(old_db), shape()
-    assert upgrade_db(url, "head", scripts) == (None, "9001")
+    assert upgrade_db(url, "head", scripts) == (head_revision(), "9001")
     kept(before_rows, stored_rows(old_db))
     assert shape() == before_shape  # indexes, unique constraints, foreign keys all came through the copy
 
@@ -226,8 +239,8 @@ def test_batch_mode_relaxes_not_null_on_sqlite_and_keeps_every_row(old_db: Path,
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("INSERT INTO jobs (run_id, board_id, variant_id, engine, options, label, status, attempts) "
-                     "VALUES (1, 1, 1, 'onnxruntime', '{}', NULL, 'pending', 0)")
+        conn.execute("INSERT INTO jobs (run_id, board_id, chip, variant_id, engine, options, label, status, attempts) "
+                     "VALUES (1, 1, 'x86_64', 1, 'onnxruntime', '{}', NULL, 'pending', 0)")
         with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):  # still enforced after the copy
             conn.execute("INSERT INTO results (job_id, engine_version, precision, mean_ms, min_ms, max_ms, n, "
                          "samples_ms, throughput, fingerprint, raw) VALUES (999, '', '', 1, 1, 1, 1, '[]', '[]', "

@@ -40,19 +40,22 @@ def test_large_but_not_significant_is_not_a_regression() -> None:
     assert p > 0.01 and verdict == "unchanged"
 
 
-def _m(p50: float, acc: float | None = 0.9, status: str = "ok", variant: str = "v1", seed: int = 0) -> Measured:
+def _m(p50: float, acc: float | None = 0.9, status: str = "ok", variant: str = "v1", seed: int = 0,
+       chip: str = "rk3399") -> Measured:
     s = samples(p50, seed=seed) if status == "ok" else []
-    return Measured(status, None if status == "ok" else "boom", "m1", variant, "1.0", s, p50, acc, "accuracy")
+    return Measured(status, None if status == "ok" else "boom", chip, "m1", variant, "1.0", s, p50, acc, "accuracy")
 
 
 def test_compare_covers_accuracy_failures_and_setup_changes() -> None:
     key = ("m", "b", "e", "fp32")
-    before = {key: _m(10), ("m", "b", "e", "int8"): _m(5), ("m", "b", "e", "fp16"): _m(7), ("m", "b", "e", "old"): _m(1)}
+    before = {key: _m(10), ("m", "b", "e", "int8"): _m(5), ("m", "b", "e", "fp16"): _m(7), ("m", "b", "e", "old"): _m(1),
+              ("m", "b", "e", "fp32@bf16"): _m(4)}
     after = {
         key: _m(10, acc=0.85, seed=9),                     # accuracy fell by 0.05
         ("m", "b", "e", "int8"): _m(5, status="failed"),   # used to run
         ("m", "b", "e", "fp16"): _m(7, variant="v2"),      # another artifact: not comparable
         ("m", "b", "e", "new"): _m(3),
+        ("m", "b", "e", "fp32@bf16"): _m(4, chip="rk3588"),  # the board was declared another chip
     }
     changes = {(c.key[3], c.what): c for c in compare(before, after, RULES)}
     assert changes[("fp32", "accuracy")].verdict == "regression"
@@ -60,4 +63,5 @@ def test_compare_covers_accuracy_failures_and_setup_changes() -> None:
     assert changes[("int8", "status")].verdict == "failing" and changes[("int8", "status")].bad
     assert changes[("fp16", "setup")].verdict == "not comparable"
     assert "variant artifact changed" in changes[("fp16", "setup")].note
+    assert changes[("fp32@bf16", "setup")].note == "chip rk3399 -> rk3588"
     assert changes[("new", "status")].verdict == "new" and changes[("old", "status")].verdict == "gone"

@@ -25,6 +25,9 @@ def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_ro
         for column in ("health_failures", "quarantined_at", "quarantine_reason"):
             conn.execute(f"ALTER TABLE boards DROP COLUMN {column}")
         conn.execute("ALTER TABLE runs DROP COLUMN spec_base")
+        conn.execute("DROP INDEX ix_jobs_chip")  # and before jobs kept their chip
+        conn.execute("ALTER TABLE jobs DROP COLUMN chip")
+        conn.execute("ALTER TABLE jobs DROP COLUMN fingerprint")
         conn.execute("DROP TABLE alembic_version")  # and before schema revisions
 
     with pytest.raises(UserError, match="edgefarm db upgrade"):
