@@ -158,10 +158,15 @@ FINGERPRINT_KEYS = ("arch", "cpu_model", "cores", "governor", "temperature_c", "
 
 
 def boards_frame(boards: Sequence[BoardRow]) -> pd.DataFrame:
-    columns = ("board", "chip", "transport", "quarantine", "last seen (UTC)", "engines", *FINGERPRINT_KEYS,
-               "last error")
+    """One row per board as declared now (each job keeps the chip it ran as); "chip check" says
+    where the declared chip contradicts what the board last reported."""
+    from controller.boards.chip_check import contradiction
+
+    columns = ("board", "chip", "chip check", "transport", "quarantine", "last seen (UTC)", "engines",
+               *FINGERPRINT_KEYS, "last error")
     return _frame(({
-        "board": b.name, "chip": b.chip, "transport": b.transport, "quarantine": b.quarantine,
+        "board": b.name, "chip": b.chip, "chip check": contradiction(b.chip, b.fingerprint),
+        "transport": b.transport, "quarantine": b.quarantine,
         "last seen (UTC)": _seconds(b.last_seen), "engines": _engines(b.engines),
         **{k: _scalar(b.fingerprint.get(k)) for k in FINGERPRINT_KEYS}, "last error": b.last_error,
     } for b in boards), columns)

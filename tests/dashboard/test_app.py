@@ -140,8 +140,8 @@ def test_selection_table_matches_controller_selection(monkeypatch: pytest.Monkey
     # One row per (model, chip) that has a successful result, found by a query of our own.
     with open_db(ppocr_db)() as session:
         present = set(session.execute(
-            select(Model.name, Board.chip).distinct().select_from(Job)
-            .join(Result, Result.job_id == Job.id).join(Board, Board.id == Job.board_id)
+            select(Model.name, Job.chip).distinct().select_from(Job)
+            .join(Result, Result.job_id == Job.id)
             .join(Variant, Variant.id == Job.variant_id).join(Model, Model.id == Variant.model_id)
             .where(Job.status == "ok")
         ).all())
@@ -257,7 +257,7 @@ def test_boards_show_the_fingerprint(monkeypatch: pytest.MonkeyPatch, ppocr_db: 
     assert sorted(boards["board"]) == sorted(db_boards) and "local" in db_boards
     local = boards[boards["board"] == "local"].iloc[0]
     fingerprint = db_boards["local"].fingerprint or {}
-    assert local["chip"] == db_boards["local"].chip
+    assert local["chip"] == db_boards["local"].chip and not isinstance(local["chip check"], str)
     for key in ("arch", "cores"):
         if fingerprint.get(key) is not None:
             assert local[key] == fingerprint[key]
@@ -325,3 +325,15 @@ def test_variants_section_says_what_each_recipe_did(monkeypatch: pytest.MonkeyPa
     assert (fp32["smaller_x"] == 1.0).all() and fp32["what_the_recipe_did"].str.contains(" nodes; ").all()
     int8 = table[table["variant"] == "int8"]
     assert (int8["smaller_x"] > 1.5).all() and int8["what_the_recipe_did"].str.contains("calibration on 8").all()
+
+
+def test_a_board_declared_as_a_chip_it_is_not_is_flagged_in_the_boards_table() -> None:
+    from controller.results.queries import BoardRow
+    from dashboard.views import boards_frame
+
+    epyc = {"arch": "x86_64", "cpu_model": "AMD EPYC 7B13"}
+    frame = boards_frame([BoardRow("lab-1", "jetson-orin-nano", "ssh", epyc, {}, None, None),
+                          BoardRow("lab-2", "epyc-7b13", "ssh", epyc, {}, None, None)])
+    checks = dict(zip(frame["board"], frame["chip check"]))
+    assert checks["lab-1"] == "chip 'jetson-orin-nano' declares Arm hardware, but the board reports x86_64 AMD EPYC 7B13"
+    assert not isinstance(checks["lab-2"], str)  # an empty cell
