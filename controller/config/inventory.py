@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from controller.config.names import check_engine
 from controller.errors import ConfigError
 from controller.plugins import NATIVE_TOOLS, TRANSPORTS
 from controller.validation import Name, Strict, load_yaml, parse
@@ -21,11 +22,11 @@ from controller.validation import Name, Strict, load_yaml, parse
 class SshHop(Strict):
     """One SSH server on the way to a board: the board itself or a jump host before it."""
 
-    host: str = Field(description="address or name")
+    host: str = Field(min_length=1, description="address or name")
     port: int = Field(22, ge=1, le=65535)
     user: Name
-    key_file: str | None = Field(None, description="private key; default: the keys of a running ssh-agent")
-    known_hosts: str = Field("~/.ssh/known_hosts", description="host keys the server's key is checked against")
+    key_file: str | None = Field(None, min_length=1, description="private key; default: the keys of a running ssh-agent")
+    known_hosts: str = Field("~/.ssh/known_hosts", min_length=1, description="host keys the server's key is checked against")
     accept_new_host_key: bool = Field(False, description="trust and save an unknown key once; a changed key is always refused")
     connect_timeout: float = Field(10.0, gt=0)
 
@@ -42,7 +43,7 @@ _ADB_SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(:[0-9]{1,5})?$")
 
 class AdbSettings(Strict):
     serial: str = Field(description="USB serial from `adb devices`, or HOST:PORT for adb over TCP (joined like adb connect)")
-    server_host: str = Field("127.0.0.1", description="the adb server; started here if it is local and not running")
+    server_host: str = Field("127.0.0.1", min_length=1, description="the adb server; started here if it is local and not running")
     server_port: int = Field(5037, ge=1, le=65535)
     connect_timeout: float = Field(10.0, gt=0)
 
@@ -59,7 +60,7 @@ class NativeTool(Strict):
 
     tool: str = Field(description="a registered native benchmark: benchmark_bin, benchmark_model, benchncnn, "
                                   "mnn_benchmark, benchmark_app")
-    binary: str = Field(description="the tool built for the board, on this machine; pushed and checked by sha256")
+    binary: str = Field(min_length=1, description="the tool built for the board, on this machine; pushed and checked by sha256")
     backend: str | None = Field(None, description="the tool's backend or device, in its own words")
     cores: Literal["big", "little", "all"] | None = Field(
         None, description="big, little or all, for tools that bind to a core cluster")
@@ -76,17 +77,19 @@ class BoardSpec(Strict):
     """One board of the inventory (a labgrid resource): its chip, how to reach it, how to measure on it."""
 
     name: Name
-    chip: str = Field("auto", description="chip name used to group results; 'auto' = the CPU the agent reports")
+    # 128: the column each job records it in
+    chip: str = Field("auto", min_length=1, max_length=128,
+                      description="chip name used to group results; 'auto' = the CPU the agent reports")
     transport: str = Field("local", description="a registered transport: local, ssh, adb")
     ssh: SshSettings | None = Field(None, description="how to reach the board, for transport ssh")
     adb: AdbSettings | None = Field(None, description="how to reach the board, for transport adb")
-    python: str | None = Field(None, description="interpreter that runs the agent; default: the controller's own")
+    python: str | None = Field(None, min_length=1, description="interpreter that runs the agent; default: the controller's own")
     engine_python: dict[Name, str] = Field(
         default_factory=dict,
         description="another interpreter for one engine's jobs, where its wheels need another Python "
                     "(Paddle Lite: 3.10 at most), e.g. {paddlelite: /opt/lite/bin/python3.10}; a local board "
                     "whose agent runs in the controller's Python takes .venv-paddle for paddlelite when it exists")
-    workdir: str | None = Field(None, description="agent work directory on the board")
+    workdir: str | None = Field(None, min_length=1, description="agent work directory on the board")
     engines: list[Name] | None = Field(None, description="engines allowed on this board; default: all found")
     threads: int | None = Field(None, ge=1, description="engine threads; default: the engine's own")
     engine_options: dict[Name, dict[str, Any]] = Field(
@@ -104,6 +107,34 @@ class BoardSpec(Strict):
     retries: int = Field(2, ge=0, description="new attempts of a job when the board is lost in the middle of it")
     quarantine_after: int = Field(3, ge=1, description="failed health checks in a row that put the board in quarantine")
 
+    @field_validator("chip")
+    @classmethod
+    def _printable_chip(cls, chip: str) -> str:
+        if not chip.strip() or not chip.isprintable():
+            raise ValueError("a chip name is printable text on one line, e.g. 'rk3588' or 'auto'")
+        return chip
+
+    @field_validator("transport")
+    @classmethod
+    def _registered_transport(cls, transport: str) -> str:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}; known: {', '.join(TRANSPORTS)}")
+        return transport
+
+    @field_validator("engines")
+    @classmethod
+    def _known_engines(cls, engines: list[str] | None) -> list[str] | None:
+        for engine in engines or ():
+            check_engine(engine)
+        return engines
+
+    @field_validator("engine_python", "engine_options", "native")
+    @classmethod
+    def _known_engine_keys(cls, by_engine: dict[str, Any]) -> dict[str, Any]:
+        for engine in by_engine:
+            check_engine(engine)
+        return by_engine
+
     @field_validator("cpus")
     @classmethod
     def _cores(cls, cpus: list[int] | None) -> list[int] | None:
@@ -112,9 +143,7 @@ class BoardSpec(Strict):
         return cpus
 
     @model_validator(mode="after")
-    def _known_transport(self) -> "BoardSpec":
-        if self.transport not in TRANSPORTS:
-            raise ValueError(f"unknown transport {self.transport!r}; known: {', '.join(TRANSPORTS)}")
+    def _transport_settings(self) -> "BoardSpec":
         if self.transport == "ssh" and self.ssh is None:
             raise ValueError("transport ssh needs an 'ssh' section with host and user")
         if self.transport == "adb" and self.adb is None:
@@ -146,24 +175,30 @@ class Inventory(Strict):
             raise ValueError(f"board names must be unique, got {names}")
         return self
 
-    def board(self, name: str, source: str) -> BoardSpec:
+    def board(self, name: str, source: str, spec_source: str | None = None) -> BoardSpec:
+        """The board ``name``; else a ``ConfigError`` naming the inventory (``source``: its file, or
+        the built-in one) and, given ``spec_source``, the spec whose ``boards`` key names it."""
         for b in self.boards:
             if b.name == name:
                 return b
         known = ", ".join(b.name for b in self.boards)
-        raise ConfigError(f"{source}: boards: unknown board {name!r}; the inventory has: {known}")
+        where = f"{spec_source}: boards" if spec_source else "boards"
+        hint = (" (no --inventory or $EDGEFARM_INVENTORY was given)" if source == BUILT_IN else "")
+        raise ConfigError(f"{where}: unknown board {name!r}: it is not in {source}{hint}, which has: {known}")
 
 
-# The embedded default: this machine, reached without a network. inventory/local.yaml says the same.
+# The built-in default: this machine, reached without a network. inventory/local.yaml says the same.
 DEFAULT = Inventory(boards=[BoardSpec(name="local")])
+BUILT_IN = "the built-in local inventory"
 
 
 def load_inventory(path: Path | None) -> tuple[Inventory, str]:
-    """The inventory from ``path``, else $EDGEFARM_INVENTORY, else the embedded local board."""
-    chosen = path or (Path(os.environ["EDGEFARM_INVENTORY"]) if os.environ.get("EDGEFARM_INVENTORY") else None)
-    if chosen is None:
-        return DEFAULT, "the embedded inventory"
-    data = load_yaml(chosen)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{chosen}: an inventory is a YAML mapping with a 'boards' list")
-    return parse(Inventory, data, str(chosen)), str(chosen)
+    """The inventory from ``path``, else $EDGEFARM_INVENTORY, else the built-in local board; and
+    what to call it in messages (its file, or ``BUILT_IN``)."""
+    named_by = ""
+    if path is None and os.environ.get("EDGEFARM_INVENTORY"):
+        path, named_by = Path(os.environ["EDGEFARM_INVENTORY"]), "$EDGEFARM_INVENTORY"
+    if path is None:
+        return DEFAULT, BUILT_IN
+    data = load_yaml(path, "an inventory is a YAML mapping with a 'boards' list", named_by)
+    return parse(Inventory, data, str(path)), str(path)

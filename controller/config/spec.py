@@ -17,12 +17,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
-from pydantic import BaseModel, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from controller.config.names import check_engine
 from controller.errors import ConfigError
 from controller.passes import get_pass, pass_names
-from controller.plugins import NATIVE_TOOLS
-from controller.validation import Name, Strict, load_yaml, parse
+from controller.validation import Name, Strict, format_validation_error, load_yaml, parse, shown
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 DATASET_KINDS = ("ocr-det", "ocr-rec", "ocr-cls", "seeded")
@@ -44,8 +44,9 @@ class DatasetSpec(Strict):
     kind: Literal["ocr-det", "ocr-rec", "ocr-cls", "seeded"] = Field(
         "seeded", description="labelled data the project renders, or seeded inputs + fp32 outputs"
     )
-    samples: int = Field(200, ge=1, le=100_000)
-    seed: int = 0
+    # strict: `samples: 2.5`, `samples: "200"` or `samples: true` is a mistake, not a count
+    samples: int = Field(200, ge=1, le=100_000, strict=True)
+    seed: int = Field(0, strict=True)
 
 
 def section_model(section: str, models: list[type[Strict]]) -> type[Strict]:
@@ -87,18 +88,25 @@ else:
 
 class ModelSpec(Strict):
     name: Name
-    path: str = Field(description="a file path, or pkg:PACKAGE/inside/path for a file a package ships")
+    path: str = Field(min_length=1, description="a file path, or pkg:PACKAGE/inside/path for a file a package ships")
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     dataset: DatasetSpec = DatasetSpec()
     pruning: PruningSpec | None = Field(
         None, description="this model's pruning keys over the spec's own (a learning rate or a target per model)")
 
-    def resolve_path(self, base: Path) -> Path:
+    def resolve_path(self, base: Path, source: str = "", key: str = "path") -> Path:
+        """The model file: ``path`` relative to ``base``, or inside an installed package (a
+        ``ConfigError`` naming ``source`` and ``key`` when that package is not installed)."""
         if self.path.startswith("pkg:"):
             package, _, inner = self.path[4:].partition("/")
-            found = importlib.util.find_spec(package)
+            where = f"{source}: {key}" if source else f"model {self.name}: {key}"
+            try:
+                found = importlib.util.find_spec(package) if package else None
+            except (ImportError, ValueError):  # a parent package missing, or a name like ".x"
+                found = None
             if found is None or not found.submodule_search_locations:
-                raise ConfigError(f"model {self.name}: path: package {package!r} is not installed")
+                raise ConfigError(f"{where}: package {package!r} is not installed (got {self.path!r}); "
+                                  "pkg:PACKAGE/inside/path names a file an installed package ships")
             return Path(list(found.submodule_search_locations)[0]) / inner
         path = Path(self.path).expanduser()
         return path if path.is_absolute() else base / path
@@ -185,13 +193,9 @@ class Spec(Strict):
     @field_validator("engines")
     @classmethod
     def _known_engines(cls, engines: list[EngineSpec]) -> list[EngineSpec]:
-        from agent.engines import known_engines
-
         # An engine the agent runs, or one a board measures with its own benchmark tool.
-        known = sorted(set(known_engines()) | {NATIVE_TOOLS.get(tool).engine for tool in NATIVE_TOOLS})
         for e in engines:
-            if e.name not in known:
-                raise ValueError(f"unknown engine {e.name!r}; known: {', '.join(known)}")
+            check_engine(e.name)
         return engines
 
     @model_validator(mode="after")
@@ -230,49 +234,117 @@ class LoadedSpec(Strict):
 
 
 def load_spec(path: Path) -> LoadedSpec:
-    data = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a spec is a YAML mapping with at least 'name' and 'models'")
+    data = load_yaml(path, "a spec is a YAML mapping with at least 'name' and 'models'")
     spec = parse(Spec, data, str(path))
-    return LoadedSpec(spec=spec, source=str(path), base=path.resolve().parent)
+    base = path.resolve().parent
+    for i, m in enumerate(spec.models):  # a pkg: path whose package is missing: named here, with its key
+        m.resolve_path(base, str(path), f"models.{i}.path")
+    return LoadedSpec(spec=spec, source=str(path), base=base)
+
+
+_INPUT_FORM = "expected NAME=DIMS such as x=1x3x224x224"
 
 
 def parse_input_flag(flag: str) -> tuple[str, list[int]]:
-    """``NAME=1x3x224x224`` -> ("NAME", [1, 3, 224, 224])."""
+    """``NAME=1x3x224x224`` -> ("NAME", [1, 3, 224, 224]); a ``ConfigError`` naming the flag."""
     name, sep, dims = flag.partition("=")
-    try:
-        if not sep or not name:
-            raise ValueError
-        shape = [int(d) for d in dims.lower().split("x")]
-    except ValueError:
-        raise ConfigError(f"--input {flag!r}: expected NAME=DIMS such as x=1x3x224x224") from None
+    name = name.strip()
+    if not sep:
+        raise ConfigError(f"--input {flag!r}: {_INPUT_FORM}")
+    if not name:
+        raise ConfigError(f"--input {flag!r}: no input name before '='; {_INPUT_FORM}")
+    if not dims.strip():
+        raise ConfigError(f"--input {flag!r}: no dimensions after '='; {_INPUT_FORM}")
+    shape = []
+    for d in dims.lower().split("x"):
+        try:
+            shape.append(int(d))
+        except ValueError:
+            raise ConfigError(f"--input {flag!r}: dimension {d.strip()!r} is not a whole number; {_INPUT_FORM}") from None
+    bad = [d for d in shape if d < 1]
+    if bad:
+        raise ConfigError(f"--input {flag!r}: dimension {bad[0]} is not positive; every dimension is a whole "
+                          f"number >= 1, {_INPUT_FORM}")
     return name, shape
+
+
+def _names_flag(given: list[str] | str | None) -> tuple[list[str] | None, str]:
+    """A comma-separated flag's names, and the value as the user wrote it (for messages)."""
+    if given is None:
+        return None, ""
+    if isinstance(given, str):
+        return [x.strip() for x in given.split(",") if x.strip()], given
+    return list(given), ",".join(given)
+
+
+def _model_inputs(model: Path) -> list[str] | None:
+    """The names of a model's graph inputs (its initializers aside), or None when the file cannot
+    be read as ONNX: the source check (``controller.build.source``) says why, in its own line."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - any reading problem is reported by the source check
+        return None
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
 
 
 def spec_from_model(
     model: Path,
     inputs: list[str],
-    variants: list[str] | None,
-    engines: list[str] | None,
+    variants: list[str] | str | None,
+    engines: list[str] | str | None,
     samples: int = 64,
 ) -> LoadedSpec:
-    """The spec behind ``edgefarm run --model``: seeded inputs, accuracy = agreement with fp32."""
+    """The spec behind ``edgefarm run --model``: seeded inputs, accuracy = agreement with fp32.
+
+    ``variants`` and ``engines`` are the flags' names (or their comma-separated text); every
+    error names the flag and the value given, as the user typed it."""
+    source = f"--model {model}"
+    flags: dict[str, str] = {}
+    shapes: dict[str, list[int]] = {}
+    for flag in inputs:
+        name, shape = parse_input_flag(flag)
+        if name in flags:
+            raise ConfigError(f"--input {flags[name]!r} and --input {flag!r}: the input {name!r} is given twice; "
+                              "give each input once")
+        flags[name], shapes[name] = flag, shape
+    names = _model_inputs(model) if shapes and model.is_file() else None
+    unknown = [n for n in shapes if names is not None and n not in names]
+    if names is not None and unknown:
+        raise ConfigError(f"--input {flags[unknown[0]]!r}: {model} has no input {unknown[0]!r}; "
+                          f"its inputs: {', '.join(names) or '(none)'}")
+    variant_names, variants_text = _names_flag(variants)
+    engine_names, engines_text = _names_flag(engines)
     data: dict = {
         "name": _safe_name(model.stem),
         "models": [
             {
                 "name": _safe_name(model.stem),
                 "path": str(model.resolve()),
-                "inputs": {n: {"shape": s} for n, s in map(parse_input_flag, inputs)},
+                "inputs": {n: {"shape": s} for n, s in shapes.items()},
                 "dataset": {"kind": "seeded", "samples": samples},
             }
         ],
     }
-    if variants:
-        data["variants"] = variants
-    if engines:
-        data["engines"] = engines
-    return LoadedSpec(spec=parse(Spec, data, "command line"), source="command line", base=Path.cwd())
+    if variant_names is not None:
+        data["variants"] = variant_names
+    if engine_names is not None:
+        data["engines"] = engine_names
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc, message = tuple(first["loc"]), str(first["msg"]).removeprefix("Value error, ")
+        if loc[:1] == ("variants",):
+            raise ConfigError(f"--variants {variants_text!r}: {message}") from None
+        if loc[:1] == ("engines",):
+            raise ConfigError(f"--engines {engines_text!r}: {message}") from None
+        if loc[:3] == ("models", 0, "inputs") and len(loc) > 3 and loc[3] in flags:
+            raise ConfigError(f"--input {flags[str(loc[3])]!r}: {message} (got {shown(first.get('input'))})") from None
+        raise ConfigError(format_validation_error(source, exc, Spec, data)) from None
+    return LoadedSpec(spec=spec, source=source, base=Path.cwd())
 
 
 def _safe_name(stem: str) -> str:
