@@ -7,8 +7,10 @@ to one that per-channel int8 needs is the controller's job, never the user's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Iterator
 
 from agent.protocol import sha256_file
 from controller.errors import ModelError
@@ -35,23 +37,116 @@ class Prepared:
 
 
 def load_checked(path: Path, label: str):
-    """Load and check an ONNX file, turning every way it can be wrong into one clear line."""
-    import onnx
-    from google.protobuf.message import DecodeError
+    """Load and check an ONNX file, turning every way it can be wrong into one clear line.
 
+    External data is checked before a byte of it is read: every tensor's ``location`` must be a
+    relative path to a regular file inside the model's folder (no ``..``, no absolute path, no
+    symbolic link), and hold the bytes its offset, length and shape say. A file outside the
+    model's folder is never opened."""
+    import onnx
+
+    if path.is_dir():
+        raise ModelError(f"{label}: {path} is a folder, not an ONNX model file")
     if not path.is_file():
         raise ModelError(f"{label}: model file not found: {path}")
     try:
-        model = onnx.load(str(path))
-    except (DecodeError, ValueError, RuntimeError) as exc:
+        model = onnx.load(str(path), load_external_data=False)
+    except PermissionError:
+        raise ModelError(f"{label}: {path} cannot be read: permission denied") from None
+    except OSError as exc:
+        raise ModelError(f"{label}: {path} cannot be read: {exc.strerror or _first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and its kin: the file is not ONNX
         raise ModelError(f"{label}: {path} is not a readable ONNX model ({_first_line(exc)})") from None
     if not model.graph.node:
         raise ModelError(f"{label}: {path} is not an ONNX model (no graph nodes)")
+    external = [t for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in external:
+        _check_external(tensor, path, label)
+    if external:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:  # noqa: BLE001 - onnx's own checks (the same rules) said no
+            raise ModelError(f"{label}: {path}: its external data cannot be read: {_first_line(exc)}") from None
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{label}: {path} is a corrupt ONNX model: {_first_line(exc)}") from None
     return model
+
+
+# Bytes per element of the tensor types whose external data size follows from their shape.
+_ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
+def _tensors(model) -> Iterator:  # onnx.TensorProto
+    """Every tensor of a model that can hold data: initializers and attribute tensors, in the
+    main graph, its subgraphs and the model's functions."""
+    def graph_tensors(graph) -> Iterator:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from node_tensors(graph.node)
+
+    def node_tensors(nodes) -> Iterator:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from graph_tensors(attr.g)
+                for graph in attr.graphs:
+                    yield from graph_tensors(graph)
+
+    yield from graph_tensors(model.graph)
+    for function in model.functions:
+        yield from node_tensors(function.node)
+
+
+def _check_external(tensor, path: Path, label: str) -> None:
+    """One external tensor's data: a regular file inside the model's folder, large enough."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    location = entries.get("location", "")
+    where = f"{label}: {path}: tensor {tensor.name!r}: external data"
+    if not location:
+        raise ModelError(f"{where} has no location")
+    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute():
+        raise ModelError(f"{where} location {location!r} is an absolute path; external data must lie in the "
+                         f"model's folder {path.parent}, named relative to it")
+    if ".." in PurePosixPath(location.replace("\\", "/")).parts:
+        raise ModelError(f"{where} location {location!r} points outside the model's folder {path.parent}")
+    folder = path.parent.resolve()
+    data = path.parent / location
+    if data.is_symlink():
+        raise ModelError(f"{where} location {location!r} is a symbolic link; external data must be a regular "
+                         f"file in the model's folder {path.parent}")
+    if not data.resolve().is_relative_to(folder):
+        raise ModelError(f"{where} location {location!r} leads outside the model's folder {path.parent} "
+                         "(through a symbolic link)")
+    if not data.exists():
+        raise ModelError(f"{where} file {location!r} is missing (looked for {data})")
+    if not data.is_file():
+        raise ModelError(f"{where} location {location!r} is not a regular file")
+    try:
+        offset, length = int(entries.get("offset", 0)), int(entries["length"]) if "length" in entries else None
+    except ValueError:
+        raise ModelError(f"{where} {location!r}: offset or length is not a whole number") from None
+    size = data.stat().st_size
+    if offset < 0 or (length is not None and length < 0):
+        raise ModelError(f"{where} {location!r}: a negative offset or length ({offset}, {length})")
+    available = size - offset
+    per = _ELEMENT_BYTES.get(tensor.data_type)
+    needed = per * math.prod(tensor.dims) if per is not None else None
+    if length is not None and needed is not None and length != needed:
+        raise ModelError(f"{where} {location!r}: length {length} bytes, but its shape {list(tensor.dims)} needs "
+                         f"{needed}")
+    wanted = length if length is not None else needed
+    if offset > size or (wanted is not None and wanted > available):
+        raise ModelError(f"{where} {location!r} is {size} bytes: too short for offset {offset} and "
+                         f"{wanted} bytes (truncated?)")
 
 
 def prepare(path: Path, label: str, shapes: dict[str, list[int]], out: Path) -> Prepared:
@@ -107,8 +202,11 @@ def prepare(path: Path, label: str, shapes: dict[str, list[int]], out: Path) -> 
             opset = MIN_OPSET
         except Exception as exc:  # the converter raises bare RuntimeErrors from C++
             raise ModelError(f"{label}: cannot upgrade opset {opset} to {MIN_OPSET}: {_first_line(exc)}") from None
-    model = shape_inference.infer_shapes(model)
-    onnx.checker.check_model(model)
+    try:
+        model = shape_inference.infer_shapes(model)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - the shapes given contradict the graph
+        raise ModelError(f"{label}: with the shapes given, {path} fails ONNX's checks: {_first_line(exc)}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     return Prepared(out, sha256_file(out), tuple(inputs), tuple(o.name for o in model.graph.output), opset)
