@@ -3,86 +3,200 @@
     edgefarm run SPEC.yaml | --model M.onnx   measure every variant x engine x board, store it
     edgefarm boards                          what each board is and which engines it has
     edgefarm select                          the best engine + variant per (model, chip)
+    edgefarm variants                        what each variant's recipe did
     edgefarm nightly SPEC.yaml --report DIR  run, compare with the previous run, exit 1 on regression
     edgefarm dashboard                       the Streamlit app over the database
     edgefarm db upgrade | current            the database's schema revision: upgrade it in place, or print it
 
-A user's mistake (a bad spec, a missing model) is one line on stderr and exit status 2.
+A user's mistake (a bad spec, a missing model, a flag's value out of range, a database URL that
+points nowhere) is one line on stderr and exit status 2; docs/cli.md lists every command, its flags
+and the exit statuses. Only ``run``, ``nightly`` and ``db upgrade`` make a database; the others
+refuse one that is not there.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import math
 import os
+import re
+import socket
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from controller.errors import UserError
 
-EXIT_USAGE = 2
+EXIT_OK = 0
 EXIT_REGRESSION = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line that names the command: ``edgefarm select: error:
+    argument --budget: ... (see edgefarm select --help)``, exit status 2. Subcommands' parsers are
+    of this class too (``add_subparsers`` uses the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}  # subcommand name -> its parser
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())  # argparse's messages are one line; make sure
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
+
+    def command(self, sub: argparse._SubParsersAction[Parser], name: str, **kwargs: Any) -> Parser:
+        parser = sub.add_parser(name, **kwargs)
+        self.commands[name] = parser
+        return parser
+
+
+# -- flag values, checked as the spec's are -----------------------------------------------------
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _budget(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside [0, 1] (the largest accuracy drop accepted, "
+                                         "e.g. 0.01)")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of milliseconds")
+    return value
+
+
+def _integer(text: str, low: int, high: int | None, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def _run_id(text: str) -> int:
+    return _integer(text, 1, None, "a run id (runs are numbered from 1; edgefarm dashboard lists them)")
+
+
+def _port(text: str) -> int:
+    return _integer(text, 1, 65535, "a TCP port (1 to 65535)")
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
+# An IP address or a host name (RFC 1123 labels): a URL or a port here is a mistake, caught before
+# a name lookup that could wait on a DNS server.
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _address(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if not _HOST.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or host name (e.g. 127.0.0.1, "
+                                         "0.0.0.0 for every interface, or this machine's name)")
+    return text
 
 
 def _db_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default: $EDGEFARM_DB, else sqlite:///edgefarm.db)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgefarm", description="Benchmark and deploy AI models on a farm of edge boards.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _parser() -> Parser:
+    parser = Parser(prog="edgefarm", description="Benchmark and deploy AI models on a farm of edge boards.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the job a spec describes, or one ONNX model with no spec")
-    run.add_argument("spec", nargs="?", type=Path, help="spec YAML (see examples/ppocr.yaml)")
-    run.add_argument("--model", type=Path, help="an ONNX model to measure without writing a spec")
+    run = parser.command(sub, "run", help="run the job a spec describes, or one ONNX model with no spec")
+    run.add_argument("spec", nargs="?", type=_path, help="spec YAML (see examples/ppocr.yaml)")
+    run.add_argument("--model", type=_path, help="an ONNX model to measure without writing a spec")
     run.add_argument("--input", action="append", default=[], metavar="NAME=DIMS",
                      help="fixed shape of a dynamic input, e.g. x=1x3x224x224 (repeatable)")
     run.add_argument("--variants", help="comma-separated, e.g. fp32,fp16,int8")
     run.add_argument("--engines", help="comma-separated, e.g. onnxruntime,openvino")
-    run.add_argument("--inventory", type=Path, help="inventory YAML (default: the local board)")
+    run.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
     run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local Ray")
-    run.add_argument("--resume", type=int, metavar="RUN_ID",
+    run.add_argument("--resume", type=_run_id, metavar="RUN_ID",
                      help="finish an interrupted run: only its missing jobs run, stored results stay")
     _db_flag(run)
 
-    boards = sub.add_parser("boards", help="list boards, their chips, reachability, engines and quarantine")
-    boards.add_argument("--inventory", type=Path)
+    boards = parser.command(sub, "boards", help="list boards, their chips, reachability, engines and quarantine")
+    boards.add_argument("--inventory", type=_path)
     boards.add_argument("--release", metavar="BOARD", help="end a board's quarantine, so runs use it again")
     _db_flag(boards)
 
-    sel = sub.add_parser("select", help="print the engine-selection table")
-    sel.add_argument("--budget", type=float, default=0.01, help="largest accepted accuracy drop against fp32")
+    sel = parser.command(sub, "select", help="print the engine-selection table")
+    sel.add_argument("--budget", type=_budget, default=0.01, help="largest accepted accuracy drop against fp32, in [0, 1]")
     sel.add_argument("--objective", choices=["latency", "throughput"], default="latency",
                      help="lowest p50 at batch 1, or most items/s at any measured batch size")
-    sel.add_argument("--latency-ceiling", type=float, metavar="MS",
+    sel.add_argument("--latency-ceiling", type=_milliseconds, metavar="MS",
                      help="with --objective throughput: a batch's p50 must stay under this")
     sel.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
     _db_flag(sel)
 
-    var = sub.add_parser("variants", help="what each variant's recipe did: fusions, calibration, float nodes, pruning")
+    var = parser.command(sub, "variants", help="what each variant's recipe did: fusions, calibration, float nodes, pruning")
     var.add_argument("--model", help="only this model")
     var.add_argument("--format", choices=["table", "json"], default="table", help="json: the full records")
     _db_flag(var)
 
-    nightly = sub.add_parser("nightly", help="run a spec and report regressions against the previous run")
-    nightly.add_argument("spec", type=Path)
-    nightly.add_argument("--report", type=Path, required=True, metavar="DIR", help="writes DIR/report.md and DIR/junit.xml")
-    nightly.add_argument("--inventory", type=Path)
+    nightly = parser.command(sub, "nightly", help="run a spec and report regressions against the previous run")
+    nightly.add_argument("spec", type=_path)
+    nightly.add_argument("--report", type=_path, required=True, metavar="DIR",
+                         help="writes DIR/report.md and DIR/junit.xml")
+    nightly.add_argument("--inventory", type=_path)
     nightly.add_argument("--ray-address")
     _db_flag(nightly)
 
-    dash = sub.add_parser("dashboard", help="start the Streamlit dashboard")
-    dash.add_argument("--port", type=int, default=8501)
+    dash = parser.command(sub, "dashboard", help="start the Streamlit dashboard")
+    dash.add_argument("--port", type=_port, default=8501)
+    dash.add_argument("--address", type=_address, default="127.0.0.1", metavar="ADDR",
+                      help="the address to listen on (default 127.0.0.1: this machine only; docs/results.md "
+                           "says how to serve a team behind an authenticating proxy)")
     _db_flag(dash)
 
-    db = sub.add_parser("db", help="the database's schema: upgrade it in place, or print its revision")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    _db_flag(db_sub.add_parser("upgrade", help="upgrade the database to this EdgeFarm's schema; every row stays"))
-    _db_flag(db_sub.add_parser("current", help="print the database's schema revision"))
+    db = parser.command(sub, "db", help="the database's schema: upgrade it in place, or print its revision")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="{upgrade,current}")
+    _db_flag(db.command(db_sub, "upgrade", help="upgrade the database to this EdgeFarm's schema; every row stays"))
+    _db_flag(db.command(db_sub, "current", help="print the database's schema revision"))
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, or exit 2 with one line; arguments no parser knows are named by the
+    subcommand they were given to, not by ``edgefarm``."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        owner = parser.commands.get(getattr(args, "command", None) or "", parser)
+        owner = owner.commands.get(getattr(args, "db_command", None) or "", owner)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         check_installation()
         return COMMANDS[args.command](args)
@@ -91,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("edgefarm: interrupted; results measured so far are stored", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def check_installation() -> None:
@@ -113,43 +227,76 @@ def check_installation() -> None:
                             "environment of its own (scripts/setup.sh makes .venv)")
 
 
+def _names(flag: str, text: str | None) -> list[str] | None:
+    """A comma-separated flag's names; None when not given. Naming nothing, or a name twice, is refused."""
+    if text is None:
+        return None
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        example = {"--variants": "fp32,int8", "--engines": "onnxruntime,openvino"}.get(flag, "a,b")
+        raise UserError(f"{flag} {text!r}: names nothing; give comma-separated names, e.g. {flag} {example}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"{flag} {text!r}: {', '.join(twice)} given twice")
+    return names
+
+
+def _inputs(flags: list[str]) -> list[str]:
+    """``--input NAME=DIMS`` flags: the same input named twice is refused (the last would win
+    silently); the form of each is checked where it is parsed (``parse_input_flag``)."""
+    names = [flag.split("=", 1)[0].strip() for flag in flags if "=" in flag]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        given = " ".join(f"--input {f}" for f in flags if f.split("=", 1)[0].strip() in twice)
+        raise UserError(f"{given}: the input {twice[0]!r} is given more than once")
+    return flags
+
+
 def _load(args: argparse.Namespace):  # -> LoadedSpec
     from controller.config.spec import load_spec, spec_from_model
 
     if getattr(args, "model", None):
         if args.spec:
             raise UserError("give a spec file or --model, not both")
-        split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
-        return spec_from_model(args.model, args.input, split(args.variants), split(args.engines))
+        return spec_from_model(args.model, _inputs(args.input), _names("--variants", args.variants),
+                               _names("--engines", args.engines))
     if not args.spec:
         raise UserError("give a spec file (edgefarm run examples/ppocr.yaml) or --model MODEL.onnx")
-    if getattr(args, "input", None) or getattr(args, "variants", None) or getattr(args, "engines", None):
-        raise UserError("--input, --variants and --engines go with --model; a spec file says them itself")
+    given = [flag for flag, value in (("--input", getattr(args, "input", None)),
+                                      ("--variants", getattr(args, "variants", None)),
+                                      ("--engines", getattr(args, "engines", None))) if value]
+    if given:
+        raise UserError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --model; "
+                        "a spec file says them itself")
     return load_spec(args.spec)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.config.inventory import load_inventory
+    from controller.results.database import check_db
     from controller.run.execute import execute
 
-    loaded = _resumed_spec(args) if args.resume and not (args.spec or args.model) else _load(args)
+    resuming = args.resume and not (args.spec or args.model)
+    # The database first, making nothing: a wrong URL is one line now, not after the variants are built.
+    check_db(args.db, create=not resuming)
+    loaded = _resumed_spec(args) if resuming else _load(args)
     inventory, source = load_inventory(args.inventory)
     outcome = execute(loaded, inventory, source, args.db, args.ray_address, resume=args.resume)
     _finish(args.db, outcome, [m.name for m in loaded.spec.models], loaded.spec.selection)
-    return 0
+    return EXIT_OK
 
 
 def _resumed_spec(args: argparse.Namespace):  # -> LoadedSpec
     """The spec a run was started with, as the database keeps it."""
     from controller.config.spec import LoadedSpec, Spec
-    from controller.results.database import open_db
+    from controller.results.database import describe, open_db
     from controller.results.store import Run
     from controller.validation import parse
 
-    with open_db(args.db)() as db:
+    with open_db(args.db, create=False)() as db:
         run = db.get(Run, args.resume)
         if run is None:
-            raise UserError(f"--resume {args.resume}: there is no run {args.resume} in this database")
+            raise UserError(f"--resume {args.resume}: there is no run {args.resume} in {describe(args.db)}")
         source = f"run {run.id}'s stored spec"
         return LoadedSpec(spec=parse(Spec, run.spec, source), source=source, base=Path(run.spec_base or "."))
 
@@ -173,52 +320,93 @@ def _finish(db: str | None, outcome, models: list[str], rule) -> None:  # rule: 
 
 def cmd_boards(args: argparse.Namespace) -> int:
     from controller.boards.status import list_boards, release
+    from controller.results.database import check_db, exists
 
     if args.release:
+        check_db(args.db, create=False)  # releasing changes a row: the database must be there
         print(release(args.release, args.db))
-        return 0
+        return EXIT_OK
+    # Listing needs no database (it only adds quarantines): a missing file is fine and stays missing,
+    # but a URL that cannot be a database is refused, not ignored.
+    if exists(args.db):
+        check_db(args.db, create=False)
     print(list_boards(args.inventory, args.db))
-    return 0
+    return EXIT_OK
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     from controller.results.database import open_db
     from controller.results.selection import render, selections
 
-    with open_db(args.db)() as session:
+    if args.latency_ceiling is not None and args.objective != "throughput":
+        raise UserError(f"--latency-ceiling {args.latency_ceiling:g} applies to --objective throughput only "
+                        f"(a batch's p50 under it); add --objective throughput, or drop it")
+    with open_db(args.db, create=False)() as session:
         print(render(selections(session, args.budget, args.objective, args.latency_ceiling), args.format))
-    return 0
+    return EXIT_OK
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    from controller.results.database import open_db
+    from sqlalchemy import select
+
+    from controller.results.database import describe, open_db
+    from controller.results.store import Model
     from controller.results.variant_records import latest_variants, render
 
-    with open_db(args.db)() as session:
+    with open_db(args.db, create=False)() as session:
+        if args.model is not None:
+            known = sorted(set(session.scalars(select(Model.name))))
+            if args.model not in known:
+                stored = f"the models stored are {', '.join(known)}" if known else "no model is stored yet"
+                raise UserError(f"--model {args.model!r}: no model of that name in {describe(args.db)}; {stored}")
         print(render(latest_variants(session, args.model), args.format))
-    return 0
+    return EXIT_OK
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from controller.config.inventory import load_inventory
+    from controller.results.database import check_db
     from controller.run.nightly import nightly
 
+    check_db(args.db)  # before the report folder is made and the variants built
     loaded = _load(args)
     inventory, source = load_inventory(args.inventory)
     regressed = nightly(loaded, inventory, source, args.db, args.report, args.ray_address)
-    return EXIT_REGRESSION if regressed else 0
+    return EXIT_REGRESSION if regressed else EXIT_OK
+
+
+def _listenable(address: str, port: int) -> None:
+    """Refuse an address this machine does not have, or a port already taken, before Streamlit
+    starts (it would say so in a log, after a browser tab has opened on nothing)."""
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UserError(f"--address {address}: not an address of this machine ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Streamlit's server does
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            raise UserError(f"--address {address} --port {port}: cannot listen there ({exc.strerror})") from None
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import dashboard
-    from controller.results.database import database_url
+    from controller.results.database import check_db, database_url
 
+    # As the page will open it, now: a URL that points nowhere, a missing file or an older schema
+    # is one line here and a non-zero exit, not a message in a browser tab.
+    check_db(args.db, create=False)
+    _listenable(args.address, args.port)
+    if not ipaddress.ip_address(socket.getaddrinfo(args.address, None)[0][4][0]).is_loopback:
+        print(f"edgefarm: the dashboard listens on {args.address}: anyone who can reach it reads every result; "
+              "docs/results.md says how to put it behind a proxy that asks who they are", file=sys.stderr)
     app = Path(dashboard.__file__).parent / "app.py"
     env = dict(os.environ, EDGEFARM_DB=database_url(args.db))
-    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.address,
+            "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     os.execvpe(argv[0], argv, env)
-    return 0  # not reached: the process is now Streamlit
+    return EXIT_OK  # not reached: the process is now Streamlit
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -230,22 +418,21 @@ def cmd_db(args: argparse.Namespace) -> int:
         upgrade_command,
         upgrade_db,
     )
-    from controller.results.queries import database_exists
 
     head, where = head_revision(), describe(args.db)
     if args.db_command == "upgrade":
         before, after = upgrade_db(args.db)
         print(f"{where}: schema revision {after} (head), was {before or 'none'}" if before != after
               else f"{where}: already at schema revision {after} (head)")
-        return 0
-    revision, tables = schema_state(args.db) if database_exists(args.db) else (None, False)
+        return EXIT_OK
+    revision, tables = schema_state(args.db)  # a SQLite file that is not there is refused, not made
     if revision == head:
         print(f"{revision} (head)")
     elif revision is None and not tables:
-        print(f"none (no EdgeFarm tables yet: the first command makes them at {head})")
+        print(f"none (no EdgeFarm tables yet: `edgefarm run` or `edgefarm db upgrade` makes them at {head})")
     else:
         print(f"{revision or 'none'} (this EdgeFarm needs {head}: {upgrade_command(database_url(args.db))})")
-    return 0
+    return EXIT_OK
 
 
 COMMANDS = {"run": cmd_run, "boards": cmd_boards, "select": cmd_select, "variants": cmd_variants, "nightly": cmd_nightly,

@@ -1,8 +1,12 @@
-"""EdgeFarm dashboard: ``streamlit run dashboard/app.py -- --db URL``.
+"""EdgeFarm dashboard: ``edgefarm dashboard [--db URL] [--address ADDR] [--port N]``, or
+``streamlit run dashboard/app.py -- --db URL``.
 
 The database is ``--db``, else $EDGEFARM_DB, else ./edgefarm.db (``controller.results.database.database_url``).
-It is read only through ``controller.results.queries`` and ``controller.results.selection``, so the figures here
-are the ones the CLI's selection tables and nightly reports print.
+It is opened as every reading command opens it (``open_db(url, create=False)``): the page never makes
+a database, and says why it cannot read one (``edgefarm dashboard`` refuses the same things in the
+terminal before Streamlit starts). It is read only through ``controller.results.queries`` and
+``controller.results.selection``, so the figures here are the ones the CLI's selection tables and
+nightly reports print.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ except ImportError:  # a plain checkout: `streamlit run` puts dashboard/ on sys.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.errors import UserError
@@ -37,9 +42,12 @@ def cli_db(argv: list[str]) -> str | None:
 
 
 @st.cache_resource(show_spinner=False)
-def sessions(url: str) -> sessionmaker[Session]:
-    # One engine (and connection pool) per database for the whole server, not one per rerun.
-    return database.open_db(url)
+def sessions(given: str | None, url: str) -> sessionmaker[Session]:
+    """``given`` as the user gave it (None: $EDGEFARM_DB or the default), so that a refusal says where
+    the URL came from; ``url`` is what it resolves to, the cache's key."""
+    # One engine (and connection pool) per database for the whole server, not one per rerun; a
+    # refusal is not cached, so the page reads the database once it is there or upgraded.
+    return database.open_db(given, create=False)
 
 
 @dataclass
@@ -160,24 +168,22 @@ def runs_section(session: Session, runs: list[queries.RunRow]) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="EdgeFarm", layout="wide")
-    url = database.database_url(cli_db(sys.argv[1:]))
+    given = cli_db(sys.argv[1:])  # None: $EDGEFARM_DB (where `edgefarm dashboard` puts it) or the default
     st.title("EdgeFarm")
     with st.sidebar:
         st.subheader("Database")
-        st.code(database.describe(url), language=None, wrap_lines=True)  # describe() hides a password
-    if not queries.database_exists(url):
-        st.info(f"{EMPTY}\n\n(There is no database file at `{database.describe(url)}` yet.)")
-        return
-    from sqlalchemy.exc import SQLAlchemyError
-
+        st.code(database.describe(given), language=None, wrap_lines=True)  # describe() hides a password
     try:
-        with sessions(url)() as session:
+        if not database.exists(given):
+            st.info(f"{EMPTY}\n\n(There is no database file at `{database.describe(given)}` yet.)")
+            return
+        with sessions(given, database.database_url(given))() as session:
             render(session)
-    except SQLAlchemyError as exc:  # a server that is down or a wrong URL: say so, don't dump a trace
+    except UserError as exc:  # a wrong URL, a server that is down, an older EdgeFarm's database (the line
+        st.error(f"Cannot read the database: {exc}")  # names the command that upgrades it): said, not a trace
+    except SQLAlchemyError as exc:  # the server went away while the page was read
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        st.error(f"Cannot read {database.describe(url)}: {detail}")
-    except UserError as exc:  # e.g. an older EdgeFarm's database: the line names the command that upgrades it
-        st.error(str(exc))
+        st.error(f"Cannot read {database.describe(given)}: {detail}")
 
 
 def render(session: Session) -> None:
