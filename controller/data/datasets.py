@@ -176,10 +176,16 @@ def _write_npz(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
 # --- inputs and models ---------------------------------------------------------------------
 
 
-def check_inputs(kind: str, inputs: dict[str, tuple[tuple[int, ...], str]]) -> None:
-    """Raise ValueError when ``kind`` cannot be rendered for these model inputs."""
+def check_inputs(kind: str, inputs: dict[str, tuple[tuple[int, ...], str]], model_path: Path | None = None) -> None:
+    """Raise ValueError when ``kind`` cannot be rendered for these model inputs (and, given the
+    model, for the model: an ocr-rec model must carry the charset its lines are rendered in), so
+    that a dataset that does not fit is refused before anything is built or stored."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
     if kind != "seeded":
         _image_input(kind, inputs)
+    if kind == "ocr-rec" and model_path is not None:
+        _charset(Path(model_path))
 
 
 def _image_input(kind: str, inputs: dict[str, tuple[tuple[int, ...], str]]) -> tuple[str, tuple[int, int]]:
@@ -217,15 +223,17 @@ def _charset(model_path: Path) -> np.ndarray:
     model = onnx.load(str(model_path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     if "character" not in props:
-        raise ValueError(f"{model_path} has no 'character' metadata: not a PaddleOCR rec model")
+        raise ValueError("the model has no 'character' metadata (the charset ocr-rec renders its lines in): "
+                         "not a PaddleOCR rec model")
     chars = props["character"].split("\n")
-    classes = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    outputs = model.graph.output
+    classes = outputs[0].type.tensor_type.shape.dim[-1].dim_value if outputs and outputs[0].type.tensor_type.shape.dim else 0
     # PaddleOCR's use_space_char adds " " as the last class: blank + chars + space.
     if classes in (0, len(chars) + 2):
         chars.append(" ")
     missing = [c for c in ocr_render.ALPHABET if c not in chars]
     if missing:
-        raise ValueError(f"{model_path} charset lacks {''.join(missing)!r}: cannot render ASCII lines for it")
+        raise ValueError(f"the model's charset lacks {''.join(missing)!r}: cannot render ASCII lines for it")
     return np.array(chars)
 
 
