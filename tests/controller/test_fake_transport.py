@@ -7,6 +7,8 @@ faults done for real to SSH boards are in test_faults.py (slow, and needs networ
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -22,10 +24,11 @@ from controller.boards.transports import fake, open_transport
 from controller.boards.transports.fake import FakeTransport
 from controller.build.cache import Cache
 from controller.config.inventory import BoardSpec
-from controller.errors import BoardUnreachable
+from controller.errors import BoardUnreachable, TransportError
 from controller.plugins import TRANSPORTS
 from controller.results.database import open_db
 from controller.results.store import Board as BoardRow
+from tests.conftest import ROOT
 
 TIMEOUT = 120.0
 AGENT_JOB = "run job.json"  # in the command line of an agent job, and of no other command
@@ -199,3 +202,53 @@ def test_an_agent_altered_on_the_board_is_never_run_and_is_pushed_again(
     assert session.prune_cache() == []
     assert agent.is_file()
     session.close()
+
+
+def test_a_forgery_can_edit_the_real_record_and_only_matching_records_count(
+        tmp_path: Path, bundle: Path, gold: Golden) -> None:
+    session = _session(tmp_path, bundle, "editor")
+    fake.forge("editor", change={"latency.mean": None}, drop=["engine.version"], match="/jobs/job-")
+    assert _run(session, gold)["status"] == "ok"  # the golden job (jobs/health-editor) does not match
+    fake.forge("editor", change={"latency.mean": None}, drop=["engine.version"])
+    result = _run(session, gold)
+    assert result["status"] == "failed" and result["failure"]["stage"] == "result"
+    assert "engine.version: Field required" in result["failure"]["message"]  # the first problem found
+    assert fake.events("editor")[-1].startswith("forged result: ")
+    session.close()
+
+
+def test_a_forged_probe_is_refused_as_a_board_that_does_not_answer(tmp_path: Path, bundle: Path) -> None:
+    entry = {"name": "prober", "transport": "fake", "python": sys.executable, "workdir": str(tmp_path / "prober")}
+    for forgery, said in (({"change": {"engines": {"onnxruntime": "yes"}}},
+                           "the agent's probe record is malformed: engines.onnxruntime: Input should be a valid dictionary"),
+                          ({"change": {"fingerprint.cores": float("nan")}},
+                           "the agent's probe record is malformed: fingerprint.cores: Input should be a finite number"),
+                          ({"text": "[]"}, "the agent's probe record is malformed: Input should be a valid dictionary"),
+                          ({"text": "probe: ok"}, "the agent's probe is not JSON"),
+                          ({"change": {"protocol": 7}}, "agent speaks protocol 7, not 1")):
+        fake.forge("prober", record="probe", **forgery)  # type: ignore[arg-type]
+        session = BoardSession(BoardSpec.model_validate(entry), bundle)
+        with pytest.raises(TransportError, match=re.escape(said)):
+            session.start()
+        session.close()
+    session = BoardSession(BoardSpec.model_validate(entry), bundle)
+    assert session.start()["engines"]["onnxruntime"]["available"]  # the real probe passes its check
+    session.close()
+
+
+def test_what_one_process_scripts_another_process_obeys(tmp_path: Path) -> None:
+    """A run drives its boards from Ray actors: the script is shared through files, not memory."""
+    code = ("from controller.boards.transports import fake\n"
+            "fake.script('shared', 'connect', ['refused'])\n"
+            "fake.forge('shared', 'not a record')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    with pytest.raises(BoardUnreachable, match="connection refused"):
+        open_transport(BoardSpec(name="shared", transport="fake"))
+    remote = tmp_path / "result.json"
+    remote.write_text("{}")
+    open_transport(BoardSpec(name="shared", transport="fake")).get(str(remote), tmp_path / "fetched.json")
+    assert (tmp_path / "fetched.json").read_text() == "not a record"
+    with pytest.raises(ValueError, match="forge either a text or a change"):
+        fake.forge("shared")
+    with pytest.raises(ValueError, match="no record 'config'"):
+        fake.forge("shared", "{}", record="config")  # type: ignore[arg-type]
