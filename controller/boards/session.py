@@ -28,7 +28,7 @@ from agent.protocol import (
     failure_of,
     sha256_file,
 )
-from controller.boards.result_check import MAX_RESULT_BYTES, check_result
+from controller.boards.result_check import check_probe, check_result, read_result
 from controller.boards.transports import Completed, Transport, open_transport
 from controller.config.inventory import BoardSpec
 from controller.errors import BoardCommandFailed, BoardUnreachable, CommandTimeout, TransportError, one_line
@@ -89,12 +89,10 @@ class BoardSession:
         if not self.board.agent:
             probe = shell_probe(self)
         else:  # the first agent command pushes the agent where the board lacks it
-            probe = json.loads(self._agent("probe", "--workdir", self.root, timeout=PROBE_TIMEOUT))
-            if probe.get("protocol") != PROTOCOL_VERSION:
-                raise TransportError(f"agent speaks protocol {probe.get('protocol')}, not {PROTOCOL_VERSION}")
+            probe = _probe(self._agent("probe", "--workdir", self.root, timeout=PROBE_TIMEOUT))
             for engine, python in self.board.engine_python.items():  # that engine as its interpreter sees it
                 try:
-                    found = json.loads(self._agent("probe", timeout=PROBE_TIMEOUT, python=python))["engines"]
+                    found = _probe(self._agent("probe", timeout=PROBE_TIMEOUT, python=python))["engines"]
                     probe["engines"][engine] = {**found.get(engine, {"available": False}), "python": python}
                 except (TransportError, ValueError, KeyError) as exc:
                     probe["engines"][engine] = {"available": False, "version": None,
@@ -125,7 +123,8 @@ class BoardSession:
     # -- jobs ------------------------------------------------------------------------------
 
     def run_job(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float) -> ResultRecord:
-        """Run one job; every failure comes back as a failed result, never as an exception.
+        """Run one job; every failure comes back as a failed result, never as an exception, and
+        whatever the board sent back is checked first (``controller.boards.result_check``).
 
         A board lost in the middle of a job (link down, sshd or the agent killed) is
         reconnected and the job tried again, up to the board's ``retries``; the result says
@@ -143,7 +142,10 @@ class BoardSession:
                     result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}", lost=True)
                     notes.append(f"attempt {attempt}: {failure_of(result).get('message')}")
                     continue
-            result = self._run_verified(job, files, timeout)
+            try:
+                result = self._run_verified(job, files, timeout)
+            except Exception as exc:  # noqa: BLE001 - whatever the board or its library raised: this job's failure
+                result = failed(job["job_id"], "transport", f"unexpected error talking to the board: {one_line(exc)}")
             if not failure_of(result).get("lost"):
                 break
             notes.append(f"attempt {attempt}: {failure_of(result).get('message')}")
@@ -171,7 +173,9 @@ class BoardSession:
         if job["engine"]["name"] in self.board.native:
             from controller.boards.native.job import run_native
 
-            return _as_result(job["job_id"], timeout, lambda: run_native(self, job, files, timeout))
+            # Made here from what the tool printed on the board: checked like the agent's record.
+            return check_result(_as_result(job["job_id"], timeout, lambda: run_native(self, job, files, timeout)),
+                                job["job_id"])
         result = self._run_once(job, files, timeout, repush=False)
         if failure_of(result).get("stage") == "verify":
             result = self._run_once(job, files, timeout, repush=True)
@@ -203,16 +207,13 @@ class BoardSession:
             try:
                 with self._files:
                     self.transport.get(posixpath.join(workdir, "result.json"), local_result)
-                size = local_result.stat().st_size
-                if size > MAX_RESULT_BYTES:
-                    return failed(job["job_id"], "result",
-                                  f"the board's result record is {size} bytes, over {MAX_RESULT_BYTES}")
-                record = json.loads(local_result.read_text())
-            except (TransportError, ValueError):
+            except TransportError:
                 # Killed or crashed before it could write a result: worth another attempt.
                 return failed(job["job_id"], "agent", f"the agent exited {done.exit_code} without a result",
                               _tail(done.stderr), lost=True)
-        result = check_result(record, job["job_id"])
+            # The agent writes its record whole or not at all (agent/__main__.py): one that is there
+            # but unreadable was altered on the board, and is the board's answer, not a lost link.
+            result = read_result(local_result, job["job_id"])
         if repushed:
             result.setdefault("notes", []).append("the agent on the board did not match its sha256; pushed again")
         return result
@@ -271,6 +272,21 @@ _VERIFIED_RUN = (
     "sys.argv=[p]+sys.argv[3:]\n"
     "runpy.run_path(p,run_name='__main__')\n"
 ).replace("MISMATCH", str(AGENT_MISMATCH))
+
+
+def _probe(text: str) -> ProbeRecord:
+    """The agent's probe record, checked (``check_probe``): planning reads it."""
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise TransportError(f"the agent's probe is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if isinstance(record, dict) and record.get("protocol") != PROTOCOL_VERSION:
+        raise TransportError(f"agent speaks protocol {str(record.get('protocol'))[:40]}, not {PROTOCOL_VERSION}")
+    problem = check_probe(record)
+    if problem:
+        raise TransportError(f"the agent's probe record is malformed: {problem}")
+    probe: ProbeRecord = record
+    return probe
 
 
 def _as_result(job_id: str, timeout: float, attempt: Callable[[], ResultRecord]) -> ResultRecord:
