@@ -79,6 +79,12 @@ def format_validation_error(source: str, exc: ValidationError, model: type[BaseM
     ``data`` (what was validated), a key inside a named board or model names it."""
     errors = exc.errors()
     first = errors[0]
+    # `pth: x.onnx` for `path`: pydantic says path is missing first; the unknown key says why.
+    typo = next((e for e in errors if e["type"] == "extra_forbidden" and first["type"] == "missing"
+                 and tuple(e["loc"][:-1]) == tuple(first["loc"][:-1])), None)
+    if typo is not None:
+        errors = [typo, *(e for e in errors if e is not typo)]
+        first = typo
     loc = tuple(first["loc"])
     message = _message(first)
     # A value that fits no member of a union (an engine option that is a list) fails once per
@@ -225,6 +231,11 @@ def decode_text(data: bytes, source: str) -> str:
         if data.startswith(bom):
             raise ConfigError(f"{source}: is {encoding} text (a byte order mark {bom.hex(' ')} at byte offset 0); "
                               "save it as UTF-8")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data[:nul].count(b"\n") + 1
+        raise ConfigError(f"{source}: byte 0x00 at byte offset {nul} (line {line}): a binary file (or UTF-16 text "
+                          "without a byte order mark), not UTF-8 YAML text")
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         text = data[skip:].decode("utf-8")
@@ -238,8 +249,8 @@ def decode_text(data: bytes, source: str) -> str:
         offset = skip + len(text[: bad.start()].encode("utf-8"))
         line = text.count("\n", 0, bad.start()) + 1
         char = ord(bad.group())
-        what = "a binary file, not YAML text" if char == 0 else "YAML text holds no control characters"
-        raise ConfigError(f"{source}: character U+{char:04X} at byte offset {offset} (line {line}): {what}")
+        raise ConfigError(f"{source}: character U+{char:04X} at byte offset {offset} (line {line}): YAML text holds "
+                          "no control characters")
     return text
 
 
