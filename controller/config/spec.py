@@ -196,7 +196,14 @@ class Spec(Strict):
         # An engine the agent runs, or one a board measures with its own benchmark tool.
         for e in engines:
             check_engine(e.name)
+        _once("engines", [e.name for e in engines])
         return engines
+
+    @field_validator("boards")
+    @classmethod
+    def _boards_once(cls, boards: list[str]) -> list[str]:
+        _once("boards", boards)
+        return boards
 
     @model_validator(mode="after")
     def _unique_models(self) -> "Spec":
@@ -223,6 +230,14 @@ class Spec(Strict):
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def _once(key: str, names: list[str]) -> None:
+    """Each engine and board once: a second entry would measure the same jobs again, and stored
+    results could not tell the two apart."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(map(repr, twice))} given twice in {key}; give each once")
 
 
 class LoadedSpec(Strict):

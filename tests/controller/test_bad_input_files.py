@@ -102,6 +102,8 @@ SPECS: dict[str, object] = {
     "unknown-variant.yaml": _spec(variants=["fp32", "fp8"]),
     "unsafe-name.yaml": _spec(model={"name": "../etc"}),
     "board-missing.yaml": _spec(boards=["jetson-9"]),
+    "board-twice.yaml": _spec(boards=["local", "local"]),
+    "engine-twice.yaml": _spec(engines=["onnxruntime", {"name": "onnxruntime", "options": {"threads": 2}}]),
     "pkg-missing.yaml": _spec("pkg:no_such_package_here/m.onnx"),
     # datasets
     "samples-word.yaml": _spec(model={"dataset": {"samples": "many"}}),
@@ -243,6 +245,8 @@ CASES = [
          ("unknown board 'jetson-9'", "the built-in local inventory", "local")),
     Case("spec-board-not-in-inventory", run("board-missing.yaml", "--inventory", "inv-ok.yaml"),
          ("unknown board 'jetson-9'", "inv-ok.yaml", "b1")),
+    Case("spec-board-twice", run("board-twice.yaml"), ("board-twice.yaml", "boards", "'local' given twice")),
+    Case("spec-engine-twice", run("engine-twice.yaml"), ("engine-twice.yaml", "engines", "'onnxruntime' given twice")),
     Case("spec-pkg-not-installed", run("pkg-missing.yaml"),
          ("pkg-missing.yaml", "models.0.path", "'no_such_package_here' is not installed")),
     # datasets
