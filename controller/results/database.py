@@ -200,11 +200,12 @@ def _sqlite_path(parsed: URL) -> Path | None:
     return Path(str(parsed.database))
 
 
-def _check_sqlite_file(path: Path, label: str, mode: Mode) -> None:
+def _check_sqlite_file(given: Path, label: str, mode: Mode) -> None:
     """Refuse a SQLite path that cannot be EdgeFarm's database, before SQLite makes or reads anything."""
-    tilde = " (a URL does not expand ~: write the whole path)" if "~" in path.parts else ""
-    if not path.is_absolute() and not path.parent.resolve().is_dir() and Path("/", path).parent.is_dir():
-        tilde = f" (three slashes make the path relative to {Path.cwd()}; four make it absolute: sqlite:////{path})"
+    path = given.absolute()
+    tilde = " (a URL does not expand ~: write the whole path)" if "~" in given.parts else ""
+    if not given.is_absolute() and not path.parent.is_dir() and Path("/", given).parent.is_dir():
+        tilde = f" (three slashes make the path relative to {Path.cwd()}; four make it absolute: sqlite:////{given})"
     if path.is_dir():
         raise UserError(f"{label}: {path} is a folder, not a database file")
     if path.exists():
@@ -218,8 +219,8 @@ def _check_sqlite_file(path: Path, label: str, mode: Mode) -> None:
             raise UserError(f"{label}: {path} is not a SQLite database (it begins {head[:8]!r})")
         return
     if mode == "read":
-        raise UserError(f"{label}: no database at {path.resolve()}; {_NO_DATABASE}{tilde}")
-    folder = path.resolve().parent
+        raise UserError(f"{label}: no database at {path}; {_NO_DATABASE}{tilde}")
+    folder = path.parent
     if not folder.exists():
         raise UserError(f"{label}: the folder {folder} does not exist{tilde}")
     if not folder.is_dir():
@@ -267,18 +268,17 @@ def _engine(url: str, label: str, mode: Mode, memory: bool = True) -> Engine:
     except (ArgumentError, TypeError) as exc:
         raise UserError(f"{label}: {_first_line(exc)}") from exc
     if sqlite:
-        _sqlite_pragmas(engine, wal=mode == "create")
+        _sqlite_pragmas(engine)
     return engine
 
 
-def _sqlite_pragmas(engine: Engine, wal: bool) -> None:
-    # WAL lets the dashboard read while a run writes; foreign keys are off by default in SQLite.
-    # Only a writer sets WAL: it is kept in the file, and setting it writes (an empty file gains a page).
+def _sqlite_pragmas(engine: Engine) -> None:
+    # Foreign keys are off by default in SQLite. (WAL, which lets the dashboard read while a run
+    # writes, is set by _upgrade, which makes or upgrades every EdgeFarm file: the file keeps it,
+    # and opening never writes, so a file that is refused is left byte for byte as it was.)
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
-        if wal:
-            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -287,8 +287,9 @@ def _sqlite_pragmas(engine: Engine, wal: bool) -> None:
 
 # SQLite's primary result codes (the low byte of an extended one).
 _SQLITE_LOCK = {5: "busy", 6: "locked", 17: "schema changed"}
-_SQLITE_USER = {3: "permission denied", 8: "read-only", 10: "cannot read or write it", 11: "a damaged SQLite database",
-                13: "the disk is full", 14: "cannot open it", 23: "not authorized", 26: "not a SQLite database"}
+_SQLITE_USER = {3: "cannot be opened: permission denied", 8: "is read-only", 10: "cannot be read or written",
+                11: "is a damaged SQLite database", 13: "cannot grow: the disk is full", 14: "cannot be opened",
+                23: "is not authorized", 26: "is not a SQLite database"}
 # PostgreSQL SQLSTATEs: a lock or a serialization conflict is worth waiting out.
 _PG_LOCK_STATES = {"55P03", "40P01", "40001"}
 # Classes the user's URL, rights or server explain: connection, authorization, unknown database,
@@ -325,7 +326,7 @@ def _user_error(exc: DBAPIError, label: str, engine: Engine, connecting: bool) -
     code, state = _sqlite_code(exc), _pg_state(exc)
     path = _sqlite_path(engine.url)
     if code in _SQLITE_USER:
-        return UserError(f"{label}: {path or 'the database'}: {_SQLITE_USER[code]} ({detail})")
+        return UserError(f"{label}: {path.absolute() if path else 'the database'} {_SQLITE_USER[code]} ({detail})")
     if connecting or (state is not None and (state[:2] in _PG_USER_CLASSES or state in _PG_USER_STATES)):
         return UserError(f"{label}: cannot connect: {detail}" if connecting else f"{label}: {detail}")
     from sqlalchemy.exc import InterfaceError, OperationalError
@@ -385,7 +386,8 @@ def _may_create(engine: Engine, label: str, others: list[str]) -> None:
     mistyped path to a browser's history); a server's database may be shared, so there it may."""
     if others and engine.dialect.name == "sqlite":
         shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
-        raise UserError(f"{label}: {_sqlite_path(engine.url)} is another program's SQLite database (tables: "
+        path = _sqlite_path(engine.url)
+        raise UserError(f"{label}: {path.absolute() if path else 'it'} is another program's SQLite database (tables: "
                         f"{shown}), not EdgeFarm's; give EdgeFarm a file of its own")
 
 
@@ -455,6 +457,7 @@ def _upgrade(engine: Engine, revision: str, script_location: Path) -> tuple[str 
     with engine.connect() as conn:
         try:
             if sqlite:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # kept in the file; a no-op once set
                 conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 dangling = {tuple(row) for row in conn.exec_driver_sql("PRAGMA foreign_key_check")}
