@@ -4,6 +4,13 @@ The stages, each in its own module: building (``controller.build``), one actor p
 (``controller.run.actors``), planning (``controller.run.planning``, pure), recording
 (``controller.results.recording``, the only database writes) and progress. The driver commits
 after every job, so whatever was measured before an interruption stays.
+
+A user's error leaves no run behind. Everything the user wrote is checked before the run's row
+is written (``execute`` lists the order), and the row is written in one transaction with its job
+rows, once the boards are probed and the jobs planned; from then on only boards are left, and a
+board's failure is stored data, not an error of the run. So a run is never half-written: there
+is no ``failed`` run to clean up after a typo, because there is no run row before the last check.
+The run's ``started_at`` is when its measuring began, after its variants were compiled.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from controller.results import recording
 from controller.results.database import open_db
 from controller.results.store import Job, Run
 from controller.run.actors import actor_class, close_boards, start_boards
+from controller.run.checks import check_datasets, check_resumable
 from controller.run.cluster import ensure_ray
 from controller.run.planning import Planned, attach_conversions, conversions, job_files, job_payload, plan_board
 from controller.run.progress import RunProgress
@@ -32,7 +40,7 @@ __all__ = ["RunOutcome", "ensure_ray", "execute"]
 
 @dataclass
 class RunOutcome:
-    run_id: int
+    run_id: int = 0  # 0 until the run's row is written
     ok: int = 0
     failed: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # board -> why it ran nothing
@@ -41,29 +49,35 @@ class RunOutcome:
 
 def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_url: str | None,
             ray_address: str | None = None, kind: str = "run", resume: int | None = None) -> RunOutcome:
-    """Run a spec on its boards; with ``resume``, finish that run's missing jobs instead."""
+    """Run a spec on its boards; with ``resume``, finish that run's missing jobs instead.
+
+    The user's input is checked first, cheapest first, and nothing is written until all of it
+    passed: the run to resume, the spec's boards in the inventory, every model, the first sample
+    of every dataset (no Ray yet), then the variants compiled and the whole datasets rendered.
+    Then the boards are probed (their rows say what was found), the jobs planned and converted,
+    and only then the run's row and its jobs' rows are written, in one transaction.
+    """
     from controller.boards.agent_bundle import build_agent_bundle
 
     spec = loaded.spec
+    if resume is not None:
+        check_resumable(db_url, resume, spec)
     boards = [inventory.board(name, inventory_source) for name in spec.boards]
     cache = Cache(cache_dir())
-    prepared = prepare_sources(loaded, cache)  # a bad model stops here, before any run row exists
+    prepared = prepare_sources(loaded, cache)
+    check_datasets(loaded, prepared)
     ensure_ray(ray_address)
 
-    sessions = open_db(db_url)
-    with sessions() as db:
-        run: Run = (recording.resumed_run(db, resume, spec) if resume
-                    else recording.new_run(db, spec, str(loaded.base), kind))
-        db.commit()
-        outcome = RunOutcome(run.id)
-
     progress = RunProgress()
+    outcome = RunOutcome()
     actors: dict[str, Any] = {}
     probes: dict[str, dict[str, Any]] = {}
     status = "interrupted"
+    sessions: Any = None
     try:
         with progress.stage("compile variants and render data", total=None) as step:
-            builds = build_all(loaded, cache, prepared, on_step=step)
+            builds = build_all(loaded, cache, prepared, on_step=step)  # a dataset that fails in full stops here
+        sessions = open_db(db_url)
         bundle = build_agent_bundle(workspace() / "agent")
         with sessions() as db:
             outcome.skipped.update(recording.quarantined(db, boards))
@@ -75,23 +89,27 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         plan = [p for b in boards if b.name in probes for p in plan_board(b, probes[b.name], builds, spec)]
         with progress.stage("convert for engines", total=None) as step:
             _convert(spec, plan, builds, cache, step)
-        with sessions() as db:
+        with sessions() as db:  # the run and its jobs: one transaction, after every check
+            run: Run = (recording.resumed_run(db, resume, spec) if resume is not None
+                        else recording.new_run(db, spec, str(loaded.base), kind))
             recording.add_jobs(db, run.id, plan, resuming=resume is not None)
             db.commit()
+            outcome.run_id = run.id
         outcome.resumed = sum(1 for p in plan if p.stored)
         plan = [p for p in plan if not p.stored]
         progress.boards({b: sum(1 for p in plan if p.board == b) for b in probes})
         _measure(sessions, spec, plan, actors, outcome, progress)
         status = "done"
     except UserError:
-        status = "failed"
+        status = "failed"  # none is raised once the rows are written; were one, its measured jobs stay
         raise
     finally:
         progress.close()
         close_boards(actors, probes)
-        with sessions() as db:
-            recording.finish_run(db, outcome.run_id, status, outcome.skipped, outcome.resumed)
-            db.commit()
+        if outcome.run_id:
+            with sessions() as db:
+                recording.finish_run(db, outcome.run_id, status, outcome.skipped, outcome.resumed)
+                db.commit()
     return outcome
 
 
@@ -138,9 +156,23 @@ def _measure(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, A
 
 
 def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, progress: RunProgress) -> None:
+    """Store one job's result and show it. A result the database will not take (the record's
+    check let through what a column refuses) is stored as the job's failure at stage ``result``:
+    what a board sent never ends the run, nor keeps the other boards' results from being stored."""
     job = db.get(Job, p.row_id)
-    recording.job_result(db, job, result)
-    db.commit()
+    try:
+        recording.job_result(db, job, result)
+        db.commit()
+    except Exception as exc:  # noqa: BLE001 - this job's failure, not the run's
+        db.rollback()
+        job = db.get(Job, p.row_id)
+        refused = failed(f"job-{p.row_id}", "result", f"the board's result record could not be stored: {_cause(exc)}")
+        if "attempts" in result:  # the session's own figures, not the board's
+            refused["attempts"] = result["attempts"]
+        if "started_at" in result:
+            refused["started_at"] = result["started_at"]
+        recording.job_result(db, job, refused)
+        db.commit()
     if job.status == "ok":
         outcome.ok += 1
         r = job.result
@@ -149,4 +181,16 @@ def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, prog
     else:
         outcome.failed += 1
         detail = f"failed at {job.stage}: {job.message}"
-    progress.job_done(p.board, p.describe(), job.status == "ok", detail)
+    progress.job_done(p.board, p.describe(), job.status == "ok", _printable(detail))
+
+
+def _cause(exc: BaseException) -> str:
+    """The database driver's own complaint (SQLAlchemy's ends with a link), on one line, no NUL."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300].replace("\0", "?")
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """A board's words as they may reach a terminal: one bounded line, no control characters."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit]) + ("..." if len(text) > limit else "")

@@ -16,14 +16,17 @@ which job is read back from the stored message, so the order does not matter.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
 import yaml
+from rich.console import Console
 from sqlalchemy import select
 
 from agent.protocol import new_result
@@ -31,8 +34,12 @@ from controller.boards.result_check import MAX_RESULT_BYTES, read_result
 from controller.boards.transports import fake
 from controller.cli import main
 from controller.config.inventory import BoardSpec
+from controller.results import recording
 from controller.results.database import open_db
 from controller.results.store import Job, Run
+from controller.run import execute
+from controller.run.progress import RunProgress
+from tests.refusal import real_database
 
 NAN, INF = float("nan"), float("inf")
 JOBS = "/jobs/job-"  # a run's jobs; not the health check's golden job (jobs/health-<board>)
@@ -150,6 +157,37 @@ def test_a_result_without_a_median_is_no_forgery(tmp_path: Path) -> None:
     record["latency"].update(p50=None, p90=None, p99=None, samples_ms=[])
     (tmp_path / "result.json").write_text(json.dumps(record))
     assert read_result(tmp_path / "result.json", "job-7") == record
+
+
+def test_a_result_the_database_refuses_is_stored_as_the_jobs_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the record's check let through and the database will not take is the job's failure."""
+    sessions = open_db(f"sqlite:///{real_database(tmp_path)}")
+    store = recording.job_result
+
+    def refused_once(db: Any, job: Job, result: Any) -> None:
+        if result["status"] == "ok":
+            store(db, job, result)  # half written when the database refuses it
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        store(db, job, result)
+
+    monkeypatch.setattr(recording, "job_result", refused_once)
+    with sessions() as db:
+        job = db.scalars(select(Job).where(Job.status == "failed")).first()  # no result row yet
+        assert job is not None
+        p = SimpleNamespace(row_id=job.id, board=job.board.name, describe=lambda: "a job")
+        outcome, out = execute.RunOutcome(run_id=job.run_id), io.StringIO()
+        result = _as_the_agent_writes_it(f"job-{job.id}")
+        result.update(attempts=1, started_at=1.0e9)
+        execute._stored(db, p, result, outcome, RunProgress(Console(file=out)))  # type: ignore[arg-type]
+    with sessions() as db:
+        stored = db.get(Job, job.id)
+        assert stored is not None and stored.status == "failed" and stored.stage == "result"
+        assert stored.message == ("the board's result record could not be stored: "
+                                  "OverflowError: Python int too large to convert to SQLite INTEGER")
+        assert stored.attempts == 1
+    assert (outcome.ok, outcome.failed) == (0, 1)
+    assert "FAILED failed at result" in out.getvalue()
 
 
 def _tiny_model(path: Path) -> None:
