@@ -102,24 +102,27 @@ def format_validation_error(source: str, exc: ValidationError, model: type[BaseM
         message, tail = "unknown key", _allowed_keys(loc, model)
     elif first["type"] == "missing":
         message = "a required key is missing"
-    value = "" if _self_explained(first, loc) else f" (got {shown(first.get('input'))})"
+    value = "" if _self_explained(first, loc, model) else f" (got {shown(first.get('input'))})"
     owner = _owner(loc, data)
     more = f" [+{len(errors) - 1} more]" if len(errors) > 1 else ""
-    return " ".join(f"{source}: {where}: {message}{value}{tail}{owner}{more}".split("\n"))
+    return " ".join(f"{source}: {where}: {message}{value}{owner}{tail}{more}".split("\n"))
 
 
 def _message(error: Any) -> str:
     return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-def _self_explained(error: Any, loc: tuple[Any, ...]) -> bool:
+def _self_explained(error: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -> bool:
     """Errors whose value is not worth showing: a missing key (the value is its parent), and a
     check over a whole section (its message names what is wrong; the value is the section)."""
-    return error["type"] == "missing" or not loc or (error["type"] == "value_error" and isinstance(error.get("input"), dict))
+    if error["type"] == "missing" or not loc:
+        return True
+    return error["type"] == "value_error" and isinstance(error.get("input"), dict) and (
+        model is None or _model_at(model, loc) is not None)
 
 
 def _allowed_keys(loc: tuple[Any, ...], model: type[BaseModel] | None) -> str:
-    """``; did you mean 'path'? allowed here: name, path, ...`` for an unknown key at ``loc``."""
+    """``; did you mean 'path'? The keys allowed here: name, path, ...`` for an unknown key at ``loc``."""
     found = _model_at(model, loc[:-1]) if model is not None and loc else None
     if found is None:
         return ""
@@ -130,7 +133,7 @@ def _allowed_keys(loc: tuple[Any, ...], model: type[BaseModel] | None) -> str:
 
 
 def _owner(loc: tuple[Any, ...], data: Any) -> str:
-    """`` in board 'rk-2'``: the innermost named list element the error's key lies in."""
+    """``, in board 'rk-2'``: the innermost named list element the error's key lies in."""
     found, node = "", data
     for i, part in enumerate(loc):
         try:
@@ -140,7 +143,7 @@ def _owner(loc: tuple[Any, ...], data: Any) -> str:
         if isinstance(part, int) and i > 0 and str(loc[i - 1]) in _ELEMENT and isinstance(node, dict):
             name = node.get("name")
             if isinstance(name, str) and tuple(loc[i + 1:]) != ("name",):
-                found = f" in {_ELEMENT[str(loc[i - 1])]} {name!r}"
+                found = f", in {_ELEMENT[str(loc[i - 1])]} {name!r}"
     return found
 
 

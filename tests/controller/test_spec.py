@@ -54,9 +54,9 @@ def test_optimization_example_asks_for_every_optimized_variant_with_its_models_o
     "mutate, expected",
     [
         (lambda s: s.update(colour="blue"), "colour: unknown key (got 'blue'); the keys allowed here: name, models,"),
-        (lambda s: s["models"][0].update(pth="x.onnx"), "models.0.pth: unknown key (got 'x.onnx'); did you mean 'path'? "
-                                                        "The keys allowed here: name, path, inputs, dataset, pruning "
-                                                        "in model 'ppocr-det'"),
+        (lambda s: s["models"][0].update(pth="x.onnx"), "models.0.pth: unknown key (got 'x.onnx')"
+                                                        ", in model 'ppocr-det'; did you mean 'path'? "
+                                                        "The keys allowed here: name, path, inputs, dataset, pruning"),
         (lambda s: s["models"][0]["inputs"]["x"].update(shape=[1, 3, -640, 640]), "models.0.inputs.x.shape"),
         (lambda s: s.update(variants=["fp32", "fp8"]), "unknown variant 'fp8'"),
         (lambda s: s.update(engines=["onnxruntime", "tensorrtx"]), "unknown engine 'tensorrtx'"),
@@ -192,7 +192,7 @@ def test_example_lab_inventory_describes_each_kind_of_board() -> None:
     ({"name": "p", "transport": "adb", "adb": {"serial": "x; reboot"}}, "boards.0.adb.serial: must be a USB serial"),
     ({"name": "p", "transport": "adb"}, "transport adb needs an 'adb' section"),
     ({"name": "j", "transport": "ssh", "ssh": {"host": "h", "user": "u", "jump": {"host": "g"}}},
-     "boards.0.ssh.jump.user: a required key is missing in board 'j'"),
+     "boards.0.ssh.jump.user: a required key is missing, in board 'j'"),
     ({"name": "c", "cpus": [1, 1]}, "cpus must be distinct core numbers"),
     ({"name": "b; rm -rf /"}, "boards.0.name"),
 ])
