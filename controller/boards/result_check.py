@@ -109,10 +109,23 @@ class _Result(_Open):
         return self
 
 
+class _Fingerprint(_Open):
+    # "auto" chips are named "<arch> <cpu_model>", in a column of 128 characters.
+    arch: str | None = Field(None, max_length=32)
+    cpu_model: str | None = Field(None, max_length=95)
+
+
+class _ProbedEngine(_Open):
+    available: bool = False
+    version: str | None = Field(None, max_length=64)
+    # Planning reads it: OpenVINO's CPU default precision labels a configuration ("fp32@bf16").
+    default_precision: str | None = Field(None, max_length=16)
+
+
 class _Probe(_Open):
     protocol: Literal[1]
-    fingerprint: dict[str, Any]
-    engines: dict[str, dict[str, Any]]
+    fingerprint: _Fingerprint
+    engines: dict[Annotated[str, Field(max_length=32)], _ProbedEngine]
     disk_free_mb: Finite | None = None
 
 

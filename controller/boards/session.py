@@ -98,6 +98,9 @@ class BoardSession:
                     probe["engines"][engine] = {"available": False, "version": None,
                                                 "reason": f"its interpreter {python} did not run the agent: {exc}"}
         probe["engines"].update(native_engines(self))  # a native tool measures its engine on this board
+        problem = check_probe(probe)  # what the agent printed, or the board's shell: planning reads it
+        if problem:
+            raise TransportError(f"the board's probe record is malformed: {problem}")
         self.fingerprint = probe["fingerprint"]
         return probe
 
@@ -275,17 +278,16 @@ _VERIFIED_RUN = (
 
 
 def _probe(text: str) -> ProbeRecord:
-    """The agent's probe record, checked (``check_probe``): planning reads it."""
+    """The agent's probe record, parsed: a mapping in the controller's protocol (``start`` checks the rest)."""
     try:
         record = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise TransportError(f"the agent's probe is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
-    if isinstance(record, dict) and record.get("protocol") != PROTOCOL_VERSION:
+    if not isinstance(record, dict) or not isinstance(record.get("engines"), dict):
+        raise TransportError(f"the agent's probe is not a probe record (found {str(record)[:80]!r})")
+    if record.get("protocol") != PROTOCOL_VERSION:
         raise TransportError(f"agent speaks protocol {str(record.get('protocol'))[:40]}, not {PROTOCOL_VERSION}")
-    problem = check_probe(record)
-    if problem:
-        raise TransportError(f"the agent's probe record is malformed: {problem}")
-    probe: ProbeRecord = record
+    probe: ProbeRecord = record  # type: ignore[assignment]  # its fields are checked once it is whole
     return probe
 
 

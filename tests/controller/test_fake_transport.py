@@ -220,10 +220,14 @@ def test_a_forgery_can_edit_the_real_record_and_only_matching_records_count(
 def test_a_forged_probe_is_refused_as_a_board_that_does_not_answer(tmp_path: Path, bundle: Path) -> None:
     entry = {"name": "prober", "transport": "fake", "python": sys.executable, "workdir": str(tmp_path / "prober")}
     for forgery, said in (({"change": {"engines": {"onnxruntime": "yes"}}},
-                           "the agent's probe record is malformed: engines.onnxruntime: Input should be a valid dictionary"),
+                           "the board's probe record is malformed: engines.onnxruntime: Input should be a valid dictionary"),
                           ({"change": {"fingerprint.cores": float("nan")}},
-                           "the agent's probe record is malformed: fingerprint.cores: Input should be a finite number"),
-                          ({"text": "[]"}, "the agent's probe record is malformed: Input should be a valid dictionary"),
+                           "the board's probe record is malformed: fingerprint.cores: Input should be a finite number"),
+                          ({"change": {"fingerprint.cpu_model": "EPYC " * 40}},
+                           "the board's probe record is malformed: fingerprint.cpu_model: String should have at most 95"),
+                          ({"change": {"engines.openvino.default_precision": "x" * 100}},
+                           "engines.openvino.default_precision: String should have at most 16 characters"),
+                          ({"text": "[]"}, "the agent's probe is not a probe record (found '[]')"),
                           ({"text": "probe: ok"}, "the agent's probe is not JSON"),
                           ({"change": {"protocol": 7}}, "agent speaks protocol 7, not 1")):
         fake.forge("prober", record="probe", **forgery)  # type: ignore[arg-type]
