@@ -51,9 +51,10 @@ Name = Annotated[str, AfterValidator(_check_name)]
 
 
 class Strict(BaseModel):
-    """Base for every model read from a file: unknown keys are refused."""
+    """Base for every model read from a file: unknown keys are refused, and so are infinite and
+    NaN numbers (``.inf`` is valid YAML; no setting means it, and JSON columns cannot store it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,13 +90,12 @@ def format_validation_error(source: str, exc: ValidationError, model: type[BaseM
     message = _message(first)
     # A value that fits no member of a union (an engine option that is a list) fails once per
     # member, each error's path ending in the member's type: one problem, said once.
-    siblings = [e for e in errors if len(e["loc"]) == len(loc) and tuple(e["loc"][:-1]) == loc[:-1]
-                and e.get("input") is first.get("input") and e["type"].endswith("_type")]
-    if len(siblings) > 1 and first["type"].endswith("_type"):
+    if len(loc) > 1 and model is not None and _is_union(_annotation_at(model, loc[:-1])):
+        siblings = [e for e in errors if len(e["loc"]) == len(loc) and tuple(e["loc"][:-1]) == loc[:-1]]
+        kinds = list(dict.fromkeys(_message(e).removeprefix("Input should be ") for e in siblings))
         loc = loc[:-1]
-        kinds = [_message(e).removeprefix("Input should be ").removeprefix("a valid ") for e in siblings]
-        message = f"Input should be a valid {', '.join(kinds[:-1])} or {kinds[-1]}"
-        errors = [e for e in errors if e not in siblings[1:]]
+        message = "Input should be " + (f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else kinds[0])
+        errors = [first, *(e for e in errors if not any(e is x for x in siblings))]
     where = ".".join(str(p) for p in loc) or "(top level)"
     tail = ""
     if first["type"] == "extra_forbidden":
@@ -166,8 +166,8 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
-def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class whose fields are the keys at ``loc`` (a dotted key path), if any."""
+def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The type annotation of the value at ``loc`` (a dotted key path), or None if not found."""
     current: Any = model
     for part in loc:
         current = _unwrap(current)
@@ -182,7 +182,17 @@ def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseM
             current = get_args(current)[1]
         else:
             return None
-    current = _unwrap(current)
+    return current
+
+
+def _is_union(annotation: Any) -> bool:
+    annotation = _unwrap(annotation)
+    return get_origin(annotation) is Union or get_origin(annotation) is types.UnionType
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class whose fields are the keys at ``loc`` (a dotted key path), if any."""
+    current = _unwrap(_annotation_at(model, loc)) if model is not None else None
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 

@@ -6,6 +6,7 @@ is looked up in the transport registry at run time.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -134,6 +135,17 @@ class BoardSpec(Strict):
         for engine in by_engine:
             check_engine(engine)
         return by_engine
+
+    @field_validator("engine_options")
+    @classmethod
+    def _plain_options(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Stored with each job and sent to the board as JSON: finite numbers, strings, lists, mappings.
+        for engine, values in options.items():
+            try:
+                json.dumps(values, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{engine}: options are plain data (text, finite numbers, lists, mappings): {exc}") from None
+        return options
 
     @field_validator("cpus")
     @classmethod
