@@ -126,7 +126,9 @@ def _db_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> Parser:
-    parser = Parser(prog="edgefarm", description="Benchmark and deploy AI models on a farm of edge boards.")
+    parser = Parser(prog="edgefarm", description="Benchmark and deploy AI models on a farm of edge boards.",
+                    epilog="exit status: 0 done, 1 nightly found a regression, 2 a mistake in the input (one line on "
+                           "stderr says which), 130 interrupted. docs/cli.md has every command and flag.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = parser.command(sub, "run", help="run the job a spec describes, or one ONNX model with no spec")
@@ -143,7 +145,7 @@ def _parser() -> Parser:
     _db_flag(run)
 
     boards = parser.command(sub, "boards", help="list boards, their chips, reachability, engines and quarantine")
-    boards.add_argument("--inventory", type=_path)
+    boards.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
     boards.add_argument("--release", metavar="BOARD", help="end a board's quarantine, so runs use it again")
     _db_flag(boards)
 
@@ -153,7 +155,8 @@ def _parser() -> Parser:
                      help="lowest p50 at batch 1, or most items/s at any measured batch size")
     sel.add_argument("--latency-ceiling", type=_milliseconds, metavar="MS",
                      help="with --objective throughput: a batch's p50 must stay under this")
-    sel.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    sel.add_argument("--format", choices=["table", "md", "csv", "json"], default="table",
+                     help="md: Markdown; json: what deployment code reads")
     _db_flag(sel)
 
     var = parser.command(sub, "variants", help="what each variant's recipe did: fusions, calibration, float nodes, pruning")
@@ -162,15 +165,15 @@ def _parser() -> Parser:
     _db_flag(var)
 
     nightly = parser.command(sub, "nightly", help="run a spec and report regressions against the previous run")
-    nightly.add_argument("spec", type=_path)
+    nightly.add_argument("spec", type=_path, help="spec YAML, as for run")
     nightly.add_argument("--report", type=_path, required=True, metavar="DIR",
                          help="writes DIR/report.md and DIR/junit.xml")
-    nightly.add_argument("--inventory", type=_path)
-    nightly.add_argument("--ray-address")
+    nightly.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
+    nightly.add_argument("--ray-address", help="join this Ray cluster instead of starting a local Ray")
     _db_flag(nightly)
 
     dash = parser.command(sub, "dashboard", help="start the Streamlit dashboard")
-    dash.add_argument("--port", type=_port, default=8501)
+    dash.add_argument("--port", type=_port, default=8501, help="the TCP port to listen on (default 8501)")
     dash.add_argument("--address", type=_address, default="127.0.0.1", metavar="ADDR",
                       help="the address to listen on (default 127.0.0.1: this machine only; docs/results.md "
                            "says how to serve a team behind an authenticating proxy)")

@@ -262,7 +262,7 @@ def _engine(url: str, label: str, mode: Mode, memory: bool = True) -> Engine:
                         "sqlite:///PATH and postgresql+psycopg://USER@HOST:PORT/DATABASE") from exc
     except ImportError as exc:
         raise UserError(f"{label}: the driver for {parsed.drivername!r} is not installed (no Python module "
-                        f"{exc.name!r}); install it, or use postgresql+psycopg:// (installed with EdgeFarm)") from exc
+                        f"{exc.name!r}); install it, or use postgresql+psycopg:// (EdgeFarm's postgres extra)") from exc
     except SAWarning as exc:
         raise UserError(f"{label}: {_first_line(exc)}") from exc
     except (ArgumentError, TypeError) as exc:
@@ -408,7 +408,7 @@ def _ensure_schema(engine: Engine, label: str, mode: Mode, attempts: int = 5) ->
                     return
                 if revision is None and not tables:
                     if mode == "read":
-                        raise UserError(f"{label}: the database has no EdgeFarm tables; {_NO_DATABASE}")
+                        raise UserError(f"{label}: the database has no EdgeFarm tables yet; `edgefarm run` makes them")
                     _may_create(engine, label, others)
                     if mode == "create":
                         _upgrade(engine, "head", MIGRATIONS)

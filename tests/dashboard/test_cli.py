@@ -76,6 +76,34 @@ def test_dashboard_command_serves_the_app_on_loopback_only(tmp_path: Path) -> No
     assert "anyone who can reach it" not in out
 
 
+async def websocket(port: int, host: str, origin: str) -> int:
+    """The status a proxy gets for the page's WebSocket when it sends ``host`` and the browser's ``origin``."""
+    import websockets
+
+    try:
+        async with websockets.connect(f"ws://{host}/_stcore/stream", host="127.0.0.1", port=port,
+                                      origin=origin, open_timeout=10):
+            return 101
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def test_a_proxy_that_keeps_the_host_header_gets_the_websocket(tmp_path: Path) -> None:
+    """What docs/results.md tells a team's proxy, checked against the installed Streamlit: keep the
+    browser's Host (with its port) and the WebSocket is same-origin; rewrite it and it is refused."""
+    import asyncio
+
+    proc, port = serve(tmp_path)
+    try:
+        public = "edgefarm.lab.example"
+        assert asyncio.run(websocket(port, public, f"https://{public}")) == 101
+        assert asyncio.run(websocket(port, f"{public}:8443", f"https://{public}:8443")) == 101  # $http_host
+        assert asyncio.run(websocket(port, public, f"https://{public}:8443")) == 403  # $host drops the port
+        assert asyncio.run(websocket(port, f"127.0.0.1:{port}", f"https://{public}")) == 403  # Host rewritten
+    finally:
+        stop(proc)
+
+
 def test_address_makes_it_listen_elsewhere_and_says_so(tmp_path: Path) -> None:
     proc, port = serve(tmp_path, "--address", "0.0.0.0")
     try:
