@@ -40,7 +40,7 @@ class Snapshot:
     @classmethod
     def of(cls, path: Path) -> Snapshot:
         # Read-only, immutable: taking the snapshot must not change what it measures.
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
         try:
             tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
             counts, h = {}, hashlib.sha256()

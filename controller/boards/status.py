@@ -40,13 +40,12 @@ def probe_boards(inventory_path: Path | None) -> list[dict[str, Any]]:
 
 def quarantine(db_url: str | None) -> dict[str, str]:
     """Quarantined board -> since when and why, from the results database."""
-    from controller.results.database import open_db
-    from controller.results.queries import database_exists
+    from controller.results.database import exists, open_db
     from controller.results.store import Board
 
-    if not database_exists(db_url):  # listing boards must not leave an empty database behind
+    if not exists(db_url):  # listing boards must not leave an empty database behind
         return {}
-    with open_db(db_url)() as db:
+    with open_db(db_url, create=False)() as db:
         return {b.name: f"since {b.quarantined_at:%Y-%m-%d %H:%M}: {b.quarantine_reason}"
                 for b in db.query(Board).filter(Board.quarantined_at.is_not(None))}
 
@@ -57,7 +56,7 @@ def release(name: str, db_url: str | None) -> str:
     from controller.results.database import open_db
     from controller.results.store import Board
 
-    with open_db(db_url)() as db:
+    with open_db(db_url, create=False)() as db:
         row = db.query(Board).filter_by(name=name).one_or_none()
         if row is None or row.quarantined_at is None:
             raise UserError(f"--release {name}: board {name!r} is not in quarantine")

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller.results.database import database_url
 from controller.results.store import Board, Job, Model, Result, Run, Variant
 
 
@@ -69,16 +67,6 @@ class BoardRow:
     last_seen: datetime | None
     last_error: str | None
     quarantine: str | None = None  # since when and why, while the board is quarantined
-
-
-def database_exists(url: str | None) -> bool:
-    """False for a SQLite file that is not there yet: opening it would create an empty one."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(database_url(url))
-    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
-        return True
-    return Path(parsed.database).is_file()
 
 
 def runs(session: Session, limit: int | None = None) -> list[RunRow]:

@@ -20,12 +20,11 @@ from controller.results import recording
 def check_resumable(db_url: str | None, run_id: int, spec: Spec) -> None:
     """Refuse now (``UserError``) a ``--resume`` that cannot be: no such database or run, a run made
     from another spec, a run that finished. Nothing is written, nothing is made."""
-    from controller.results.database import describe, open_db
-    from controller.results.queries import database_exists
+    from controller.results.database import describe, exists, open_db
 
-    if not database_exists(db_url):
+    if not exists(db_url):
         raise UserError(f"--resume {run_id}: there is no run {run_id}: the database {describe(db_url)} does not exist")
-    with open_db(db_url)() as db:
+    with open_db(db_url, create=False)() as db:
         recording.resumed_run(db, run_id, spec)
         db.rollback()  # a check only: the run is marked running when its jobs are written
 

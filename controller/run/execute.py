@@ -15,10 +15,12 @@ The run's ``started_at`` is when its measuring began, after its variants were co
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.protocol import ResultRecord, failed
+from controller.boards.chip_check import contradiction
 from controller.boards.health import golden, record
 from controller.build.cache import Cache
 from controller.build.compile import ModelBuild, build_all, convert_all, prepare_sources
@@ -62,7 +64,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     spec = loaded.spec
     if resume is not None:
         check_resumable(db_url, resume, spec)
-    boards = [inventory.board(name, inventory_source) for name in spec.boards]
+    boards = [inventory.board(name, inventory_source, loaded.source) for name in spec.boards]
     cache = Cache(cache_dir())
     prepared = prepare_sources(loaded, cache)
     check_datasets(loaded, prepared)
@@ -118,6 +120,10 @@ def _start(sessions: Any, boards: list[BoardSpec], actors: dict[str, Any], outco
     """Probe and health-check every board; record each one's state (and quarantine) in the database."""
     probes, problems = start_boards(boards, actors, golden(cache))
     by_name = {b.name: b for b in boards}
+    for name, probe in probes.items():
+        if why := contradiction(by_name[name].chip, probe.get("fingerprint")):
+            print(f"edgefarm: warning: board {name}: {why}; its results are filed under that chip "
+                  "(correct chip: in the inventory)", file=sys.stderr)
     with sessions() as db:
         for name in actors:
             row = recording.board_seen(db, by_name[name], probes.get(name), problems.get(name))

@@ -265,15 +265,9 @@ def test_permission_denied_is_one_line(kind: str, command: str, needle: str, tmp
 
 # -- the refusals are not over-broad ---------------------------------------------------------------
 
-# The release's variant records have an older shape ("nodes": {"before", "after"}, calibration as a
-# mapping) that variant_records.summary does not read yet: a KeyError, not a table.
-OLD_RECORDS = pytest.mark.xfail(strict=True, reason="variant_records.summary: KeyError 'nodes_before' on the "
-                                                    "release database's fp32 recipe record")
-
-
 @pytest.mark.parametrize("argv", [
     ("select",), ("select", "--format", "json"), ("select", "--objective", "throughput", "--latency-ceiling", "50"),
-    pytest.param(("variants",), marks=OLD_RECORDS),
+    ("variants",),  # the release's records have an older shape ("nodes": {"before", "after"})
     ("variants", "--model", "ppocr-det", "--format", "json"), ("db", "current"), ("db", "upgrade"),
 ], ids=" ".join)
 def test_reading_commands_work_on_the_real_database(argv: tuple[str, ...], tmp_path: Path) -> None:

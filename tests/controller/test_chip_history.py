@@ -47,3 +47,19 @@ def test_a_run_with_a_mistyped_chip_does_not_move_stored_history(tmp_path: Path,
     with open_db(url)() as db:
         assert {run: run_jobs(db, run) for run in (1, 2)} == old_jobs  # the dashboard's job tables too
         assert {b.name: b.chip for b in boards(db)}["local"] == TYPO  # the board is declared so now
+
+
+def test_a_run_on_a_board_declared_as_another_architecture_warns(tmp_path: Path, edgefarm_home: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import platform
+
+    wrong = "rk3399" if platform.machine() in ("x86_64", "AMD64") else "EPYC 7B13"
+    inventory = tmp_path / "lab.yaml"
+    inventory.write_text(yaml.safe_dump({"boards": [{"name": "local", "chip": wrong, "workdir": str(tmp_path / "b")}]}))
+    model = tmp_path / "digits.onnx"
+    digits_mlp(model)
+    assert main(["run", "--model", str(model), "--variants", "fp32", "--engines", "onnxruntime",
+                 "--inventory", str(inventory), "--db", f"sqlite:///{tmp_path / 'e.db'}"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"edgefarm: warning: board local: chip {wrong!r} declares")

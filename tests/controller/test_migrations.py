@@ -171,8 +171,8 @@ def test_auto_upgrade_when_the_environment_says_so(old_db: Path, monkeypatch: py
 def test_a_new_database_is_made_at_head_and_matches_the_models(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     url = _url(tmp_path / "new.db")
-    assert main(["db", "current", "--db", url]) == 0
-    assert capsys.readouterr().out.startswith("none (no EdgeFarm tables yet")
+    assert main(["db", "current", "--db", url]) == 2
+    assert "no database at" in capsys.readouterr().err
     assert not (tmp_path / "new.db").exists()  # asking made no file
 
     with open_db(url)() as db:
