@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_exit_2_and_keeps_results(ppocr_db: str, tmp_path:
         (["run", str(det_on_cls)], "model ppocr-cls: dataset ocr-det: ocr-det needs a fixed height >= 128"),
         (["run", "--model", str(tmp_path / "nope.onnx")], "model file not found"),
         (["run", "--model", str(not_onnx)], "is not a readable ONNX model"),
-        (["run", "--model", str(_cls_model()), "--input", "image=1x3x48x192"], "input 'image' is not in the model"),
+        (["run", "--model", str(_cls_model()), "--input", "image=1x3x48x192"], "has no input 'image'; its inputs: x"),
         (["run", "--model", str(_cls_model()), "--input", "x=1x3x48"], "has rank 4, the shape given has 3"),
         (["run", str(bad_engine)], "unknown engine 'tensorrt-x'"),
         (["run", str(bad_board)], "unknown board 'jetson-9'"),
