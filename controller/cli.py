@@ -323,16 +323,12 @@ def _finish(db: str | None, outcome, models: list[str], rule) -> None:  # rule: 
 
 def cmd_boards(args: argparse.Namespace) -> int:
     from controller.boards.status import list_boards, release
-    from controller.results.database import check_db, exists
 
+    # Releasing needs the database; listing reads its quarantines where there is one (a missing
+    # file stays missing, a URL that cannot be a database is refused), before probing any board.
     if args.release:
-        check_db(args.db, create=False)  # releasing changes a row: the database must be there
         print(release(args.release, args.db))
         return EXIT_OK
-    # Listing needs no database (it only adds quarantines): a missing file is fine and stays missing,
-    # but a URL that cannot be a database is refused, not ignored.
-    if exists(args.db):
-        check_db(args.db, create=False)
     print(list_boards(args.inventory, args.db))
     return EXIT_OK
 

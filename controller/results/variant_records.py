@@ -39,21 +39,22 @@ def summary(name: str, record: dict[str, Any]) -> str:
         return _mixed(record["mixed"])
     if "applied" in record:
         applied = ", ".join(f"{k} x{n}" for k, n in record["applied"].items())
-        nodes = record.get("nodes") or {}  # how records written before nodes_before/after said it
-        before, after = record.get("nodes_before", nodes.get("before", "?")), record.get("nodes_after", nodes.get("after", "?"))
+        nodes = record.get("nodes") or {}  # how an older release's records said it
+        before = record.get("nodes_before", nodes.get("before", "?"))
+        after = record.get("nodes_after", nodes.get("after", "?"))
         return f"{before} -> {after} nodes; {applied or 'nothing to fuse'}"
     if record.get("quantizer") == "nncf":
         weights = (record.get("quantized") or {}).get("int8_weight_ops") or {}
         return (f"NNCF {record.get('nncf')} ({record.get('preset')} preset) on {record.get('calibration_samples')} "
                 f"samples; int8 weights in {', '.join(f'{op} x{n}' for op, n in weights.items()) or 'no op'}")
     if "calibration" in record:
-        calibration = record["calibration"]
-        if isinstance(calibration, dict):  # an older release's record: {"samples": N, "seed": S}
-            calibration = f"{record.get('format', '')} seed {calibration.get('seed', '?')}".strip()
-            record = {**record, "calibration_samples": record["calibration"].get("samples", "?")}
+        calibration: Any = record["calibration"]
+        samples = record.get("calibration_samples", "?")
+        if isinstance(calibration, dict):  # an older release's record: {"samples": N, "seed": S}, no method
+            calibration, samples = "int8", calibration.get("samples", "?")
         scope = record.get("op_types") or "all"
         channels = "per-channel" if record.get("per_channel", True) else "per-tensor"
-        return (f"{calibration} calibration on {record.get('calibration_samples', '?')} samples, "
+        return (f"{calibration} calibration on {samples} samples, "
                 f"{channels} weights, ops quantized: {scope if isinstance(scope, str) else ', '.join(scope)}")
     ops = record.get("ops") or {}
     casts = f", {ops['Cast']} Cast" if ops.get("Cast") else ""
