@@ -11,7 +11,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from agent.protocol import INPUT_PREFIX, META_KEY, TASKS
+from agent.protocol import INPUT_PREFIX, META_KEY
+from agent.tasks.base import known_task, task_names
+from agent.tasks.preprocess import to_tensor
 
 
 class DatasetError(ValueError):
@@ -34,6 +36,7 @@ class Dataset:
         self.input_names: List[str] = names
         self._inputs: Dict[str, np.ndarray] = {}
         self._normalize: Dict[str, Optional[Dict[str, Any]]] = {}
+        self._preprocess: Dict[str, Optional[Dict[str, Any]]] = {}
         for name in names:
             key = INPUT_PREFIX + name
             if key not in arrays:
@@ -41,6 +44,7 @@ class Dataset:
             self._inputs[name] = arrays[key]
             spec = specs.get(name) or {}
             self._normalize[name] = spec.get("normalize")
+            self._preprocess[name] = spec.get("preprocess")
         self.labels: Dict[str, np.ndarray] = {
             k: v for k, v in arrays.items() if k != META_KEY and not k.startswith(INPUT_PREFIX)
         }
@@ -71,7 +75,11 @@ class Dataset:
             raise IndexError("%s: sample index out of range 0..%d" % (self.path, self.count - 1))
         out: Dict[str, np.ndarray] = {}
         for name in self.input_names:
-            out[name] = _to_tensor(self._inputs[name][idx], self._normalize[name], name)
+            decl = self._preprocess[name]
+            if decl is not None:  # images the controller preprocessed: normalized, laid out, typed as declared
+                out[name] = to_tensor(self._inputs[name][idx], decl)
+            else:
+                out[name] = _to_tensor(self._inputs[name][idx], self._normalize[name], name)
         return out
 
 
@@ -112,8 +120,8 @@ def load_dataset(path: str, require_task: bool = True) -> Dataset:
         raise DatasetError("%s: %s is not JSON: %s" % (path, META_KEY, exc)) from exc
     if not isinstance(meta, dict):
         raise DatasetError("%s: %s must hold a JSON object" % (path, META_KEY))
-    if require_task and meta.get("task") not in TASKS:
+    if require_task and not known_task(str(meta.get("task"))):
         raise DatasetError(
-            "%s: task %r is not one of %s" % (path, meta.get("task"), ", ".join(TASKS))
+            "%s: task %r is not one of %s" % (path, meta.get("task"), ", ".join(task_names()))
         )
     return Dataset(path, meta, arrays)

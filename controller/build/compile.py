@@ -16,6 +16,7 @@ from typing import Any, Callable
 from agent.protocol import sha256_file
 from controller.build.cache import Cache, key_of
 from controller.build.source import Prepared, prepare
+from controller.build.task_data import TaskData
 from controller.config.spec import LoadedSpec, ModelSpec, Spec
 from controller.errors import ModelError, one_line
 from controller.passes import get_pass
@@ -42,6 +43,7 @@ class ModelBuild:
     variants: dict[str, Artifact] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # variant -> why it did not compile
     calibration: Artifact | None = None  # calibration samples, when anything quantizes
+    task_module: Artifact | None = None  # a user's own task: its module, shipped with every job
 
 
 def _versions() -> dict[str, str]:
@@ -105,7 +107,8 @@ def prepare_sources(loaded: LoadedSpec, cache: Cache) -> dict[str, Prepared]:
         target = cache.path("sources", key_of(model=m.name, shapes=shapes, v=PREPARE_VERSION), ".onnx")
         prepared = prepare(m.resolve_path(loaded.base), label, shapes, target)
         try:
-            check_inputs(m.dataset.kind, {i.name: (i.shape, i.dtype) for i in prepared.inputs})
+            if m.dataset.kind != "files":  # the user's files are checked with their task (check_datasets)
+                check_inputs(m.dataset.kind, {i.name: (i.shape, i.dtype) for i in prepared.inputs})
         except ValueError as exc:
             raise ModelError(f"{label}: dataset {m.dataset.kind}: {exc}") from None
         out[m.name] = prepared
@@ -147,8 +150,9 @@ class _Tasks:
                 self.on_step(f"{what}: {'failed' if 'error' in meta else 'done'}")
 
 
-def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
+def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared], user_data: dict[str, TaskData] | None = None,
               on_step: Callable[[str], None] = lambda _msg: None) -> list[ModelBuild]:
+    """``user_data``: the datasets already built from the user's files (``controller.build.task_data``)."""
     import ray
 
     from controller.data.datasets import DATASET_VERSION, TASK_OF_KIND, write_subset
@@ -168,24 +172,18 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
         p = prepared[m.name]
         source_bytes = p.path.read_bytes()
         shapes = {i.name: (i.shape, i.dtype) for i in p.inputs}
-        build = ModelBuild(m, p, TASK_OF_KIND[m.dataset.kind], dataset=None, inputs=None)  # type: ignore[arg-type]
-        builds.append(build)
-        data_key = dict(kind=m.dataset.kind, shapes=shapes, v=DATASET_VERSION, model=p.sha256)
         ref = ray.put(source_bytes)
-        tasks.get(
-            f"{m.name} evaluation data", "datasets",
-            key_of(samples=m.dataset.samples, seed=m.dataset.seed, **data_key), ".npz",
-            lambda: dataset_task.remote(m.dataset.kind, shapes, m.dataset.samples, m.dataset.seed, ref),
-            partial(setattr, build, "dataset"),
-        )
-        if _needs_calibration(spec):
-            q = spec.quantization
-            seed = m.dataset.seed + CALIBRATION_SEED_OFFSET
-            tasks.get(
-                f"{m.name} calibration data", "datasets", key_of(samples=q.samples, seed=seed, **data_key), ".npz",
-                lambda: dataset_task.remote(m.dataset.kind, shapes, q.samples, seed, ref),
-                partial(_calibration_done, build),
-            )
+        if m.name in (user_data or {}):
+            td = (user_data or {})[m.name]
+            build = ModelBuild(m, p, td.setup.task, dataset=_artifact(td.evaluation, {"split": td.split}),
+                               inputs=None)  # type: ignore[arg-type]
+            build.calibration = _artifact(td.calibration, {}) if td.calibration else None
+            build.task_module = _artifact(td.setup.module, {}) if td.setup.module else None
+            builds.append(build)
+        else:
+            build = ModelBuild(m, p, TASK_OF_KIND[m.dataset.kind], dataset=None, inputs=None)  # type: ignore[arg-type]
+            builds.append(build)
+            _render_data(tasks, dataset_task, spec, m, build, shapes, ref, DATASET_VERSION, p.sha256)
         tasks.get(
             f"{m.name} fp32", "variants", _variant_key("fp32", p.sha256, None, None, {}, versions), ".onnx",
             lambda: pass_task.remote("fp32", ref, None, None, None, {}),
@@ -235,6 +233,26 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared],
             hit = (target, {})
         build.inputs = _artifact(*hit)
     return builds
+
+
+def _render_data(tasks: _Tasks, dataset_task: Any, spec: Spec, m: ModelSpec, build: ModelBuild,
+                 shapes: dict[str, tuple[tuple[int, ...], str]], ref: Any, version: int, model_sha: str) -> None:
+    """Render (or find cached) the evaluation data and, when anything quantizes, the calibration data."""
+    data_key = dict(kind=m.dataset.kind, shapes=shapes, v=version, model=model_sha)
+    tasks.get(
+        f"{m.name} evaluation data", "datasets",
+        key_of(samples=m.dataset.samples, seed=m.dataset.seed, **data_key), ".npz",
+        lambda: dataset_task.remote(m.dataset.kind, shapes, m.dataset.samples, m.dataset.seed, ref),
+        partial(setattr, build, "dataset"),
+    )
+    if _needs_calibration(spec):
+        q = spec.quantization
+        seed = m.dataset.seed + CALIBRATION_SEED_OFFSET
+        tasks.get(
+            f"{m.name} calibration data", "datasets", key_of(samples=q.samples, seed=seed, **data_key), ".npz",
+            lambda: dataset_task.remote(m.dataset.kind, shapes, q.samples, seed, ref),
+            partial(_calibration_done, build),
+        )
 
 
 def _calibration_done(build: ModelBuild, artifact: Artifact) -> None:

@@ -15,17 +15,18 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from controller.config.names import check_engine
+from controller.config.task import BUILTIN_TASKS, PostprocessSpec, PreprocessSpec, parse_pairs
 from controller.errors import ConfigError
 from controller.passes import get_pass, pass_names
 from controller.validation import Name, Strict, format_validation_error, load_yaml, parse, shown
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
-DATASET_KINDS = ("ocr-det", "ocr-rec", "ocr-cls", "seeded")
+DATASET_KINDS = ("ocr-det", "ocr-rec", "ocr-cls", "seeded", "files")
 
 
 class InputSpec(Strict):
@@ -41,12 +42,42 @@ class InputSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    kind: Literal["ocr-det", "ocr-rec", "ocr-cls", "seeded"] = Field(
-        "seeded", description="labelled data the project renders, or seeded inputs + fp32 outputs"
+    kind: Literal["ocr-det", "ocr-rec", "ocr-cls", "seeded", "files"] = Field(
+        "seeded", description="labelled data the project renders, seeded inputs + fp32 outputs, or the "
+        "user's own files (set by giving `path`)"
     )
+    path: str | None = Field(
+        None, description="your labelled images: a folder with one sub-folder per class, a CSV of path,label, "
+        "or a COCO JSON file (relative to the spec's folder)")
+    images: str | None = Field(None, description="COCO: the image folder (default: the JSON file's folder)")
     # strict: `samples: 2.5`, `samples: "200"` or `samples: true` is a mistake, not a count
-    samples: int = Field(200, ge=1, le=100_000, strict=True)
-    seed: int = Field(0, strict=True)
+    samples: int = Field(200, ge=1, le=100_000, strict=True,
+                         description="evaluation samples (your files: at most this many, after the calibration split)")
+    seed: int = Field(0, strict=True, description="rendering seed, or the seed of the calibration/evaluation split")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_form(cls, data: Any) -> Any:
+        if isinstance(data, str):  # `dataset: data/pets` is the common short form
+            return {"path": data, "kind": "files"}
+        if isinstance(data, dict) and data.get("path") is not None and "kind" not in data:
+            return {**data, "kind": "files"}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> "DatasetSpec":
+        if (self.kind == "files") != (self.path is not None):
+            raise ValueError("your own data is given by `path` (kind files); a rendered kind takes no path"
+                             if self.path is not None else "kind files needs the `path` of your data")
+        if self.images is not None and self.path is None:
+            raise ValueError("`images` is the image folder of a COCO `path`")
+        return self
+
+    def resolve(self, base: Path, key: str) -> Path:
+        assert key in ("path", "images")
+        value = getattr(self, key)
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
 
 
 def section_model(section: str, models: list[type[Strict]]) -> type[Strict]:
@@ -86,13 +117,50 @@ else:
     PruningSpec = _section("pruning")
 
 
+_TASK_OF_KIND = {"ocr-det": "ocr-det", "ocr-rec": "ocr-rec", "ocr-cls": "ocr-cls", "seeded": "raw"}
+
+
 class ModelSpec(Strict):
     name: Name
     path: str = Field(min_length=1, description="a file path, or pkg:PACKAGE/inside/path for a file a package ships")
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     dataset: DatasetSpec = DatasetSpec()
+    task: str | None = Field(
+        None, description=f"{', '.join(BUILTIN_TASKS)}, or a Python file of your own task; default: from the "
+        "dataset (a folder or CSV: classification, COCO JSON: detection; rendered kinds: their own; none: raw)")
+    labels: str | None = Field(None, description="classification: class names, one per line, in output order")
+    preprocess: PreprocessSpec | None = Field(None, description="how an image becomes the model's input")
+    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec, description="how outputs become predictions")
     pruning: PruningSpec | None = Field(
         None, description="this model's pruning keys over the spec's own (a learning rate or a target per model)")
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> "ModelSpec":
+        task, kind = self.task_name, self.dataset.kind
+        if task not in BUILTIN_TASKS and not task.endswith(".py"):
+            raise ValueError(f"task {task!r} is not one of {', '.join(BUILTIN_TASKS)}, nor a .py file of your own task")
+        if kind == "files" and task in _TASK_OF_KIND.values():
+            raise ValueError(f"task {task} does not read your files; with a dataset path the task is "
+                             "classification, detection or your own .py")
+        if kind != "files" and task != _TASK_OF_KIND[kind]:
+            raise ValueError(f"task {task} needs labelled data: give the dataset's `path`"
+                             if task in ("classification", "detection") or task.endswith(".py")
+                             else f"task {task} is measured on dataset kind {task if task != 'raw' else 'seeded'}, "
+                             f"not {kind}")
+        if self.labels is not None and task != "classification":
+            raise ValueError("labels name a classifier's classes; this model's task is " + task)
+        if self.preprocess is not None and kind != "files":
+            raise ValueError(f"preprocess applies to your own images; dataset kind {kind} makes its model's tensors itself")
+        return self
+
+    @property
+    def task_name(self) -> str:
+        """The task, as given or as the dataset implies."""
+        if self.task is not None:
+            return self.task
+        if self.dataset.kind != "files":
+            return _TASK_OF_KIND[self.dataset.kind]
+        return "detection" if str(self.dataset.path).lower().endswith(".json") else "classification"
 
     def resolve_path(self, base: Path, source: str = "", key: str = "path") -> Path:
         """The model file: ``path`` relative to ``base``, or inside an installed package (a
@@ -311,8 +379,16 @@ def spec_from_model(
     variants: list[str] | str | None,
     engines: list[str] | str | None,
     samples: int = 64,
+    *,
+    dataset: Path | None = None,
+    task: str | None = None,
+    labels: Path | None = None,
+    preprocess: list[str] | None = None,
+    postprocess: list[str] | None = None,
 ) -> LoadedSpec:
-    """The spec behind ``edgefarm run --model``: seeded inputs, accuracy = agreement with fp32.
+    """The spec behind ``edgefarm run --model``: seeded inputs, accuracy = agreement with fp32; or,
+    with ``dataset``, the task's metric on the user's labelled images (``--task``, ``--labels``,
+    ``--preprocess KEY=VALUE``, ``--postprocess KEY=VALUE``).
 
     ``variants`` and ``engines`` are the flags' names (or their comma-separated text); every
     error names the flag and the value given, as the user typed it."""
@@ -343,6 +419,21 @@ def spec_from_model(
             }
         ],
     }
+    pairs: dict[str, dict[str, str]] = {}
+    if dataset is not None:
+        entry = data["models"][0]
+        entry["dataset"] = {"path": str(dataset.resolve())}
+        for key, value in (("task", task), ("labels", str(labels.resolve()) if labels else None)):
+            if value is not None:
+                entry[key] = value
+        for flag, given in (("preprocess", preprocess), ("postprocess", postprocess)):
+            try:
+                pairs[flag] = parse_pairs(given or [], f"--{flag}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if pairs[flag]:
+                entry[flag] = pairs[flag]
+
     if variant_names is not None:
         data["variants"] = variant_names
     if engine_names is not None:
@@ -356,6 +447,14 @@ def spec_from_model(
             raise ConfigError(f"--variants {variants_text!r}: {message}") from None
         if loc[:1] == ("engines",):
             raise ConfigError(f"--engines {engines_text!r}: {message}") from None
+        if loc[:3] in (("models", 0, "preprocess"), ("models", 0, "postprocess")) and len(loc) > 3:
+            flag, key = str(loc[2]), str(loc[3])
+            given_as = f"{key}={pairs[flag][key]}" if key in pairs.get(flag, {}) else key
+            known = ", ".join((PreprocessSpec if flag == "preprocess" else PostprocessSpec).model_fields)
+            raise ConfigError(f"--{flag} {given_as!r}: {message}" + (f"; keys: {known}" if "extra" in first["type"]
+                                                                   else "")) from None
+        if loc[:3] == ("models", 0, "dataset") or loc == ("models", 0):  # the data and the task together
+            raise ConfigError(f"--data {str(dataset)!r}: {message}") from None
         if loc[:3] == ("models", 0, "inputs") and len(loc) > 3 and loc[3] in flags:
             raise ConfigError(f"--input {flags[str(loc[3])]!r}: {message} (got {shown(first.get('input'))})") from None
         raise ConfigError(format_validation_error(source, exc, Spec, data)) from None

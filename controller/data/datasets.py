@@ -27,9 +27,9 @@ import numpy as np
 
 from controller.data import ocr_render
 
-DATASET_VERSION = 1  # bump on any change to rendering or layout: the controller caches on it
+DATASET_VERSION = 2  # bump on any change to rendering or layout: the controller caches on it
 KINDS = ("ocr-det", "ocr-rec", "ocr-cls", "seeded")
-TASK_OF_KIND = {"ocr-det": "det", "ocr-rec": "rec", "ocr-cls": "cls", "seeded": "agreement"}
+TASK_OF_KIND = {"ocr-det": "ocr-det", "ocr-rec": "ocr-rec", "ocr-cls": "ocr-cls", "seeded": "raw"}
 
 DET_NORMALIZE = {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 LINE_NORMALIZE = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}

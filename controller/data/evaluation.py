@@ -17,7 +17,7 @@ def accuracy(model: Any, dataset: Path, threads: int = 1) -> float:
     import onnxruntime as ort
 
     from agent.dataset import load_dataset
-    from agent.metrics import evaluator_for
+    from agent.tasks import evaluator_for
 
     data = load_dataset(str(dataset))
     opts = ort.SessionOptions()

@@ -11,7 +11,9 @@ import re
 import tempfile
 from pathlib import Path
 
+from controller.build.cache import Cache
 from controller.build.source import Prepared
+from controller.build.task_data import TaskData, build_datasets
 from controller.config.spec import LoadedSpec, Spec
 from controller.errors import ModelError, UserError
 from controller.results import recording
@@ -29,21 +31,30 @@ def check_resumable(db_url: str | None, run_id: int, spec: Spec) -> None:
         db.rollback()  # a check only: the run is marked running when its jobs are written
 
 
-def check_datasets(loaded: LoadedSpec, prepared: dict[str, Prepared]) -> None:
+def check_datasets(loaded: LoadedSpec, prepared: dict[str, Prepared], cache: Cache) -> dict[str, TaskData]:
     """Make the first sample of every model's dataset, here and now: a dataset that cannot be made
     for its model (seeded inputs ONNX Runtime cannot run the model on, a model without inputs) is
     the user's to fix, and is refused before Ray starts and before any row is written. The whole
     sets are made later as Ray tasks, and what fails there is refused too
-    (``controller.build.compile.build_all``), still before the run's row exists."""
+    (``controller.build.compile.build_all``), still before the run's row exists.
+
+    The user's own files are read, checked, decoded and split in full here (cached by content):
+    every image must decode and every label fit, so all of it is checked before anything is
+    written. Returns those datasets by model name."""
     import onnxruntime
 
     from controller.data.datasets import make_dataset
 
+    user_data: dict[str, TaskData] = {}
+    calibration = loaded.spec.quantization.samples
     # ONNX Runtime logs a failing model to stderr itself; the one line the user gets is ours.
     onnxruntime.set_default_logger_severity(4)
     try:
         for m in loaded.spec.models:
             p = prepared[m.name]
+            if m.dataset.kind == "files":
+                user_data[m.name] = build_datasets(loaded, m, p, cache, calibration)
+                continue
             shapes = {i.name: (i.shape, i.dtype) for i in p.inputs}
             with tempfile.TemporaryDirectory(prefix="edgefarm-check-") as tmp:
                 try:
@@ -54,6 +65,7 @@ def check_datasets(loaded: LoadedSpec, prepared: dict[str, Prepared]) -> None:
                     raise ModelError(f"{loaded.source}: model {m.name}: dataset {m.dataset.kind}: {said}") from exc
     finally:
         onnxruntime.set_default_logger_severity(2)  # its default: warnings
+    return user_data
 
 
 def _said(exc: Exception) -> str:

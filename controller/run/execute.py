@@ -67,7 +67,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     boards = [inventory.board(name, inventory_source, loaded.source) for name in spec.boards]
     cache = Cache(cache_dir())
     prepared = prepare_sources(loaded, cache)
-    check_datasets(loaded, prepared)
+    user_data = check_datasets(loaded, prepared, cache)
     ensure_ray(ray_address)
 
     progress = RunProgress()
@@ -78,7 +78,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     sessions: Any = None
     try:
         with progress.stage("compile variants and render data", total=None) as step:
-            builds = build_all(loaded, cache, prepared, on_step=step)  # a dataset that fails in full stops here
+            builds = build_all(loaded, cache, prepared, user_data, on_step=step)  # a dataset that fails in full stops here
         sessions = open_db(db_url)
         bundle = build_agent_bundle(workspace() / "agent")
         with sessions() as db:
@@ -166,6 +166,7 @@ def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, prog
     check let through what a column refuses) is stored as the job's failure at stage ``result``:
     what a board sent never ends the run, nor keeps the other boards' results from being stored."""
     job = db.get(Job, p.row_id)
+    result = _scored(p, result)
     try:
         recording.job_result(db, job, result)
         db.commit()
@@ -173,11 +174,7 @@ def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, prog
         db.rollback()
         job = db.get(Job, p.row_id)
         refused = failed(f"job-{p.row_id}", "result", f"the board's result record could not be stored: {_cause(exc)}")
-        if "attempts" in result:  # the session's own figures, not the board's
-            refused["attempts"] = result["attempts"]
-        if "started_at" in result:
-            refused["started_at"] = result["started_at"]
-        recording.job_result(db, job, refused)
+        recording.job_result(db, job, _with_session_figures(refused, result))
         db.commit()
     if job.status == "ok":
         outcome.ok += 1
@@ -188,6 +185,31 @@ def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, prog
         outcome.failed += 1
         detail = f"failed at {job.stage}: {job.message}"
     progress.job_done(p.board, p.describe(), job.status == "ok", _printable(detail))
+
+
+def _scored(p: Planned, result: ResultRecord) -> ResultRecord:
+    """A result whose task the controller scores (detection's COCO mAP, a user's own metric) with
+    its figures in place of the predictions the board returned; a scoring failure fails the job
+    at stage ``accuracy``."""
+    from controller.data.scoring import needs_scoring, score
+
+    if result.get("status") != "ok" or not needs_scoring(result.get("accuracy")):
+        return result
+    module = p.model.task_module.path if p.model.task_module else None
+    try:
+        return {**result, "accuracy": score(dict(result["accuracy"] or {}), p.model.dataset.path, module)}
+    except Exception as exc:  # noqa: BLE001 - what the board returned or the user's metric raised: this job's failure
+        refused = failed(f"job-{p.row_id}", "accuracy", f"scoring the board's predictions failed: {one_line(exc)}")
+        return _with_session_figures(refused, result)
+
+
+def _with_session_figures(refused: ResultRecord, result: ResultRecord) -> ResultRecord:
+    """A failure standing in for ``result``, with the session's own figures (not the board's) kept."""
+    if "attempts" in result:
+        refused["attempts"] = result["attempts"]
+    if "started_at" in result:
+        refused["started_at"] = result["started_at"]
+    return refused
 
 
 def _cause(exc: BaseException) -> str:

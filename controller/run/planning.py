@@ -140,8 +140,11 @@ def job_payload(p: Planned, spec: Spec) -> JobRecord:
 def job_files(p: Planned) -> dict[str, tuple[Path, str]]:
     """The files a job needs on the board, by role: (local path, sha256)."""
     art = p.artifact or p.model.variants[p.variant]
-    return {
+    files = {
         "model": (art.path, art.sha256),
         "inputs": (p.model.inputs.path, p.model.inputs.sha256),
         "dataset": (p.model.dataset.path, p.model.dataset.sha256),
     }
+    if p.model.task_module is not None:  # a user's own task: its postprocessing runs on the board
+        files["task"] = (p.model.task_module.path, p.model.task_module.sha256)
+    return files

@@ -71,7 +71,7 @@ def finetune(teacher: Any, student: Any, train: Path, options: PruningOptions, b
     torch.set_num_threads(1)
 
     data = load_dataset(str(train))
-    labels = data.labels.get("label") if data.task == "cls" else None
+    labels = data.labels.get("label") if data.task in ("cls", "ocr-cls") else None
     if labels is None and not distill:
         raise FinetuneUnsupported(f"a {data.task} dataset has no labels to train on without distillation")
     outputs = heads(student)
