@@ -39,7 +39,7 @@ def bench_model(which: str, methods: list[str], work: Path) -> list[dict[str, An
     from agent.dataset import load_dataset
     from agent.engines import get_engine
     from agent.job import unpack_model
-    from agent.metrics import evaluator_for
+    from agent.tasks import evaluator_for
     from controller.build.source import prepare
     from controller.convert import ConvertInput, converter_for
     from controller.data.datasets import make_dataset

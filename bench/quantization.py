@@ -110,7 +110,7 @@ def bench_model(args: argparse.Namespace, short: str, methods: list[str], per_ch
                 samples: list[int], n_eval: int, work: Path, op_types: list[str] | None) -> dict[str, Any]:
     from agent.dataset import load_dataset
     from agent.engines import get_engine
-    from agent.metrics import evaluator_for
+    from agent.tasks import evaluator_for
     from controller.build.compile import CALIBRATION_SEED_OFFSET
     from controller.build.source import prepare
     from controller.config.spec import load_spec

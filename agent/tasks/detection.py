@@ -207,7 +207,8 @@ class Detection(Task):
             raise ValueError("unknown detection decoder %r; known: %s" % (decoder, ", ".join(sorted(DECODERS))))
         boxes, scores, classes = DECODERS[decoder](outputs, self.params)
         if "geometry" in sample:
-            w, h = sample.get("size") or (1 << 30, 1 << 30)
+            size = sample.get("size")
+            w, h = (1 << 30, 1 << 30) if size is None else size
             boxes = to_original(boxes, sample["geometry"], int(w), int(h))
         return boxes, scores, classes
 

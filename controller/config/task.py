@@ -137,6 +137,11 @@ class PostprocessSpec(Strict):
         "auto", description="yolo: candidates carry an objectness score (YOLOv5) or not (YOLOv8/v11)")
     strides: list[int] | None = Field(
         None, description="yolo: a raw YOLOX head without its decode, e.g. [8, 16, 32]: decoded on these grids")
+    @field_validator("strides", mode="before")
+    @classmethod
+    def _stride_forms(cls, value: Any) -> Any:
+        return [int(v) for v in _numbers(value)] if isinstance(value, str) else value
+
     box: Literal["cxcywh", "xyxy", "xywh", "yxyx"] | None = Field(
         None, description="box coordinates order; default cxcywh for yolo, yxyx for ssd")
     normalized: Literal["auto", True, False] = Field("auto", description="boxes in [0, 1] of the input size")

@@ -71,7 +71,7 @@ def read(path: Path, task: str, images: Path | None = None, labels: Path | None 
     if task == "detection":
         if path.suffix.lower() != ".json" or not path.is_file():
             raise DataError(f"{path}: a detection dataset is a COCO JSON file (with its image folder)")
-        return _read_coco(path, images or path.parent)
+        return _read_coco(path, images or _coco_images(path))
     if path.is_dir():
         found = _read_folder(path)
     elif path.suffix.lower() == ".csv":
@@ -157,6 +157,16 @@ def _read_labels(path: Path) -> list[str]:
     if twice:
         raise DataError(f"{path}: class {twice[0]!r} is named twice")
     return names
+
+
+def _coco_images(path: Path) -> Path:
+    """The image folder of a COCO file not told otherwise: its own folder, or ``images/`` beside it."""
+    try:
+        first = json.loads(path.read_text(encoding="utf-8-sig"))["images"][0]["file_name"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError):
+        return path.parent  # _read_coco says what is wrong with the file
+    beside = path.parent / "images"
+    return beside if not (path.parent / str(first)).is_file() and (beside / str(first)).is_file() else path.parent
 
 
 def _read_coco(path: Path, folder: Path) -> ImageSet:
