@@ -80,4 +80,11 @@ PADDLE_VENV=${PADDLE_VENV:-.venv-paddle}
 venv_310 "$PADDLE_VENV" "Paddle Lite jobs will fail at convert" \
   "paddlepaddle==2.6.2" "x2paddle==1.6.0" "paddlelite==2.13rc0" \
   "onnx==1.16.2" "numpy==1.26.4" "protobuf==3.20.3" "six==1.17.0" "requests==2.34.2"
+# The labelled images examples/classification.yaml and examples/detection.yaml read, composed
+# by construction (a user brings their own instead).
+if [ ! -f examples/data/.complete ]; then
+  echo "setup: composing the example datasets in examples/data"
+  "$VENV/bin/python" -m controller.data.composed examples/data >/dev/null
+  touch examples/data/.complete
+fi
 echo "setup: ready ($("$VENV/bin/python" --version), $VENV; test boards: $BOARD_VENV; Paddle tools: $PADDLE_VENV)"

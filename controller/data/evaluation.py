@@ -18,6 +18,7 @@ def accuracy(model: Any, dataset: Path, threads: int = 1) -> float:
 
     from agent.dataset import load_dataset
     from agent.tasks import evaluator_for
+    from controller.data.scoring import needs_scoring, score
 
     data = load_dataset(str(dataset))
     opts = ort.SessionOptions()
@@ -36,7 +37,10 @@ def accuracy(model: Any, dataset: Path, threads: int = 1) -> float:
         outs = session.run(None, {n: batch[n] for n in names})
         for k, i in enumerate(idx):
             evaluator.add(i, [o[k:k + 1] for o in outs])
-    return float(evaluator.result()["value"])
+    result = evaluator.result()
+    if needs_scoring(result):  # detection's mAP: scored here as after a board's job
+        result = score(result, dataset)
+    return float(result["value"])
 
 
 def latency_ms(model: Any, dataset: Path, runs: int = 30, threads: int = 1) -> float:

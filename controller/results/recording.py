@@ -38,9 +38,11 @@ class PlannedJob(Protocol):
     def key(self) -> tuple[str, str, str, str, str]: ...
 
 
-def new_run(db: Session, spec: Spec, spec_base: str, kind: str) -> Run:
+def new_run(db: Session, spec: Spec, spec_base: str, kind: str, datasets: dict[str, Any] | None = None) -> Run:
+    """The run's row. ``datasets``: per model, the data it was scored on (task, sha256 of the
+    evaluation file, and for the user's own files the seeded calibration/evaluation split)."""
     run = Run(spec_name=spec.name, spec_sha256=spec.digest(), spec=spec.model_dump(mode="json"),
-              spec_base=spec_base, kind=kind)
+              spec_base=spec_base, kind=kind, summary={"datasets": datasets or {}})
     run.status = "running"
     db.add(run)
     db.flush()
@@ -80,7 +82,7 @@ def finish_run(db: Session, run_id: int, status: str, skipped: dict[str, str], r
     # Counted from the rows: a resumed run's summary covers its earlier jobs too.
     statuses = [j.status for j in db.query(Job).filter_by(run_id=run.id)]
     run.summary = {"ok": statuses.count("ok"), "failed": statuses.count("failed"),
-                   "skipped": skipped, "resumed": resumed}
+                   "skipped": skipped, "resumed": resumed, "datasets": (run.summary or {}).get("datasets", {})}
 
 
 def quarantined(db: Session, boards: list[BoardSpec]) -> dict[str, str]:

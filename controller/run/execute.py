@@ -93,7 +93,7 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
             _convert(spec, plan, builds, cache, step)
         with sessions() as db:  # the run and its jobs: one transaction, after every check
             run: Run = (recording.resumed_run(db, resume, spec) if resume is not None
-                        else recording.new_run(db, spec, str(loaded.base), kind))
+                        else recording.new_run(db, spec, str(loaded.base), kind, _datasets(builds)))
             recording.add_jobs(db, run.id, plan, resuming=resume is not None)
             db.commit()
             outcome.run_id = run.id
@@ -113,6 +113,12 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
                 recording.finish_run(db, outcome.run_id, status, outcome.skipped, outcome.resumed)
                 db.commit()
     return outcome
+
+
+def _datasets(builds: list[ModelBuild]) -> dict[str, Any]:
+    """What each model was scored on, for the run's record."""
+    return {b.spec.name: {"task": b.task, "sha256": b.dataset.sha256, **b.dataset.meta.get("split", {})}
+            for b in builds}
 
 
 def _start(sessions: Any, boards: list[BoardSpec], actors: dict[str, Any], outcome: RunOutcome,

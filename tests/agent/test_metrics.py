@@ -14,7 +14,8 @@ import pytest
 
 import agent.metrics as metrics
 from agent.dataset import Dataset, load_dataset
-from agent.metrics import components, ctc_greedy_decode, db_boxes, edit_distance, evaluator_for, iou, match
+from agent.metrics import components, ctc_greedy_decode, db_boxes, edit_distance, iou, match
+from agent.tasks import evaluator_for
 from controller.data import datasets
 from tests.models import ocr_model
 
@@ -169,7 +170,7 @@ def test_agreement_hand_made() -> None:
 
 
 def test_evaluator_for_refuses_what_it_cannot_score() -> None:
-    with pytest.raises(ValueError, match="no metric for task 'seg'"):
+    with pytest.raises(ValueError, match="unknown task 'seg'; known: classification, detection"):
         evaluator_for(SimpleNamespace(task="seg", params={}, labels={}))
     with pytest.raises(ValueError, match="'text'"):
         evaluator_for(SimpleNamespace(task="rec", params={}, labels={"charset": np.array(["a"])}))

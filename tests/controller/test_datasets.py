@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from agent.dataset import load_dataset
-from agent.metrics import evaluator_for
+from agent.tasks import evaluator_for
 from controller.data import datasets, ocr_render
 from tests.models import ocr_model
 
@@ -41,11 +41,11 @@ def _meta(path: Path) -> dict:
     return json.loads(str(_arrays(path)["__meta__"]))
 
 
-def test_kinds_map_to_protocol_tasks() -> None:
-    from agent.protocol import TASKS
+def test_kinds_map_to_registered_tasks() -> None:
+    from agent.tasks import task_names
 
     assert set(datasets.KINDS) == set(datasets.TASK_OF_KIND)
-    assert set(datasets.TASK_OF_KIND.values()) == set(TASKS)
+    assert set(datasets.TASK_OF_KIND.values()) <= set(task_names())
     assert isinstance(datasets.DATASET_VERSION, int)
 
 
@@ -53,7 +53,7 @@ def test_det_layout_and_boxes(tmp_path: Path) -> None:
     meta = datasets.make_dataset("ocr-det", DET, 12, 3, tmp_path / "det.npz")
     arrays = _arrays(tmp_path / "det.npz")
     assert meta == _meta(tmp_path / "det.npz")
-    assert meta["task"] == "det" and meta["count"] == 12
+    assert meta["task"] == "ocr-det" and meta["count"] == 12
     assert meta["inputs"]["x"]["normalize"]["mean"] == [0.485, 0.456, 0.406]
     assert meta["params"]["thresh"] == 0.3 and meta["params"]["box_thresh"] == 0.6
     x, boxes = arrays["input:x"], arrays["boxes"]
@@ -79,7 +79,7 @@ def test_det_layout_and_boxes(tmp_path: Path) -> None:
 def test_rec_layout_and_charset(tmp_path: Path, rec_model: Path) -> None:
     meta = datasets.make_dataset("ocr-rec", REC, 30, 1, tmp_path / "rec.npz", model_path=rec_model)
     arrays = _arrays(tmp_path / "rec.npz")
-    assert meta["task"] == "rec" and arrays["input:x"].shape == (30, 3, 48, 320)
+    assert meta["task"] == "ocr-rec" and arrays["input:x"].shape == (30, 3, 48, 320)
     charset = arrays["charset"].tolist()
     assert len(charset) == 6624 and charset[-1] == " "  # model chars + PaddleOCR's space class
     texts = arrays["text"].tolist()
@@ -169,7 +169,7 @@ def test_seeded_reference_outputs(tmp_path: Path) -> None:
     model = _tiny_model(tmp_path / "tiny.onnx")
     inputs = {"a": ((1, 2, 4), "float32"), "ids": ((1, 3), "int64")}
     meta = datasets.make_dataset("seeded", inputs, 16, 5, tmp_path / "s.npz", model_path=model)
-    assert meta["task"] == "agreement" and meta["params"]["outputs"] == ["logits", "pooled", "total"]
+    assert meta["task"] == "raw" and meta["params"]["outputs"] == ["logits", "pooled", "total"]
     arrays = _arrays(tmp_path / "s.npz")
     a, ids = arrays["input:a"], arrays["input:ids"]
     assert a.dtype == np.float32 and a.shape == (16, 2, 4) and abs(a.mean()) < 0.5 and 0.5 < a.std() < 1.5

@@ -17,7 +17,7 @@ pytest.importorskip("MNN")
 from agent.dataset import load_dataset  # noqa: E402
 from agent.engines import EngineError, EngineUnavailable, get_engine, probe_engines  # noqa: E402
 from agent.job import run_job  # noqa: E402
-from agent.metrics import evaluator_for  # noqa: E402
+from agent.tasks import evaluator_for  # noqa: E402
 from controller.build.source import prepare  # noqa: E402
 from controller.convert import ConversionError, ConvertInput, converted_engines, converter_for  # noqa: E402
 from controller.data.datasets import make_dataset  # noqa: E402

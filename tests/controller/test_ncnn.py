@@ -20,7 +20,7 @@ pytest.importorskip("pnnx")
 from agent.dataset import Dataset, load_dataset  # noqa: E402
 from agent.engines import EngineError, get_engine  # noqa: E402
 from agent.job import run_job, unpack_model  # noqa: E402
-from agent.metrics import evaluator_for  # noqa: E402
+from agent.tasks import evaluator_for  # noqa: E402
 from controller.convert import ConversionError, ConvertInput, converter_for, ncnn_int8  # noqa: E402
 from controller.convert import ncnn as ncnn_convert  # noqa: E402
 from tests.models import ocr_model  # noqa: E402

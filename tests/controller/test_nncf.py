@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.dataset import load_dataset
 from agent.engines.openvino import OpenVinoEngine
-from agent.metrics import evaluator_for
+from agent.tasks import evaluator_for
 from controller.build.source import prepare
 from controller.data.datasets import make_dataset
 from controller.passes import PassInput, run_pass

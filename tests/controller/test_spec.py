@@ -56,7 +56,7 @@ def test_optimization_example_asks_for_every_optimized_variant_with_its_models_o
         (lambda s: s.update(colour="blue"), "colour: unknown key (got 'blue'); the keys allowed here: name, models,"),
         (lambda s: s["models"][0].update(pth="x.onnx"), "models.0.pth: unknown key (got 'x.onnx')"
                                                         ", in model 'ppocr-det'; did you mean 'path'? "
-                                                        "The keys allowed here: name, path, inputs, dataset, pruning"),
+                                                        "The keys allowed here: name, path, inputs, dataset, task, labels, preprocess, postprocess, pruning"),
         (lambda s: s["models"][0]["inputs"]["x"].update(shape=[1, 3, -640, 640]), "models.0.inputs.x.shape"),
         (lambda s: s.update(variants=["fp32", "fp8"]), "unknown variant 'fp8'"),
         (lambda s: s.update(engines=["onnxruntime", "tensorrtx"]), "unknown engine 'tensorrtx'"),
