@@ -62,11 +62,13 @@ def accuracy_points(df: pd.DataFrame, budget: float, width: int = 220, columns: 
     import altair as alt
 
     data, order = _prepare(df.dropna(subset=["accuracy"]))
+    # Each panel names its model's metric (top1, mAP50, hmean, ...): a shared axis title cannot.
+    data["group"] = data["group"] + " · " + data["accuracy_metric"].fillna("accuracy")
     data["floor"] = data["accuracy"] + data["accuracy_drop"] - budget  # NaN where no reference
     x = alt.X("variant:N", sort=order, title=None, axis=alt.Axis(labelAngle=0))
     points = alt.Chart().mark_point(filled=True, size=90).encode(
         x=x, xOffset=alt.XOffset("engine:N"),
-        y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False), title="accuracy (task metric)",
+        y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False), title="task metric (named above each panel)",
               axis=alt.Axis(format=".4~f")),
         color=alt.Color("engine:N", **ENGINE_COLOR),
         tooltip=TOOLTIP,

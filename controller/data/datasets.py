@@ -87,7 +87,7 @@ def rendered(dataset: Path) -> bool:
     """Was ``dataset`` made by controller.data.datasets (so more samples like it can be made)?"""
     with np.load(dataset, allow_pickle=False) as npz:
         source = json.loads(str(npz["__meta__"])).get("source") or {}
-    return "kind" in source and "seed" in source
+    return source.get("kind") in KINDS and "seed" in source  # not "files": the user's images are all there is
 
 
 def extend_dataset(dataset: Path, samples: int, model: Path, out: Path, seed_offset: int = 0) -> Path:

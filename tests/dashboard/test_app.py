@@ -190,6 +190,8 @@ def test_charts_show_every_measured_configuration(monkeypatch: pytest.MonkeyPatc
     assert shown == pytest.approx({(c.model, c.engine, c.variant): c.p50_ms for c in cands})
     assert {"onnxruntime", "openvino"} <= set(bars["engine"])
     assert {"fp32", "fp16", "int8"} <= set(bars["variant"])
+    points = chart_data(charts[1])[0]  # each accuracy panel names its model's metric
+    assert set(points["group"]) == {f"{c.model} · {c.accuracy_metric}" for c in cands}
     lines = chart_data(charts[3])[0]
     measured = {(c.model, c.engine, c.variant, r["batch"]): r["items_per_s"]
                 for c in cands for r in c.throughput if "error" not in r}
