@@ -86,7 +86,7 @@ def read(path: Path, task: str, images: Path | None = None, labels: Path | None 
     unknown = sorted(set(text) - set(classes))
     if unknown:
         raise DataError(f"{labels}: class {unknown[0]!r} of {path} is not in the labels file "
-                        f"({len(unknown)} classes missing)")
+                        f"({len(unknown)} class{'es' if len(unknown) > 1 else ''} missing)")
     index = {c: i for i, c in enumerate(classes)}
     return ImageSet(path, task, files, classes, labels=[index[t] for t in text], label_text=text)
 
@@ -99,7 +99,8 @@ def _read_folder(path: Path) -> tuple[list[Path], list[str]]:
     classes = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         loose = _images_in(path)
-        raise DataError(f"{path}: no class sub-folders" + (f" ({len(loose)} images lie loose in it: put each "
+        lie = f"{len(loose)} image{'s lie' if len(loose) > 1 else ' lies'} loose"
+        raise DataError(f"{path}: no class sub-folders" + (f" ({lie} in it: put each "
                         "class's images in a sub-folder named after the class)" if loose else " and no images"))
     files: list[Path] = []
     text: list[str] = []
