@@ -447,8 +447,12 @@ def spec_from_model(
             raise ConfigError(f"--variants {variants_text!r}: {message}") from None
         if loc[:1] == ("engines",):
             raise ConfigError(f"--engines {engines_text!r}: {message}") from None
-        if loc[:3] in (("models", 0, "preprocess"), ("models", 0, "postprocess")) and len(loc) > 3:
-            flag, key = str(loc[2]), str(loc[3])
+        if loc[:3] in (("models", 0, "preprocess"), ("models", 0, "postprocess")):
+            flag = str(loc[2])
+            if len(loc) == 3:  # keys that contradict each other: all of them, as typed
+                raise ConfigError(f"--{flag} {' '.join(f'{k}={v}' for k, v in pairs.get(flag, {}).items())!r}: "
+                                  f"{message}") from None
+            key = str(loc[3])
             given_as = f"{key}={pairs[flag][key]}" if key in pairs.get(flag, {}) else key
             known = ", ".join((PreprocessSpec if flag == "preprocess" else PostprocessSpec).model_fields)
             raise ConfigError(f"--{flag} {given_as!r}: {message}" + (f"; keys: {known}" if "extra" in first["type"]

@@ -232,6 +232,12 @@ def _read_coco(path: Path, folder: Path) -> ImageSet:
 def check_fits(data: ImageSet, outputs: list[list[int | None]], params: dict[str, Any]) -> None:
     """Refuse a dataset whose class count the model's output contradicts."""
     n = len(data.classes)
+    if data.task == "detection" and params.get("decoder") == "yolo" and len(outputs) == 1:
+        dims = [d for d in outputs[0][1:] if isinstance(d, int)]
+        # One candidate axis and one of box values + (objectness) + class scores: 4 + C or 5 + C.
+        if len(dims) == 2 and not {4 + n, 5 + n} & set(dims):
+            raise DataError(f"{data.source}: {n} categories ({_few(data.classes)}), but the model's output "
+                            f"{outputs[0]} holds no row of 4 + {n} or 5 + {n} values: wrong number of classes")
     if data.task == "classification" and outputs and outputs[0] and isinstance(outputs[0][-1], int):
         scores = outputs[0][-1]
         if scores != n:

@@ -129,6 +129,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _coco(coco / "wrong-size.json", images=[
         {"id": 1, "file_name": "p1.png", "width": 40, "height": 30},
         {"id": 2, "file_name": "p2.png", "width": 48, "height": 30}])
+    _coco(coco / "three-categories.json", categories=[
+        {"id": 1, "name": "character"}, {"id": 2, "name": "digit"}, {"id": 3, "name": "mark"}])
     _coco(coco / "ok.json")
 
     real_database(d)  # d / "edgefarm.db": runs 1 and 2 done, run 3 interrupted
@@ -182,6 +184,8 @@ CASES = [
          ("/coco/box-outside.json: ", "annotation 3", "[30, 10, 20, 5] lies outside image 1 (40x30)")),
     Case("coco-unknown-category", (*DET, "--data", "coco/unknown-category.json", *LETTERBOX),
          ("/coco/unknown-category.json: ", "annotation 4 names category 9", "not in 'categories'")),
+    Case("coco-more-categories-than-the-detector-scores", (*DET, "--data", "coco/three-categories.json", *LETTERBOX),
+         ("/coco/three-categories.json: ", "3 categories (character, digit, mark)", "wrong number of classes")),
     Case("coco-image-size-differs", (*DET, "--data", "coco/wrong-size.json", *LETTERBOX),
          ("/coco/p2.png: ", "the image is 40x30, the COCO file says 48x30")),
     # --preprocess: its form, its fit to the model, and its place
@@ -198,26 +202,14 @@ CASES = [
     Case("preprocess-no-geometry-for-a-model-without-metadata", (*CLS, "--data", "good"),
          ("--model orientation.onnx", "say how an image is resized", "[1, 3, 224, 224]", "metadata does not say")),
     Case("preprocess-without-data", (*CLS, *RESIZE), ("--preprocess", "go with --data PATH")),
-]
-
-# Refused, but the line does not name the flag the user typed: marked, not papered over.
-WRONG = [
-    pytest.param(
-        Case("preprocess-letterbox-and-resize", (*CLS, "--data", "good", "--preprocess", "letterbox=224", *RESIZE),
-             ("--preprocess", "letterbox already resizes")),
-        marks=pytest.mark.xfail(strict=True, reason="spec_from_model maps only a field's error to its flag; "
-                                "PreprocessSpec's own check comes out as 'models.0.preprocess: ...'"),
-        id="preprocess-letterbox-and-resize"),
+    # Keys that contradict each other: the line names all of them, as typed.
+    Case("preprocess-letterbox-and-resize", (*CLS, "--data", "good", "--preprocess", "letterbox=224", *RESIZE),
+         ("--preprocess 'letterbox=224 resize=224'", "letterbox already resizes")),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_a_bad_dataset_is_refused_in_one_line_and_nothing_is_stored(case: Case, folder: Path) -> None:
-    assert_refused(case, folder, folder / "edgefarm.db")
-
-
-@pytest.mark.parametrize("case", WRONG)
-def test_refusals_that_do_not_yet_name_the_flag(case: Case, folder: Path) -> None:
     assert_refused(case, folder, folder / "edgefarm.db")
 
 

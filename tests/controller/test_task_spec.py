@@ -272,13 +272,12 @@ def test_a_flag_error_names_the_flag_as_typed(tiny: tuple[Path, Path], flags: di
         str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="spec_from_model maps only a field's error to its flag; PreprocessSpec's "
-                   "own cross-key check comes out as '--model M: models.0.preprocess: ...'")
 def test_a_cross_key_preprocess_error_names_the_flags(tiny: tuple[Path, Path]) -> None:
     model, pets = tiny
     with pytest.raises(ConfigError) as caught:
         spec_from_model(model, [], None, None, dataset=pets, preprocess=["letterbox=32", "resize=32"])
-    assert str(caught.value).startswith("--preprocess"), str(caught.value)
+    assert str(caught.value).startswith("--preprocess 'letterbox=32 resize=32': letterbox already resizes"), \
+        str(caught.value)
 
 
 def test_flags_that_fit_make_the_spec(tiny: tuple[Path, Path]) -> None:
