@@ -46,7 +46,7 @@ def _digits(tmp: Path) -> dict[str, Path]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from controller.data.datasets import _write_npz
+    from controller.data.datasets import write_npz
     from controller.passes import PassInput, run_pass
     from tests.models import digits_mlp
 
@@ -58,7 +58,7 @@ def _digits(tmp: Path) -> dict[str, Path]:
     paths = {"fp32": tmp / "fp32.onnx"}
     for name, xs, ys in (("train", xtr, ytr), ("calibration", xte[:150], yte[:150]), ("eval", xte[150:], yte[150:])):
         paths[name] = tmp / f"{name}.npz"
-        _write_npz(paths[name], {"task": "cls", "count": len(xs), "inputs": {"pixels": {"normalize": None}},
+        write_npz(paths[name], {"task": "cls", "count": len(xs), "inputs": {"pixels": {"normalize": None}},
                                  "params": {}}, {"input:pixels": xs, "label": ys.astype(np.int64)})
     return paths
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,9 @@ def characters_image(rng: np.random.Generator):  # -> (PIL.Image, list of [x, y,
         # The ink of the glyph alone, from its own mask: textbbox includes side bearings.
         mask = Image.new("L", (size * 2, size * 2), 0)
         ImageDraw.Draw(mask).text((size // 2, size // 4), ch, fill=255, font=font)
-        left, top, right, bottom = mask.getbbox()
+        ink_box = mask.getbbox()
+        assert ink_box is not None, f"{ch!r} drew no ink"
+        left, top, right, bottom = ink_box
         gw, gh = right - left, bottom - top
         if x + gw + 8 > w:
             break
@@ -129,7 +132,8 @@ def characters_image(rng: np.random.Generator):  # -> (PIL.Image, list of [x, y,
 
 def characters_coco(out: Path, images: int, seed: int) -> Path:
     """``out/images/*.png|jpg`` and ``out/annotations.json`` (COCO, one category: character)."""
-    records, annotations = [], []
+    records: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in range(images):
         img, boxes = characters_image(_rng("characters", seed, i))
         path = _save(img, out / "images" / f"chars-{i:04d}", i)

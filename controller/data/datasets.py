@@ -79,7 +79,7 @@ def make_dataset(
         "params": params,
         "source": {"kind": kind, "seed": seed, "dataset_version": DATASET_VERSION, "made_with": _made_with(kind)},
     }
-    _write_npz(Path(out_path), meta, arrays)
+    write_npz(Path(out_path), meta, arrays)
     return meta
 
 
@@ -139,7 +139,7 @@ def write_subset(dataset_path: Path, count: int, out_path: Path) -> None:
         if not 1 <= count <= meta["count"]:
             raise ValueError(f"subset of {count} samples asked from {dataset_path}, which has {meta['count']}")
         arrays = {key: data[key][:count] for key in data.files if key.startswith("input:")}
-    _write_npz(Path(out_path), {**meta, "count": count}, arrays)
+    write_npz(Path(out_path), {**meta, "count": count}, arrays)
 
 
 def _made_with(kind: str) -> str:
@@ -157,7 +157,7 @@ def _made_with(kind: str) -> str:
 # --- files ---------------------------------------------------------------------------------
 
 
-def _write_npz(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed, but byte-identical for identical data (fixed member timestamps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

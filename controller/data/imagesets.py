@@ -273,7 +273,7 @@ def split(count: int, calibration: int, samples: int, seed: int) -> tuple[list[i
     return sorted(order[:n_cal]), sorted(order[n_cal:n_cal + samples])
 
 
-def decode(file: Path, data: ImageSet) -> np.ndarray:
+def decode(file: Path) -> np.ndarray:
     from PIL import UnidentifiedImageError
 
     from agent.tasks.preprocess import decode_image
@@ -288,13 +288,13 @@ def write_split(data: ImageSet, indices: list[int], decl: dict[str, Any], input_
                 out: Path, source: dict[str, Any], preprocess_fn: Any = None) -> None:
     """Decode and preprocess the images ``indices`` and write them, with their labels, as one dataset file."""
     from agent.tasks.preprocess import geometry
-    from controller.data.datasets import _write_npz
+    from controller.data.datasets import write_npz
 
     images: list[np.ndarray] = []
     geos: list[Any] = []
     sizes: list[tuple[int, int]] = []
     for i in indices:
-        image = decode(data.files[i], data)
+        image = decode(data.files[i])
         h, w = image.shape[:2]
         if data.task == "detection":
             want = data.coco["images"][i]
@@ -323,7 +323,7 @@ def write_split(data: ImageSet, indices: list[int], decl: dict[str, Any], input_
     input_meta = {input_name: {"normalize": None} if preprocess_fn is not None else {"preprocess": decl}}
     meta = {"task": "custom" if data.task not in ("classification", "detection") else data.task,
             "count": len(indices), "inputs": input_meta, "params": task_params, "source": source}
-    _write_npz(out, meta, arrays)
+    write_npz(out, meta, arrays)
 
 
 def _detection_labels(data: ImageSet, indices: list[int]) -> dict[str, np.ndarray]:

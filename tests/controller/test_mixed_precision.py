@@ -11,7 +11,7 @@ import pytest
 
 from agent.dataset import load_dataset
 from controller.build.source import prepare
-from controller.data.datasets import _write_npz, extend_dataset, make_dataset
+from controller.data.datasets import extend_dataset, make_dataset, write_npz
 from controller.data.evaluation import accuracy
 from controller.passes import PassInput, run_pass
 from controller.passes.int8 import Int8Options, quantize
@@ -51,7 +51,7 @@ def test_the_search_keeps_nodes_in_float_until_the_budget_holds(cls: tuple[Path,
         arrays = {k: data[k] for k in data.files if k != "__meta__"}
     arrays["input:x"] = (arrays["input:x"] * 0.1).astype(arrays["input:x"].dtype)
     dim = tmp_path / "dim.npz"
-    _write_npz(dim, meta, arrays)
+    write_npz(dim, meta, arrays)
 
     out = tmp_path / "mixed.onnx"
     minmax = Int8Options(calibration="minmax")

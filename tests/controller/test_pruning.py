@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from controller.build.source import prepare
-from controller.data.datasets import _write_npz, extend_dataset, make_dataset
+from controller.data.datasets import extend_dataset, make_dataset, write_npz
 from controller.data.evaluation import accuracy
 from controller.passes import PassInput, run_pass
 from controller.passes.finetune import FinetuneUnsupported, losses, training
@@ -263,7 +263,7 @@ def _digits(tmp: Path) -> dict[str, Path]:
     paths = {"fp32": tmp / "fp32.onnx"}
     for name, xs, ys in (("train", xtr, ytr), ("calibration", xte[:150], yte[:150]), ("eval", xte[150:], yte[150:])):
         paths[name] = tmp / f"{name}.npz"
-        _write_npz(paths[name], {"task": "cls", "count": len(xs), "inputs": {"pixels": {"normalize": None}}, "params": {}},
+        write_npz(paths[name], {"task": "cls", "count": len(xs), "inputs": {"pixels": {"normalize": None}}, "params": {}},
                    {"input:pixels": xs, "label": ys.astype(np.int64)})
     return paths
 
@@ -304,7 +304,7 @@ def test_finetuning_without_labels_distills_alone_and_without_distillation_needs
     with np.load(d["train"]) as npz:
         arrays = {"input:pixels": npz["input:pixels"]}
     unlabelled = tmp_path / "unlabelled.npz"
-    _write_npz(unlabelled, {"task": "agreement", "count": len(arrays["input:pixels"]),
+    write_npz(unlabelled, {"task": "agreement", "count": len(arrays["input:pixels"]),
                             "inputs": {"pixels": {"normalize": None}}, "params": {}}, arrays)
     tuned, report = training.finetune(model, student, unlabelled, PruningOptions(epochs=20, lr=1e-2))
     assert not report["labels"] and report["distill"]
@@ -363,7 +363,7 @@ def test_distillation_reads_a_softmax_behind_a_reshape_and_pulls_the_student_to_
     assert head == {"output": 0, "tensor": "flat", "kind": "softmax", "axis": -1}
     x = rng.standard_normal((512, 8, 12)).astype(np.float32)
     data = tmp_path / "train.npz"
-    _write_npz(data, {"task": "agreement", "count": len(x), "inputs": {"x": {"normalize": None}}, "params": {}},
+    write_npz(data, {"task": "agreement", "count": len(x), "inputs": {"x": {"normalize": None}}, "params": {}},
                {"input:x": x})
 
     def agreement(model: onnx.ModelProto) -> float:
