@@ -49,7 +49,9 @@ def setup(loaded: LoadedSpec, m: ModelSpec, prepared: Prepared, data: imagesets.
             raise ConfigError(f"{where}: task: {m.task_name!r} does not exist")
     given = m.preprocess.model_dump(exclude_unset=True) if m.preprocess else {}
     layout = given.get("layout") or ("nhwc" if inp.shape[-1] == 3 and inp.shape[1] != 3 else "nchw")
-    decl_in = {**metadata_preprocess(meta), "layout": layout, **given}
+    # The input's own element type, where it is one an image can be fed as (a float16 or uint8 input).
+    dtype = inp.dtype if inp.dtype in ("float16", "uint8") else "float32"
+    decl_in = {**metadata_preprocess(meta), "layout": layout, "dtype": dtype, **given}
     decl = PreprocessSpec.model_validate(decl_in)
     if not decl.has_geometry() and module is None:
         raise ConfigError(f"{where}: preprocess: say how an image is resized (resize=WxH, letterbox=WxH, or "
