@@ -43,9 +43,26 @@ def test_coco_file_is_valid_for_pycocotools_and_boxes_lie_in_their_images(tmp_pa
         for ann in anns:
             x, y, w, h = ann["bbox"]
             assert w > 4 and h > 4 and x >= 0 and y >= 0 and x + w <= im["width"] and y + h <= im["height"]
-        # Side by side, never overlapping.
-        spans = sorted((a["bbox"][0], a["bbox"][0] + a["bbox"][2]) for a in anns)
-        assert all(left[1] <= right[0] for left, right in zip(spans, spans[1:]))
+        # Never overlapping: no two boxes share a pixel.
+        boxes = [a["bbox"] for a in anns]
+        for k, (x, y, w, h) in enumerate(boxes):
+            for bx, by, bw, bh in boxes[k + 1:]:
+                assert x + w <= bx or bx + bw <= x or y + h <= by or by + bh <= y, (im["file_name"], boxes)
+
+
+def test_a_characters_box_is_its_ink_and_the_ink_is_the_size_drawn() -> None:
+    import numpy as np
+
+    for k, ch in enumerate("AgW7x"):
+        mask = composed._glyph(np.random.default_rng(k), ch, 40)
+        ink = np.asarray(mask) > 0
+        # Every edge row and column of the crop holds ink: the box is as tight as the glyph.
+        assert ink[0].any() and ink[-1].any() and ink[:, 0].any() and ink[:, -1].any(), ch
+        assert abs(mask.height - 40) <= 2, (ch, mask.size)  # an "x" is as tall as an "X"
+
+
+def test_the_command_line_needs_one_folder(capsys) -> None:
+    assert composed.main([]) == 2 and "usage" in capsys.readouterr().err
 
 
 def test_orientation_folder_rotates_the_same_page_into_each_class(tmp_path: Path) -> None:
