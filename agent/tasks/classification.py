@@ -2,7 +2,7 @@
 
 The output is [1, C] (or [C]) logits or probabilities: ranking is the same either way, and a
 score is reported as a probability (softmax of logits; probabilities that already sum to 1 are
-kept as they are).
+kept as they are, within float16's rounding).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from agent.tasks.base import Task, register
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if x.size and x.min() >= 0.0 and abs(float(x.sum()) - 1.0) < 1e-3:
+    if x.size and x.min() >= 0.0 and abs(float(x.sum()) - 1.0) < 1e-2:
         return x
     e = np.exp(x - x.max()) if x.size else x
     return e / e.sum() if x.size else x
@@ -31,9 +31,11 @@ class Classification(Task):
     def postprocess(self, outputs: List[np.ndarray], sample: Dict[str, Any]) -> Dict[str, Any]:
         """``{"top": [{"label", "index", "score"}]}``, best first, at most ``top_k`` entries."""
         p = probabilities(outputs[0])
+        names = self.params.get("classes") or []
+        if names and p.size != len(names):
+            raise ValueError("the model gave %d class scores, there are %d class names" % (p.size, len(names)))
         k = min(int(self.params.get("top_k", 5)), p.size)
         order = np.argsort(-p, kind="stable")[:k]
-        names = self.params.get("classes") or []
         return {"top": [{"label": names[i] if i < len(names) else str(i), "index": int(i), "score": float(p[i])}
                         for i in order.tolist()]}
 

@@ -125,6 +125,7 @@ def _grid_decode(out: np.ndarray, strides: List[int], size: Tuple[int, int]) -> 
 
 def _ssd_outputs(outputs: List[np.ndarray], params: Dict[str, Any]) -> Dict[str, Optional[np.ndarray]]:
     """boxes, scores, classes, count: by the declared or recognised output names, else by shape."""
+    outputs = [np.asarray(o) for o in outputs]  # matched by identity below: one array object each
     names = [str(n).lower() for n in params.get("output_names") or []]
     found: Dict[str, Optional[np.ndarray]] = {"boxes": None, "scores": None, "classes": None, "count": None}
     words = {"boxes": ("box",), "scores": ("score", "conf"), "classes": ("class", "label"), "count": ("num", "count")}
@@ -142,7 +143,7 @@ def _ssd_outputs(outputs: List[np.ndarray], params: Dict[str, Any]) -> Dict[str,
     for o in list(rest):  # what names did not settle: by shape
         if found["boxes"] is None and o.shape[-1:] == (4,) and o.ndim >= 2:
             found["boxes"] = o
-        elif found["count"] is None and o.size == 1:
+        elif found["count"] is None and o.size == 1 and o.ndim <= 1:  # scores [1, 1] is one detection
             found["count"] = o
         elif found["scores"] is None:
             found["scores"] = o

@@ -204,3 +204,17 @@ def test_evaluator_for_a_detection_dataset_returns_predictions(characters: tuple
     ev = evaluator_for(data)
     ev.add(0, [np.zeros((1, 3549, 6), np.float32)])
     assert ev.result() == {"metric": "mAP50", "value": None, "samples": 1, "metrics": {}, "predictions": [[]]}
+
+
+def test_ssd_outputs_found_by_shape_keep_a_single_detection() -> None:
+    """Unnamed outputs (TFLite's StatefulPartitionedCall:N): scores [1, 1] are one detection, not the count."""
+    outputs = [[[[0.1, 0.2, 0.5, 0.6]]], [[0.9]], [[0.0]], [1.0]]  # lists, as a runtime may hand them
+    params = {"decoder": "ssd", "input_size": [100, 100], "score": 0.25, "output_names": ["a:0", "a:1", "a:2", "a:3"]}
+    boxes, scores, classes = get_task("detection", params).detect(outputs, {})
+    np.testing.assert_allclose(boxes, [[20, 10, 60, 50]])  # yxyx, normalized -> xyxy pixels
+    assert scores.tolist() == [0.9] and classes.tolist() == [0]
+
+
+def test_classification_postprocess_refuses_a_class_count_it_cannot_name() -> None:
+    with pytest.raises(ValueError, match="4 class scores, there are 3 class names"):
+        get_task("classification", {"classes": ["a", "b", "c"]}).postprocess([np.zeros((1, 4))], {})
