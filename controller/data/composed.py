@@ -161,7 +161,8 @@ def _ink(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, in
     while True:
         colour = rng.integers(0, 200, 3)
         if colour @ luma <= limit:
-            return tuple(int(v) for v in colour)
+            r, g, b = (int(v) for v in colour)
+            return r, g, b
 
 
 def _glyph(rng: np.random.Generator, ch: str, height: int):  # -> PIL "L" mask cropped to its ink
