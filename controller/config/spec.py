@@ -457,6 +457,8 @@ def spec_from_model(
             known = ", ".join((PreprocessSpec if flag == "preprocess" else PostprocessSpec).model_fields)
             raise ConfigError(f"--{flag} {given_as!r}: {message}" + (f"; keys: {known}" if "extra" in first["type"]
                                                                    else "")) from None
+        if loc == ("models", 0) and message.startswith("labels ") and labels is not None:
+            raise ConfigError(f"--labels {str(labels)!r}: {message}") from None
         if loc[:3] == ("models", 0, "dataset") or loc == ("models", 0):  # the data and the task together
             raise ConfigError(f"--data {str(dataset)!r}: {message}") from None
         if loc[:3] == ("models", 0, "inputs") and len(loc) > 3 and loc[3] in flags:

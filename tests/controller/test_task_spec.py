@@ -262,7 +262,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     ({"postprocess": ["strides=8,x"]}, "--postprocess 'strides=8,x': expected numbers A,B,C"),
     ({"postprocess": ["top-k=3"]}, "--postprocess 'top-k=3': Extra inputs are not permitted; keys: top_k"),
     ({"task": "detection", "labels": Path("labels.txt")},
-     "labels name a classifier's classes; this model's task is detection"),
+     "--labels 'labels.txt': labels name a classifier's classes; this model's task is detection"),
 ])
 def test_a_flag_error_names_the_flag_as_typed(tiny: tuple[Path, Path], flags: dict[str, Any], said: str) -> None:
     model, pets = tiny
