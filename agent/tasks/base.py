@@ -4,12 +4,13 @@ A task is preprocessing (``agent.tasks.preprocess``, declared in the spec) + pos
 metric. ``postprocess`` turns one sample's model outputs into a prediction a person (or the
 deployment bundle) reads; ``evaluator`` scores a whole dataset on the board. A task whose metric
 needs a library the board does not have (COCO mAP) or the user's own code returns its
-predictions from the board instead (``scored_on_board = False``), and the controller scores them
+predictions from the board instead (a ``PredictionsEvaluator``), and the controller scores them
 (``controller.data.scoring``).
 """
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Dict, List, Type, TypeVar
 
 import numpy as np
@@ -55,21 +56,21 @@ def get_task(name: str, params: Dict[str, Any]) -> "Task":
     return TASKS.get(name)(params)
 
 
-class Task:
+class Task(abc.ABC):
     name = ""
     metric = ""  # the primary metric: what selection's accuracy budget applies to
-    scored_on_board = True
 
     def __init__(self, params: Dict[str, Any]) -> None:
         self.params = dict(params)
 
+    @abc.abstractmethod
     def postprocess(self, outputs: List[np.ndarray], sample: Dict[str, Any]) -> Any:
         """One sample's outputs (batch 1, model output order) -> its JSON-able prediction.
         ``sample`` holds the sample's own facts (original size, geometry) where the task needs them."""
-        raise NotImplementedError("task %s has no postprocessing" % self.name)
 
+    @abc.abstractmethod
     def evaluator(self, labels: Dict[str, np.ndarray]) -> Evaluator:
-        raise NotImplementedError("task %s has no evaluator" % self.name)
+        """The evaluator of a dataset with these labels: it scores, or collects predictions."""
 
     @staticmethod
     def need(labels: Dict[str, np.ndarray], key: str) -> np.ndarray:

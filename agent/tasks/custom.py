@@ -47,7 +47,6 @@ def load_module(path: str) -> ModuleType:
 @register
 class Custom(Task):
     name = "custom"
-    scored_on_board = False
 
     def __init__(self, params: Dict[str, Any]) -> None:
         super().__init__(params)

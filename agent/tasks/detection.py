@@ -195,7 +195,6 @@ def _size(params: Dict[str, Any]) -> Tuple[int, int]:
 @register
 class Detection(Task):
     name = "detection"
-    scored_on_board = False
 
     @property
     def metric(self) -> str:  # type: ignore[override]

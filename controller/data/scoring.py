@@ -1,5 +1,5 @@
 """Scores that need the controller: a task whose board returns predictions (``agent.tasks``,
-``scored_on_board = False``) is scored here, against the dataset file's labels.
+a ``PredictionsEvaluator``) is scored here, against the dataset file's labels.
 
 - detection: COCO mAP by pycocotools' own COCOeval, on the original images' ids, categories,
   areas and crowd flags, so the figures are the library's, never a re-implementation;
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +26,39 @@ def needs_scoring(accuracy: Any) -> bool:
 
 def score(accuracy: dict[str, Any], dataset: Path, module: Path | None = None) -> dict[str, Any]:
     """The accuracy block with its figures computed from its predictions (a ValueError says why not)."""
-    from agent.dataset import load_dataset
-
-    data = load_dataset(str(dataset))
+    task, count, params, labels = _labels(dataset)
     predictions = accuracy["predictions"]
-    if not isinstance(predictions, list) or len(predictions) != data.count:
+    if not isinstance(predictions, list) or len(predictions) != count:
         raise ValueError(f"the board returned {len(predictions) if isinstance(predictions, list) else 'no'} "
-                         f"predictions for {data.count} samples")
-    if data.task == "detection":
-        metrics = coco_map(data.labels, predictions, data.params)
-        metric = str(data.params.get("metric", "mAP50"))
-    elif data.task == "custom":
+                         f"predictions for {count} samples")
+    if task == "detection":
+        metrics = coco_map(labels, predictions, params)
+        metric = str(params.get("metric", "mAP50"))
+    elif task == "custom":
         if module is None:
             raise ValueError("a custom task is scored by its module, and none was given")
         from agent.tasks.custom import load_module
 
         mod = load_module(str(module))
-        texts = [str(t) for t in data.labels["label_text"].tolist()]
+        texts = [str(t) for t in labels["label_text"].tolist()]
         metrics = {str(k): float(v) for k, v in dict(mod.metric(predictions, texts)).items()}
         metric = str(mod.METRIC)
         if metric not in metrics:
             raise ValueError(f"the task module's metric() gave {sorted(metrics)}, not its METRIC {metric!r}")
     else:
-        raise ValueError(f"task {data.task} is scored on the board")
-    return {"metric": metric, "value": float(metrics[metric]), "samples": data.count, "metrics": metrics}
+        raise ValueError(f"task {task} is scored on the board")
+    return {"metric": metric, "value": float(metrics[metric]), "samples": count, "metrics": metrics}
+
+
+def _labels(dataset: Path) -> tuple[str, int, dict[str, Any], dict[str, np.ndarray]]:
+    """A dataset file's task, count, parameters and labels; its images stay compressed, unread
+    (scoring runs once per job, and the images are most of the file)."""
+    from agent.protocol import INPUT_PREFIX, META_KEY
+
+    with np.load(dataset, allow_pickle=False) as npz:
+        meta = json.loads(str(npz[META_KEY]))
+        labels = {k: npz[k] for k in npz.files if k != META_KEY and not k.startswith(INPUT_PREFIX)}
+    return str(meta.get("task")), int(meta["count"]), dict(meta.get("params") or {}), labels
 
 
 def coco_map(labels: dict[str, np.ndarray], predictions: list[Any], params: dict[str, Any]) -> dict[str, float]:
