@@ -7,6 +7,10 @@
     edgefarm nightly SPEC.yaml --report DIR  run, compare with the previous run, exit 1 on regression
     edgefarm dashboard                       the Streamlit app over the database
     edgefarm db upgrade | current            the database's schema revision: upgrade it in place, or print it
+    edgefarm bundle --chip C --model M --out D   a deployment bundle from the selection for a chip
+    edgefarm deploy BUNDLE --board B         install it on boards: verify, switch, smoke-test, roll back on failure
+    edgefarm deployments                     what runs where, and drift from what the database says
+    edgefarm predict --board B IMAGE         run a board's current bundle on an image
 
 A user's mistake (a bad spec, a missing model, a flag's value out of range, a database URL that
 points nowhere) is one line on stderr and exit status 2; docs/cli.md lists every command, its flags
@@ -190,6 +194,46 @@ def _parser() -> Parser:
                       help="the address to listen on (default 127.0.0.1: this machine only; docs/results.md "
                            "says how to serve a team behind an authenticating proxy)")
     _db_flag(dash)
+
+    bundle = parser.command(sub, "bundle", help="build a deployment bundle for a chip from the selection table")
+    bundle.add_argument("--chip", required=True, help="the chip, as `edgefarm select` names it")
+    bundle.add_argument("--model", action="append", required=True, metavar="NAME",
+                        help="a model of the database (repeatable; an OCR detector, classifier and recognizer "
+                             "together make one pipeline)")
+    bundle.add_argument("--budget", type=_budget, default=0.01, help="largest accepted accuracy drop against fp32")
+    bundle.add_argument("--engine", help="with --variant: this engine instead of the selection's (one --model only)")
+    bundle.add_argument("--variant", help="with --engine: this configuration label, e.g. int8 or fp32@bf16")
+    bundle.add_argument("--out", type=_path, required=True, metavar="DIR|FILE.tar.gz",
+                        help="a new folder, or a .tar.gz file")
+    _db_flag(bundle)
+
+    deploy = parser.command(sub, "deploy", help="install a bundle on boards, smoke-test it, roll back on failure")
+    deploy.add_argument("bundle", nargs="?", type=_path, help="a bundle folder or .tar.gz from `edgefarm bundle`")
+    deploy.add_argument("--board", action="append", required=True, metavar="NAME", help="a board (repeatable)")
+    deploy.add_argument("--canary", type=lambda t: _integer(t, 1, None, "a number of boards (1 or more)"),
+                        metavar="N", help="deploy to the first N boards first; the rest only if all of them pass")
+    deploy.add_argument("--rollback", action="store_true", help="go back one release on each --board")
+    deploy.add_argument("--serve", type=_port, metavar="PORT",
+                        help="also run the bundle's HTTP server on the board, as a service that outlives the deploy")
+    deploy.add_argument("--latency-factor", type=_number, default=3.0, metavar="F",
+                        help="the smoke test fails when the board's end-to-end p50 exceeds F times the farm's figure")
+    deploy.add_argument("--keep", type=lambda t: _integer(t, 2, None, "a number of releases (2 or more)"), default=3,
+                        metavar="N", help="releases kept on each board (default 3)")
+    deploy.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
+    _db_flag(deploy)
+
+    deps = parser.command(sub, "deployments", help="what runs where: current and previous bundle, status, drift")
+    deps.add_argument("--board", metavar="NAME", help="only this board")
+    deps.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
+    deps.add_argument("--format", choices=["table", "json"], default="table")
+    _db_flag(deps)
+
+    predict = parser.command(sub, "predict", help="run a board's current bundle on an image")
+    predict.add_argument("image", type=_path, help="a JPEG or PNG file on this machine")
+    predict.add_argument("--board", required=True, metavar="NAME")
+    predict.add_argument("--json", action="store_true", help="print the JSON result")
+    predict.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
+    _db_flag(predict)
 
     db = parser.command(sub, "db", help="the database's schema: upgrade it in place, or print its revision")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="{upgrade,current}")
@@ -451,8 +495,33 @@ def cmd_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from controller.deploy.bundler import bundle_command
+
+    return bundle_command(args)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from controller.deploy.deployer import deploy_command
+
+    return deploy_command(args)
+
+
+def cmd_deployments(args: argparse.Namespace) -> int:
+    from controller.deploy.status import deployments_command
+
+    return deployments_command(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from controller.deploy.deployer import predict_command
+
+    return predict_command(args)
+
+
 COMMANDS = {"run": cmd_run, "boards": cmd_boards, "select": cmd_select, "variants": cmd_variants, "nightly": cmd_nightly,
-            "dashboard": cmd_dashboard, "db": cmd_db}
+            "dashboard": cmd_dashboard, "db": cmd_db, "bundle": cmd_bundle, "deploy": cmd_deploy,
+            "deployments": cmd_deployments, "predict": cmd_predict}
 
 if __name__ == "__main__":
     sys.exit(main())
