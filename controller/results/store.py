@@ -3,6 +3,7 @@
     runs ──< jobs >── boards          one row per job, failed or not: a failure is data
               │  └─── variants >── models
               └── results          measurements, raw latency samples, accuracy, fingerprint
+    deployments                    one row per deploy or rollback of a bundle on a board
 
 A job keeps the chip and fingerprint its board had when it ran, and history is grouped by those;
 ``boards.chip`` is only what the board is declared as now.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -136,3 +137,25 @@ class Result(Base):
     fingerprint: Mapped[dict] = mapped_column(JSON)
     raw: Mapped[dict] = mapped_column(JSON)  # the agent's whole result record, for later questions
     job: Mapped[Job] = relationship(back_populates="result")
+
+
+class Deployment(Base):
+    """One deploy or rollback of a bundle on one board, written as it goes: a deploy that
+    crashes half way leaves its row (status failed, or still without finished_at)."""
+
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    board: Mapped[str] = mapped_column(String(64), index=True)
+    bundle_id: Mapped[str] = mapped_column(String(16))
+    previous_bundle_id: Mapped[str | None] = mapped_column(String(16))
+    chip: Mapped[str] = mapped_column(String(128))
+    models: Mapped[list] = mapped_column(JSON)  # [{name, engine, variant, label}]
+    manifest: Mapped[dict] = mapped_column(JSON)
+    action: Mapped[str] = mapped_column(String(16))  # deploy | rollback
+    status: Mapped[str] = mapped_column(String(16))  # ok | failed | rolled-back
+    reason: Mapped[str | None] = mapped_column(Text)
+    smoke: Mapped[dict | None] = mapped_column(JSON)  # the smoke test's figures
+    canary: Mapped[bool] = mapped_column(Boolean, default=False)
+    serve_port: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
