@@ -5,6 +5,7 @@
     python agent-<hash>.pyz ls DIR          # file names in DIR as JSON ([] when DIR is absent)
     python agent-<hash>.pyz clean JOBDIR    # remove a finished job's work directory
     python agent-<hash>.pyz prune DIR --max-mb N   # bound the artifact cache, LRU first
+    python agent-<hash>.pyz release ACTION ROOT ... # deployed bundles (agent/releases.py)
 
 ``run`` exits 0 whenever a result (ok or failed) was written, non-zero only when even the
 result could not be written. ``probe`` prints the protocol, fingerprint and engines as JSON.
@@ -182,7 +183,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     prune = sub.add_parser("prune", help="keep an artifact cache under a size, least recently used first")
     prune.add_argument("dir")
     prune.add_argument("--max-mb", type=float, required=True)
+    from agent.releases import add_parser as add_release_parser
+
+    add_release_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "release":
+        from agent.releases import main as release_main
+
+        if args.action is None:
+            parser.parse_args(["release", "--help"])
+        return release_main(args)
     if args.command == "run":
         return cmd_run(args.job, args.out)
     if args.command == "probe":
