@@ -196,6 +196,23 @@ def install(root: str, bundle_id: str) -> Dict[str, Any]:
     return {"installed": bundle_id, "already": False, "replaced": replaced}
 
 
+def discard(root: str, bundle_id: str) -> Dict[str, Any]:
+    """Remove what a push of ``bundle_id`` left: its incoming folder, and its release unless that
+    release is in use (current, previous or served). For a bundle refused after install."""
+    check_id(bundle_id)
+    removed: List[str] = []
+    incoming = _path(root, "incoming", bundle_id)
+    if os.path.isdir(incoming):
+        shutil.rmtree(incoming)
+        removed.append("incoming/" + bundle_id)
+    in_use = (current(root), previous(root), server_state(root).get("release"))
+    release = _path(root, "releases", bundle_id)
+    if os.path.isdir(release) and bundle_id not in in_use:
+        shutil.rmtree(release)
+        removed.append("releases/" + bundle_id)
+    return {"removed": removed}
+
+
 def _switch(root: str, bundle_id: Optional[str]) -> None:
     """Point ``current`` at releases/<id> (relative link) in one os.replace, or remove it."""
     link = _path(root, "current")
@@ -386,7 +403,15 @@ def state(root: str) -> Dict[str, Any]:
     return {"current": current(root), "previous": previous(root), "releases": installed(root),
             "history": hist["history"], "failed": hist["failed"],
             "incoming": sorted(os.listdir(incoming)) if os.path.isdir(incoming) else [],
-            "server": server_state(root), "link": _link_target(root)}
+            "server": server_state(root), "link": _link_target(root), "models": _models(root)}
+
+
+def _models(root: str) -> List[Dict[str, Any]]:
+    """The current release's models as its manifest names them (name, engine, variant)."""
+    manifest = _read_json(_path(root, "current", "manifest.json"), {})
+    models = manifest.get("models") if isinstance(manifest, dict) else None
+    return [{k: m.get(k) for k in ("name", "engine", "variant", "label")}
+            for m in models if isinstance(m, dict)] if isinstance(models, list) else []
 
 
 def _link_target(root: str) -> Optional[str]:
@@ -401,6 +426,8 @@ def main(args: Any) -> int:
     try:
         if args.action == "install":
             result = install(args.root, args.id)
+        elif args.action == "discard":
+            result = discard(args.root, args.id)
         elif args.action == "activate":
             result = activate(args.root, args.id)
         elif args.action == "rollback":
@@ -427,7 +454,8 @@ def add_parser(sub: Any) -> None:
     release = sub.add_parser("release", help="deployed bundles: install, activate, roll back, serve")
     actions = release.add_subparsers(dest="action")
     for name, text in (("install", "verify deploy/incoming/ID and move it into releases/"),
-                       ("activate", "switch deploy/current to releases/ID atomically")):
+                       ("activate", "switch deploy/current to releases/ID atomically"),
+                       ("discard", "remove a pushed bundle's incoming folder, and its release if not in use")):
         p = actions.add_parser(name, help=text)
         p.add_argument("root")
         p.add_argument("id")

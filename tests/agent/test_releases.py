@@ -50,7 +50,8 @@ def make_bundle(folder: Path, tag: str) -> str:
     (folder / "models" / "m" / "model.onnx").write_bytes(f"weights {tag}".encode())
     files = {rel: hashlib.sha256((folder / rel).read_bytes()).hexdigest()
              for rel in ("bundle.pyz", "models/m/model.onnx")}
-    manifest: Dict[str, Any] = {"format": 1, "chip": "test", "tag": tag, "files": files}
+    manifest: Dict[str, Any] = {"format": 1, "chip": "test", "tag": tag, "files": files, "models": [
+        {"name": "m", "engine": "onnxruntime", "variant": tag, "label": tag, "artifact": {}}]}
     manifest["bundle_id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":"))
                                            .encode()).hexdigest()[:16]
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -216,3 +217,14 @@ def test_a_server_that_dies_at_start_is_reported_with_its_log(tmp_path: Path,
     with pytest.raises(releases.ReleaseError, match="exited 1 at start: cannot load model: boom"):
         releases.serve_start(str(tmp_path), free_port(), "127.0.0.1", wait_s=30)
     assert not (tmp_path / "deploy" / "server.json").exists()
+
+
+def test_discard_removes_a_refused_release_but_never_one_in_use(tmp_path: Path) -> None:
+    a = deploy(tmp_path, "a")
+    b = push(tmp_path, "b")
+    releases.install(str(tmp_path), b)
+    assert releases.discard(str(tmp_path), a) == {"removed": []}  # current
+    assert releases.discard(str(tmp_path), b) == {"removed": ["releases/" + b]}
+    assert releases.installed(str(tmp_path)) == [a]
+    assert releases.state(str(tmp_path))["models"] == [
+        {"name": "m", "engine": "onnxruntime", "variant": "a", "label": "a"}]
