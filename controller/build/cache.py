@@ -44,3 +44,23 @@ class Cache:
         tmp.write_text(json.dumps(meta, sort_keys=True, default=str))
         os.replace(tmp, sidecar)  # the sidecar last: its presence marks a complete entry
         return path
+
+    def find(self, sha256: str, size: int | None = None) -> Path | None:
+        """The complete entry (any kind) whose bytes have this sha256, or None.
+
+        Entries are named by the key of what made them, not by their content, so this walks the
+        cache: files of another size are passed over unread, and only the candidates are hashed."""
+        from agent.protocol import sha256_file
+
+        if not self.root.is_dir():
+            return None
+        for dirpath, _dirs, names in os.walk(self.root):
+            for name in sorted(names):
+                path = Path(dirpath) / name
+                if name.endswith((".json", ".part")) or name.startswith(".") or not path.is_file():
+                    continue  # sidecars, and files being written (they appear under their name when whole)
+                if size is not None and path.stat().st_size != size:
+                    continue
+                if sha256_file(path) == sha256:
+                    return path
+        return None
