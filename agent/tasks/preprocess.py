@@ -14,19 +14,24 @@ resizes a dataset once and ships compact uint8 images:
 
 Geometry steps, in this order, each optional: ``resize_short`` (shorter side to N, ratio kept),
 ``resize`` [W, H] (stretch), ``letterbox`` [W, H] (ratio kept, padded with ``pad``), ``crop``
-[W, H] (centre). Standard library + numpy, and Pillow for resampling (imported where used).
+[W, H] (centre). Or, alone, ``line`` [W, H]: a text line to height H, ratio kept, at most W wide,
+padded on the right with ``pad`` up to W (PaddleOCR's resize_norm_img, what its recognizer and
+direction classifier were trained on). Standard library + numpy, and Pillow for resampling and
+decoding (imported where used).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+import io
+import math
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
 Geometry = Tuple[float, float, float, float]  # sx, sy, tx, ty: input = original * s + t
 
 DEFAULTS: Dict[str, Any] = {
-    "resize": None, "resize_short": None, "letterbox": None, "crop": None, "pad": 114,
+    "resize": None, "resize_short": None, "letterbox": None, "crop": None, "line": None, "pad": 114,
     "interpolation": "bilinear", "scale": 1.0 / 255.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
     "color": "rgb", "layout": "nchw", "dtype": "float32",
 }
@@ -52,6 +57,8 @@ def output_size(width: int, height: int, decl: Dict[str, Any]) -> Tuple[int, int
         w, h = int(d["letterbox"][0]), int(d["letterbox"][1])
     if d["crop"]:
         w, h = int(d["crop"][0]), int(d["crop"][1])
+    if d["line"]:
+        w, h = int(d["line"][0]), int(d["line"][1])
     return w, h
 
 
@@ -90,6 +97,14 @@ def geometry(image: np.ndarray, decl: Dict[str, Any]) -> Tuple[np.ndarray, Geome
         left, top = (img.width - w) // 2, (img.height - h) // 2
         img = img.crop((left, top, left + w, top + h))  # pads with black where the image is smaller
         tx, ty = tx - left, ty - top
+    if d["line"]:
+        w, h = int(d["line"][0]), int(d["line"][1])
+        # The ratio is kept up to the full width: a longer line is squeezed, never cut.
+        resize(min(w, max(1, int(math.ceil(h * img.width / img.height)))), h)
+        if img.width < w:
+            canvas = Image.new("RGB", (w, h), (int(d["pad"]),) * 3)
+            canvas.paste(img, (0, 0))
+            img = canvas
     out = np.asarray(img, dtype=np.uint8)
     if d["color"] == "bgr":
         out = out[:, :, ::-1]
@@ -125,11 +140,12 @@ def to_original(boxes: np.ndarray, geo: Sequence[float], width: int, height: int
     return out
 
 
-def decode_image(path: str) -> np.ndarray:
-    """A JPEG or PNG file -> RGB uint8 [H, W, 3], upright as its EXIF orientation says."""
+def decode_image(source: Union[str, bytes, bytearray, memoryview]) -> np.ndarray:
+    """A JPEG or PNG file, or its bytes -> RGB uint8 [H, W, 3], upright as its EXIF orientation says."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as img:
+    opened = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    with Image.open(opened) as img:
         img.load()
         return np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.uint8)
 

@@ -3,6 +3,10 @@
 The archive is deterministic: the same agent sources give the same bytes (sorted entries,
 fixed timestamps and modes), so its name ``agent-<sha256[:16]>.pyz`` identifies the code a
 board ran, and a board that already holds that name needs no new copy.
+
+A deployment bundle's ``bundle.pyz`` is the same archive of the same sources with another entry
+point (``runtime_bytes``): the deployment runtime, ``agent.runtime.cli``, so a bundle runs the
+very engine and task code whose figures the farm measured.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ ROOT_MAIN = (
     b"from agent.__main__ import main\n\n"
     b"sys.exit(main())\n"
 )
+RUNTIME_MAIN = (
+    b'"""Entry point of an EdgeFarm deployment bundle: python3 bundle.pyz predict|serve|check|smoke."""\n'
+    b"import sys\n\n"
+    b"from agent.runtime.cli import main\n\n"
+    b"sys.exit(main())\n"
+)
 
 
 def agent_source_dir() -> Path:
@@ -33,14 +43,22 @@ def agent_source_dir() -> Path:
 
 
 def bundle_bytes(source_dir: Path | None = None) -> bytes:
-    """The zipapp's bytes: a shebang, then agent/**/*.py and a root __main__.py."""
-    source_dir = source_dir or agent_source_dir()
+    """The agent zipapp's bytes: a shebang, then agent/**/*.py and a root __main__.py."""
+    return _zipapp(source_dir or agent_source_dir(), ROOT_MAIN)
+
+
+def runtime_bytes(source_dir: Path | None = None) -> bytes:
+    """A deployment bundle's ``bundle.pyz``: the agent's sources, entered at ``agent.runtime.cli``."""
+    return _zipapp(source_dir or agent_source_dir(), RUNTIME_MAIN)
+
+
+def _zipapp(source_dir: Path, root_main: bytes) -> bytes:
     files = sorted(
         p for p in source_dir.rglob("*.py")
         if "__pycache__" not in p.relative_to(source_dir).parts
     )
     entries = [("agent/" + p.relative_to(source_dir).as_posix(), p.read_bytes()) for p in files]
-    entries.append(("__main__.py", ROOT_MAIN))
+    entries.append(("__main__.py", root_main))
     buf = io.BytesIO()
     buf.write(SHEBANG)
     with zipfile.ZipFile(buf, "w") as zf:

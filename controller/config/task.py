@@ -55,7 +55,10 @@ class PreprocessSpec(Strict):
     resize: Size | None = Field(None, description="stretch to W x H")
     letterbox: Size | None = Field(None, description="fit in W x H keeping the ratio, padded with `pad`")
     crop: Size | None = Field(None, description="centre crop to W x H (one number: a square)")
-    pad: int = Field(114, ge=0, le=255, description="letterbox padding grey level")
+    line: Size | None = Field(
+        None, description="a text line: to height H keeping the ratio, at most W wide, padded on the right with "
+        "`pad` up to W (PaddleOCR's recognizer input); alone, without the other sizes")
+    pad: int = Field(114, ge=0, le=255, description="letterbox or line padding grey level")
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
     scale: float = Field(1.0 / 255.0, gt=0, description="pixel values are multiplied by this first")
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0], description="subtracted per channel after scale")
@@ -65,7 +68,7 @@ class PreprocessSpec(Strict):
     dtype: Literal["float32", "float16", "uint8"] = Field(
         "float32", description="the input's element type; uint8 feeds the resized pixels unchanged")
 
-    @field_validator("resize", "letterbox", "crop", mode="before")
+    @field_validator("resize", "letterbox", "crop", "line", mode="before")
     @classmethod
     def _size_forms(cls, value: Any) -> Any:
         return _size(value)
@@ -75,7 +78,7 @@ class PreprocessSpec(Strict):
     def _number_forms(cls, value: Any) -> Any:
         return _numbers(value)
 
-    @field_validator("resize", "letterbox", "crop")
+    @field_validator("resize", "letterbox", "crop", "line")
     @classmethod
     def _positive(cls, size: Size | None) -> Size | None:
         if size is not None and (len(size) != 2 or min(size) < 1 or max(size) > 8192):
@@ -110,14 +113,17 @@ class PreprocessSpec(Strict):
             raise ValueError("letterbox already resizes: give letterbox, or resize/resize_short (+ crop), not both")
         if self.resize and self.resize_short:
             raise ValueError("give resize (stretch) or resize_short (ratio kept), not both")
+        if self.line and (self.resize or self.resize_short or self.letterbox or self.crop):
+            raise ValueError("line is a whole geometry of its own: give line, or resize/resize_short/letterbox/crop, "
+                             "not both")
         return self
 
     def has_geometry(self) -> bool:
-        return any((self.resize, self.resize_short, self.letterbox, self.crop))
+        return any((self.resize, self.resize_short, self.letterbox, self.crop, self.line))
 
     def output_size(self) -> Size | None:
         """(W, H) every image ends up at, or None where it depends on the image (resize_short alone)."""
-        for size in (self.crop, self.letterbox, self.resize):
+        for size in (self.line, self.crop, self.letterbox, self.resize):
             if size:
                 return size
         return None
