@@ -196,8 +196,10 @@ def _is_archive(out: Path) -> bool:
 def _fill(folder: Path, chosen: list[Chosen], chip: str, cache: Cache, warn: Callable[[str], None]) -> mf.Manifest:
     from controller.boards.agent_bundle import runtime_bytes
 
-    datasets = {ch.candidate.model: _dataset(ch, cache) for ch in chosen}
-    entries = [_model_entry(folder, ch, datasets[ch.candidate.model], cache) for ch in chosen]
+    artifacts = {ch.candidate.model: _artifact(ch, cache) for ch in chosen}  # the measured files first: the
+    datasets = {ch.candidate.model: _dataset(ch, cache) for ch in chosen}    # likelier miss on another machine
+    entries = [_model_entry(folder, ch, artifacts[ch.candidate.model], datasets[ch.candidate.model], cache)
+               for ch in chosen]
     (folder / "bundle.pyz").write_bytes(runtime_bytes())
     (folder / "bundle.pyz").chmod(0o755)
     pipeline = pipeline_of([e["task"] for e in entries])
@@ -214,7 +216,12 @@ def _fill(folder: Path, chosen: list[Chosen], chip: str, cache: Cache, warn: Cal
     }
     # Unsealed (no files, no id) so that the runtime can read it to compute the expected outputs.
     (folder / mf.MANIFEST).write_text(mf.render({**body, "files": {}, "bundle_id": "0" * 16}))
+    before = set(mf.tree(folder))
     expected = _expected_outputs(folder, entries, golden_inputs, warn)
+    # What running it wrote (a packed artifact's unpack folder, a task module's bytecode) is not the bundle's.
+    for rel in sorted(set(mf.tree(folder)) - before, reverse=True):
+        path = folder / rel
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     if expected is None:
         body["golden"]["file"] = None
     else:
@@ -248,12 +255,17 @@ def _dataset(ch: Chosen, cache: Cache) -> Any:
         raise UserError(f"the evaluation data of {c.model} in the cache ({path}) cannot be read: {exc}") from None
 
 
-def _model_entry(folder: Path, ch: Chosen, data: Any, cache: Cache) -> dict[str, Any]:
+def _artifact(ch: Chosen, cache: Cache) -> Path:
     c = ch.candidate
     found = cache.find(ch.artifact_sha256, ch.artifact_size)
     if found is None:
         raise UserError(f"the artifact {ch.artifact_sha256[:16]} of {c.model} {c.engine} {c.variant} (run {c.run_id}) "
                         f"is not in the cache at {cache.root}; run `edgefarm run` for it on this machine")
+    return found
+
+
+def _model_entry(folder: Path, ch: Chosen, found: Path, data: Any, cache: Cache) -> dict[str, Any]:
+    c = ch.candidate
     rel = f"models/{c.model}/{ch.artifact_sha256[:16]}{found.suffix}"
     (folder / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(found, folder / rel)

@@ -17,13 +17,15 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import shutil
 import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -146,11 +148,15 @@ def seal(folder: Path, manifest: dict[str, Any]) -> Manifest:
     return Manifest.model_validate(obj)
 
 
-def _files(folder: Path) -> list[str]:
-    """Every file under ``folder`` but manifest.json, as sorted relative POSIX paths. A link or any
-    other thing that is not a plain file or folder is refused: a bundle holds nothing else."""
+def _files(folder: Path, runtime_written: Callable[[str], bool] = lambda rel: False) -> list[str]:
+    """Every file under ``folder`` but manifest.json, as sorted relative POSIX paths, less the folders
+    ``runtime_written`` names. A link or any other thing that is not a plain file or folder is refused:
+    a bundle holds nothing else."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
+        for d in list(dirnames):
+            if runtime_written((Path(dirpath) / d).relative_to(folder).as_posix()):
+                dirnames.remove(d)
         for name in sorted(dirnames + filenames):
             path = Path(dirpath) / name
             rel = path.relative_to(folder).as_posix()
@@ -254,7 +260,7 @@ def _verified(source: Path, folder: Path, extracted: bool) -> OpenBundle:
     if manifest.bundle_id != actual:
         raise UserError(f"bundle {source}: {MANIFEST}: bundle_id {manifest.bundle_id} does not match its content "
                         f"({actual}); the manifest was edited after the bundle was built")
-    present = _files(folder)
+    present = _files(folder, partial(_runtime_written, manifest))
     for rel in sorted(manifest.files):
         if rel not in present:
             raise UserError(f"bundle {source}: {rel} is missing (the manifest lists it)")
@@ -267,6 +273,20 @@ def _verified(source: Path, folder: Path, extracted: bool) -> OpenBundle:
     return OpenBundle(source, folder, manifest, raw, extracted)
 
 
+def _runtime_written(manifest: Manifest, rel: str) -> bool:
+    """A folder the runtime writes into a bundle it runs (as agent/runtime/bundle.py tolerates it too): a
+    packed artifact's unpack folder ``<file>.d`` (and its in-progress ``<file>.d.*.part``), a user's task
+    module's ``__pycache__``. A bundle a user ran ``predict`` in is still the bundle that was built."""
+    for m in manifest.models:
+        art = m.artifact.file
+        if rel == art + ".d" or (rel.startswith(art + ".d.") and rel.endswith(".part")):
+            return True
+        module = m.task_params.get("module_path") if m.task == "custom" else None
+        if module and rel == posixpath.join(posixpath.dirname(str(module)), "__pycache__"):
+            return True
+    return False
+
+
 # --- the archive form --------------------------------------------------------------------------
 
 
@@ -277,7 +297,7 @@ def write_archive(folder: Path, out: Path) -> None:
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in _tree(folder):
+        for rel in tree(folder):
             path = folder / rel
             info = tarfile.TarInfo(rel)
             info.mtime = 0
@@ -296,7 +316,7 @@ def write_archive(folder: Path, out: Path) -> None:
         gz.write(buf.getvalue())
 
 
-def _tree(folder: Path) -> list[str]:
+def tree(folder: Path) -> list[str]:
     """Every folder and file under ``folder``, relative, sorted (a folder before what it holds)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
