@@ -186,6 +186,33 @@ def main() -> None:
         st.error(f"Cannot read {database.describe(given)}: {detail}")
 
 
+def deployments_section(session: Session) -> None:
+    """What runs where, the history of every deploy and rollback, and drift."""
+    from controller.deploy.status import board_summary
+
+    rows = queries.deployments(session)
+    st.header("Deployments")
+    if not rows:
+        st.info("Nothing deployed yet: `edgefarm bundle --chip CHIP --model NAME --out DIR`, then "
+                "`edgefarm deploy DIR --board NAME`.")
+        return
+    by_board: dict[str, list[queries.DeploymentRow]] = {}
+    for row in rows:
+        by_board.setdefault(row.board, []).append(row)
+    summaries = [board_summary(board_rows) for _, board_rows in sorted(by_board.items())]
+    st.subheader("What runs where")
+    st.caption("Per board, the bundle the database says is current (its newest deploy or rollback that passed), "
+               "the smoke test's end-to-end p50 on the board against the farm's engine p50, and the last change. "
+               "Drift, the release a board really runs, is read from the boards: `edgefarm deployments`.")
+    frame = views.deployed_frame(summaries)
+    st.dataframe(views.styled(frame).map(views.verdict_style, subset=["status"]), hide_index=True)
+    st.subheader("History")
+    history = views.deployment_history_frame(rows)
+    st.altair_chart(charts.deployment_timeline(history))
+    st.dataframe(history.style.map(views.verdict_style, subset=["status"]), hide_index=True,
+                 column_config={"reason": st.column_config.TextColumn(width="large")})
+
+
 def render(session: Session) -> None:
     runs = queries.runs(session)
     cands = selection.latest_candidates(session)
@@ -193,6 +220,15 @@ def render(session: Session) -> None:
     if not runs:
         st.info(EMPTY)
         return
+    benchmarks, deployed = st.tabs(["Benchmarks", "Deployments"])
+    with deployed:
+        deployments_section(session)
+    with benchmarks:
+        render_benchmarks(session, runs, cands, picked)
+
+
+def render_benchmarks(session: Session, runs: list[queries.RunRow], cands: list[selection.Candidate],
+                      picked: Controls) -> None:
     banner(runs)
     cands = [c for c in cands if c.model in picked.models and c.chip in picked.chips]
     if cands:

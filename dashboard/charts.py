@@ -135,3 +135,21 @@ def distribution(samples: Sequence[float], width: int = 420) -> alt.VConcatChart
         x=alt.X("iteration:Q", title="iteration"), y=alt.Y("ms:Q", scale=alt.Scale(zero=False), title="ms"),
     ).properties(width=width, height=120)
     return alt.vconcat(alt.layer(hist, rules).properties(width=width, height=200), order)
+
+
+STATUS_COLOR = {"domain": ["ok", "failed", "rolled-back"], "range": ["#2e7d32", "#c62828", "#ef6c00"]}
+
+
+def deployment_timeline(df: pd.DataFrame, width: int = 720) -> alt.Chart:
+    """One mark per deploy or rollback on a time axis, a row per board: when each board changed
+    release, and which changes failed. ``df``: ``views.deployment_history_frame``."""
+    import altair as alt
+
+    rows = max(1, df["board"].nunique())
+    return alt.Chart(df).mark_point(filled=True, size=140).encode(
+        x=alt.X("when (UTC):T", title=None),
+        y=alt.Y("board:N", title=None),
+        color=alt.Color("status:N", scale=alt.Scale(**STATUS_COLOR), legend=alt.Legend(orient="top")),
+        shape=alt.Shape("action:N", legend=alt.Legend(orient="top")),
+        tooltip=["when (UTC):T", "board", "action", "bundle", "previous", "status", "models", "reason"],
+    ).properties(width=width, height=40 + 36 * rows)

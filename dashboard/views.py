@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from pandas.io.formats.style import Styler
 
-    from controller.results.queries import BoardRow, JobRow, RunRow
+    from controller.results.queries import BoardRow, DeploymentRow, JobRow, RunRow
     from controller.results.selection import Candidate, Selection
 
 BEST = "best within budget"
@@ -116,9 +116,9 @@ def runs_frame(runs: Sequence[RunRow]) -> pd.DataFrame:
 
 def verdict_style(value: object) -> str:
     """CSS for a verdict or status cell: a regression or a failed run must catch the eye."""
-    if value in ("regression", "failed", "interrupted"):
+    if value in ("regression", "failed", "interrupted", "rolled-back"):
         return "background-color: #fde2e1; color: #8a1c14"
-    if value == "pass":
+    if value in ("pass", "ok"):
         return "background-color: #e3f5e1; color: #1d5e1a"
     return ""
 
@@ -170,6 +170,37 @@ def boards_frame(boards: Sequence[BoardRow]) -> pd.DataFrame:
         "last seen (UTC)": _seconds(b.last_seen), "engines": _engines(b.engines),
         **{k: _scalar(b.fingerprint.get(k)) for k in FINGERPRINT_KEYS}, "last error": b.last_error,
     } for b in boards), columns)
+
+
+DEPLOYED_COLUMNS = ("board", "chip", "bundle", "models", "status", "deployed (UTC)", "previous", "smoke p50 ms",
+                    "farm p50 ms", "outputs", "serving on", "last change")
+
+
+def deployed_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """What runs where: one row per board, from ``controller.deploy.status.board_summary``."""
+    def smoke(summary: dict[str, Any], key: str) -> Any:
+        return (summary.get("smoke") or {}).get(key)
+
+    return _frame(({
+        "board": s["board"], "chip": s["chip"], "bundle": s["bundle"], "models": ", ".join(s["models"]) or None,
+        "status": s["status"], "deployed (UTC)": s["deployed_at"], "previous": s["previous"],
+        "smoke p50 ms": smoke(s, "total_p50_ms"), "farm p50 ms": smoke(s, "farm_infer_total_ms"),
+        "outputs": smoke(s, "outputs"), "serving on": f"port {s['serve_port']}" if s.get("serve_port") else None,
+        "last change": f"{s['action']} {s['status']}" + (f": {s['reason']}" if s.get("reason") else ""),
+    } for s in summaries), DEPLOYED_COLUMNS)
+
+
+HISTORY_COLUMNS = ("when (UTC)", "board", "action", "bundle", "previous", "status", "canary", "models", "reason")
+
+
+def deployment_history_frame(rows: Sequence[DeploymentRow]) -> pd.DataFrame:
+    """Every deploy and rollback, newest first."""
+    return _frame(({
+        "when (UTC)": _seconds(r.finished_at or r.started_at), "board": r.board, "action": r.action,
+        "bundle": r.bundle_id, "previous": r.previous_bundle_id, "status": r.status, "canary": r.canary,
+        "models": ", ".join(f"{m.get('name')} {m.get('engine')}/{m.get('label') or m.get('variant')}" for m in r.models),
+        "reason": r.reason,
+    } for r in reversed(rows)), HISTORY_COLUMNS)
 
 
 def _seconds(when: datetime | None) -> datetime | None:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller.results.store import Board, Job, Model, Result, Run, Variant
+from controller.results.store import Board, Deployment, Job, Model, Result, Run, Variant
 
 
 @dataclass(frozen=True)
@@ -140,3 +140,39 @@ def boards(session: Session) -> list[BoardRow]:
                  if r.quarantined_at else None)
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    """One deploy or rollback of a bundle on a board (``controller.deploy``); field names as the table's,
+    so ``controller.deploy.status.board_summary`` reads these as it reads the rows."""
+
+    id: int
+    board: str
+    bundle_id: str
+    previous_bundle_id: str | None
+    chip: str
+    models: list[dict[str, Any]]
+    action: str  # deploy | rollback
+    status: str  # ok | failed | rolled-back
+    reason: str | None
+    smoke: dict[str, Any] | None
+    canary: bool
+    serve_port: int | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+def deployments(session: Session) -> list[DeploymentRow]:
+    """Every deploy and rollback, oldest first (the manifests stay in the database)."""
+    rows = session.execute(
+        select(Deployment.id, Deployment.board, Deployment.bundle_id, Deployment.previous_bundle_id,
+               Deployment.chip, Deployment.models, Deployment.action, Deployment.status, Deployment.reason,
+               Deployment.smoke, Deployment.canary, Deployment.serve_port, Deployment.started_at,
+               Deployment.finished_at).order_by(Deployment.id)
+    )
+    return [DeploymentRow(id=r.id, board=r.board, bundle_id=r.bundle_id, previous_bundle_id=r.previous_bundle_id,
+                          chip=r.chip, models=list(r.models or []), action=r.action, status=r.status, reason=r.reason,
+                          smoke=r.smoke, canary=bool(r.canary), serve_port=r.serve_port, started_at=r.started_at,
+                          finished_at=r.finished_at)
+            for r in rows]

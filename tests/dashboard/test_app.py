@@ -339,3 +339,43 @@ def test_a_board_declared_as_a_chip_it_is_not_is_flagged_in_the_boards_table() -
     checks = dict(zip(frame["board"], frame["chip check"]))
     assert checks["lab-1"] == "chip 'jetson-orin-nano' declares Arm hardware, but the board reports x86_64 AMD EPYC 7B13"
     assert not isinstance(checks["lab-2"], str)  # an empty cell
+
+
+# --- deployments -------------------------------------------------------------------------------
+
+
+def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Rows as `edgefarm deploy` writes them: a board whose newer deploy failed still runs the older
+    bundle, and a board rolled back by hand runs the bundle it went back to."""
+    from controller.deploy.status import board_summary
+    from controller.results.store import Deployment
+
+    url = f"sqlite:///{tmp_path / 'deployed.db'}"
+    models = [{"name": "ppocr-det", "engine": "onnxruntime", "variant": "int8", "label": "int8"}]
+    with open_db(url)() as db:
+        db.add(Run(spec_name="s", spec_sha256="0" * 64, spec={}, kind="run", status="done"))
+        for board, bundle, previous, action, status, reason in [
+            ("jetson-1", "a" * 16, None, "deploy", "ok", None),
+            ("jetson-1", "b" * 16, "a" * 16, "deploy", "failed", "smoke test: outputs differ on golden/0.png"),
+            ("rk-2", "a" * 16, None, "deploy", "ok", None),
+            ("rk-2", "b" * 16, "a" * 16, "deploy", "ok", None),
+            ("rk-2", "a" * 16, "b" * 16, "rollback", "ok", None),
+        ]:
+            db.add(Deployment(board=board, bundle_id=bundle, previous_bundle_id=previous, chip="arm", models=models,
+                              manifest={}, action=action, status=status, reason=reason, canary=False,
+                              smoke={"total_p50_ms": 20.5, "farm_infer_total_ms": 17.0, "outputs": "same"}
+                              if status == "ok" and action == "deploy" else None))
+        db.commit()
+        expected = {b: board_summary(db.query(Deployment).filter_by(board=b).order_by(Deployment.id).all())
+                    for b in ("jetson-1", "rk-2")}
+    at = start(monkeypatch, url)
+    where = frame_with(at.dataframe, "serving on")
+    assert list(where["board"]) == ["jetson-1", "rk-2"]
+    for _, row in where.iterrows():
+        summary = expected[row["board"]]
+        assert (row["bundle"], row["status"]) == (summary["bundle"], summary["status"])
+    assert list(where["bundle"]) == ["a" * 16, "a" * 16]  # the failed deploy changed nothing; the rollback did
+    assert list(where["status"]) == ["failed", "rolled-back"]
+    history = frame_with(at.dataframe, "action")
+    assert len(history) == 5 and history.iloc[0]["action"] == "rollback"  # newest first
+    assert "outputs differ" in " ".join(history["reason"].dropna())
