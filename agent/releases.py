@@ -153,8 +153,13 @@ def verify_folder(folder: str, bundle_id: str) -> List[str]:
         elif _sha256(path) != files[name]:
             problems.append("%s: sha256 does not match the manifest" % name)
     listed = set(files) | {"manifest.json"}
+    # What the runtime makes in a release it ran: a packed model unpacked beside its file
+    # (agent.job.unpack_model: <file>.d/), and Python's byte-code caches.
+    made = {name + ".d" for name in files}
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"
+                       and (d if rel_dir == "." else rel_dir + "/" + d) not in made]
         for f in filenames:
             rel = os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/")
             if rel not in listed:

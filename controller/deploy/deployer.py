@@ -110,8 +110,7 @@ def judge(manifest: dict[str, Any], expected: dict[str, Any] | None, report: dic
     else:
         from agent.runtime.golden import compare
 
-        missing = sorted(set(expected) - set(outputs))
-        differences = [f"{name}: no output" for name in missing] + list(compare(manifest, expected, outputs))
+        differences = compare(manifest, expected, outputs)
         figures["outputs"] = "same" if not differences else "differ"
         figures["differences"] = differences[:20]
         problems += [f"outputs differ from golden.json: {d}" for d in differences[:3]]
@@ -453,7 +452,8 @@ def predict_command(args: argparse.Namespace) -> int:
         session.close()
     if code == 2:
         lines = [line for line in err.splitlines() if line.strip()]
-        raise UserError(f"{image}: {lines[-1] if lines else 'refused by the bundle'}")
+        line = lines[-1].replace("bundle.pyz: error: ", "", 1) if lines else "refused by the bundle"
+        raise UserError(line if str(image) in line else f"{image}: {line}")
     if code != 0:
         tail = " | ".join(line for line in err.strip().splitlines()[-3:])
         print(f"edgefarm: predict on {board.name} exited {code}: {tail}")

@@ -158,4 +158,5 @@ class BoardReleases:
                 self.session._agent("clean", workdir)
             except TransportError:
                 pass  # a board gone mid-predict keeps the image until the next session cleans
-        return done.exit_code, done.stdout, done.stderr
+        # The image is named as the user gave it, not as its copy on the board.
+        return done.exit_code, done.stdout.replace(remote, str(image)), done.stderr.replace(remote, str(image))

@@ -27,7 +27,8 @@ def board_summary(rows: list[Deployment]) -> dict[str, Any]:
     current = good[-1] if good else None
     # A rollback row that worked reads as the board's state: it was rolled back.
     status = "rolled-back" if newest.action == "rollback" and newest.status == "ok" else newest.status
-    deploys = [r for r in good if r.action == "deploy" and r.smoke]
+    # The current bundle's own smoke figures: from its newest successful deploy (a rollback runs none).
+    deploys = [r for r in good if r.action == "deploy" and r.smoke and current and r.bundle_id == current.bundle_id]
     return {
         "board": newest.board,
         "bundle": current.bundle_id if current else None,
@@ -40,8 +41,7 @@ def board_summary(rows: list[Deployment]) -> dict[str, Any]:
         "chip": current.chip if current else newest.chip,
         "models": [f"{m.get('name')} {m.get('engine')}/{m.get('label') or m.get('variant')}"
                    for m in (current.models if current else [])],
-        "smoke": (deploys[-1].smoke if deploys and deploys[-1].bundle_id == (current.bundle_id if current else None)
-                  else None),
+        "smoke": deploys[-1].smoke if deploys else None,
         "serve_port": current.serve_port if current else None,
         "history": [{"bundle": r.bundle_id, "action": r.action, "status": r.status,
                      "at": (r.finished_at or r.started_at).isoformat(timespec="seconds")} for r in rows[-10:]],

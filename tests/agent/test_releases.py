@@ -126,6 +126,10 @@ def test_a_damaged_installed_release_is_replaced_by_a_verified_push(tmp_path: Pa
     original = model.read_bytes()
     push(tmp_path, "a")  # the same bundle again: an intact copy is kept as it is
     assert releases.install(str(tmp_path), bundle_id)["already"] is True
+    unpacked = model.with_name(model.name + ".d")  # what the runtime makes when it loads a packed model
+    unpacked.mkdir()
+    (unpacked / "model.xml").write_text("<net/>")
+    assert releases.verify_folder(str(model.parents[2]), bundle_id) == []
     model.write_bytes(b"bit rot")
     push(tmp_path, "a")
     assert releases.install(str(tmp_path), bundle_id)["replaced"] is True
