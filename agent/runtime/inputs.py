@@ -50,9 +50,9 @@ def decode(source: Source, index: int = 0) -> np.ndarray:
     except ImportError:
         raise InputError("no image decoder: pip install Pillow") from None
     except Exception as exc:  # Pillow raises several types for bad bytes; each is the input's fault
-        raise InputError("%s: not an image this runtime can decode (%s)"
-                         % (describe(source, index), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) \
-            from None
+        why = "not a format Pillow reads" if type(exc).__name__ == "UnidentifiedImageError" else (
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise InputError("%s: not an image this runtime can decode (%s)" % (describe(source, index), why)) from None
     if image.ndim != 3 or min(image.shape[:2]) < 1:
         raise InputError("%s: an image without pixels" % describe(source, index))
     return image
