@@ -121,6 +121,9 @@ class BoardReleases:
         done = self.session.transport.run([python, pyz, "check"], timeout=CHECK_TIMEOUT)
         if done.exit_code == 0:
             return []
+        if "Traceback (most recent call last)" in done.stderr:  # it could not even run with this interpreter
+            last = [line.strip() for line in done.stderr.splitlines() if line.strip()][-1]
+            return [f"the bundle's check does not run with {python}: {last}"]
         lines = [line.strip() for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
         if done.exit_code == 127 or not lines:
             lines.append(f"{python} {pyz} check exited {done.exit_code}")
