@@ -35,6 +35,7 @@ def make_server(bundle: Bundle, host: str, port: int, max_body: int = MAX_BODY) 
     class Handler(BaseHTTPRequestHandler):
         server_version = "EdgeFarmBundle/1"
         protocol_version = "HTTP/1.1"
+        timeout = 60  # seconds a client may stall mid-request (or idle between requests) before it is dropped
 
         def _send(self, code: int, doc: Dict[str, Any], close: bool = False) -> None:
             body = (json.dumps(doc) + "\n").encode("utf-8")

@@ -56,11 +56,16 @@ def _ort_range() -> dict[str, str]:
 
 
 def write_bundle(out: Path, models: list[dict[str, Any]], pipeline: str | None = None,
-                 golden: dict[str, bytes] | None = None, engine: dict[str, str] | None = None) -> Path:
-    """A bundle folder as the contract lays it out: artifacts, bundle.pyz, golden inputs, and a
-    manifest whose files and bundle_id are right. Golden outputs are computed by the runtime itself."""
+                 golden: dict[str, bytes] | None = None, engine: dict[str, str] | None = None,
+                 extra: dict[str, bytes] | None = None) -> Path:
+    """A bundle folder as the contract lays it out: artifacts, bundle.pyz, golden inputs, ``extra``
+    files (a task module), and a manifest whose files and bundle_id are right. Golden outputs are
+    computed by the runtime itself."""
     out.mkdir(parents=True)
     (out / "bundle.pyz").write_bytes(runtime_bytes())
+    for rel, data in (extra or {}).items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
     entries = []
     for m in models:
         source = Path(m["path"])
@@ -470,3 +475,32 @@ def test_golden_tolerances_by_task(bundles: dict[str, Path]) -> None:
     assert compare(manifests["orientation"], {"x": top}, {"x": {"top": [dict(top["top"][0], score=0.87)]}}) == []
     assert compare(manifests["orientation"], {"x": top}, {"x": {"top": [dict(top["top"][0], score=0.8)]}}) != []
     assert compare(manifests["orientation"], {"x": top}, {"x": {"top": top["top"][::-1]}}) != []
+
+
+def test_a_bundle_of_unrelated_models_answers_for_each_under_its_name(bundles: dict[str, Path], tmp_path: Path) -> None:
+    characters = json.loads((bundles["characters"] / "manifest.json").read_text())["models"][0]
+    both = write_bundle(tmp_path / "both", [_orientation_model(), {
+        "name": "characters", "path": character_detector(), "task": "detection",
+        "task_params": characters["task_params"], "preprocess": characters["preprocess"]}])
+    img, truth, _ = composed.characters_image(np.random.default_rng(11))
+    with Bundle.open(both) as b:
+        (result,) = b.predict([_png(img)])
+    assert set(result["models"]) == {"orientation", "characters"}
+    assert len(result["models"]["characters"]["objects"]) == len(truth)
+    assert result["models"]["orientation"]["top"][0]["label"] in composed.ORIENTATION_LABELS
+    inner = sum(r["timing_ms"]["infer"] for r in result["models"].values())
+    assert result["timing_ms"]["infer"] == pytest.approx(inner, abs=0.01)
+    assert set(result["timing_ms"]["models"]) == {"orientation", "characters"}
+
+
+def test_a_users_own_task_module_runs_from_the_bundle(tmp_path: Path) -> None:
+    module = (b"import numpy as np\nMETRIC = 'hits'\n"
+              b"def postprocess(outputs):\n    return {'angle': [0, 90, 180, 270][int(np.argmax(outputs[0]))]}\n"
+              b"def metric(predictions, labels):\n    return {'hits': 0.0}\n")
+    spec = dict(_orientation_model(), task="custom", task_params={"module_path": "models/orientation/task.py"})
+    bundle = write_bundle(tmp_path / "custom", [spec], extra={"models/orientation/task.py": module})
+    upright = composed.page(np.random.default_rng(4))
+    with Bundle.open(bundle) as b:
+        results = b.predict([_png(upright.rotate(-a, expand=True)) for a in (0, 180)])
+    assert [r["angle"] for r in results] == [0, 180]
+    Bundle.open(bundle)  # its bytecode cache, if Python wrote one, is not an edit
