@@ -8,9 +8,10 @@ and the server answers 400.
 from __future__ import annotations
 
 import io
-from typing import Dict, Union
+from typing import TYPE_CHECKING, Dict, Union
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where it is used: `check` must run, and say so, without it
+    import numpy as np
 
 Source = Union[str, bytes, bytearray, memoryview]
 
@@ -60,6 +61,8 @@ def decode(source: Source, index: int = 0) -> np.ndarray:
 
 def load_tensors(source: Source, index: int = 0) -> Dict[str, np.ndarray]:
     """An ``.npz`` of named input tensors (path or bytes) -> {name: array}."""
+    import numpy as np
+
     data = _read(source, index)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:

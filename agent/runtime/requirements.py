@@ -88,22 +88,33 @@ def _decoder(name: str) -> List[str]:
     return []
 
 
-def _engine(name: str, entry: Dict[str, Any]) -> List[str]:
+def _installed(name: str) -> str:
+    """The engine library's version as the engine itself reports it; without numpy (which the
+    agent's engine code needs), as pip recorded it. EngineUnavailable (or LookupError) when absent."""
     try:
-        from agent.engines import EngineUnavailable, UnknownEngine, engine_class
-    except ImportError:  # numpy missing: already its own line, and no engine can run without it
-        return []
+        from agent.engines import engine_class
+    except ImportError:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(PIP_NAMES.get(name, name))
+        except PackageNotFoundError:
+            raise LookupError("no %s package" % PIP_NAMES.get(name, name)) from None
+    return engine_class(name).version()
+
+
+def _engine(name: str, entry: Dict[str, Any]) -> List[str]:
     wanted = engine_range(entry)
     pip = "pip install '%s%s'" % (PIP_NAMES.get(name, name), wanted)
     measured = entry.get("measured")
     try:
-        installed = engine_class(name).version()
-    except UnknownEngine:
-        return ["engine %s is not one this runtime knows (it knows the agent's engines); the bundle was "
-                "built by a newer EdgeFarm" % name]
-    except EngineUnavailable as exc:
-        return ["%s is not installed (%s)%s: %s" % (name, exc, ", the bundle was measured with %s" % measured
-                                                    if measured else "", pip)]
+        installed = _installed(name)
+    except Exception as exc:  # EngineUnavailable, UnknownEngine, LookupError: named below
+        if type(exc).__name__ == "UnknownEngine":
+            return ["engine %s is not one this runtime knows; the bundle was built by a newer EdgeFarm" % name]
+        return ["%s is not installed (%s)%s: %s" % (name, str(exc).strip() or type(exc).__name__,
+                                                    ", the bundle was measured with %s" % measured if measured else "",
+                                                    pip)]
     version = parse_version(installed)
     if not wanted or version is None or satisfies(version, wanted):
         return []

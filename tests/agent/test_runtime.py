@@ -413,6 +413,19 @@ def test_an_engine_outside_the_measured_range_is_one_line_with_the_pip_command(t
     assert _pyz(write_bundle(tmp_path / "ok", [_orientation_model()]), "check").returncode == 0
 
 
+def test_a_python_without_numpy_pillow_or_the_engine_is_told_what_to_install(bundles: dict[str, Path]) -> None:
+    # -S: no site-packages, the bare standard library a fresh board has
+    done = subprocess.run([sys.executable, "-S", str(bundles["ocr"] / "bundle.pyz"), "check"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "numpy is not installed: pip install 'numpy>=1.17'"
+    assert lines[1] == "no image decoder: pip install Pillow"
+    assert lines[2].startswith("onnxruntime is not installed") and lines[2].endswith(
+        "pip install 'onnxruntime%s,<%s'" % (">=" + _ort_range()["min"], _ort_range()["below"]))
+    assert len(lines) == 3
+
+
 def test_versions_compare_as_dotted_integers() -> None:
     assert parse_version("2024.4.0-16579-c3152d32c9c-releases/2024/4") == (2024, 4, 0)
     assert satisfies((1, 100), ">=1.20") and not satisfies((1, 3), ">=1.20")  # not as strings
