@@ -184,7 +184,7 @@ def test_deploy_to_an_ssh_board_predict_and_serve_over_http(bundles: dict[str, P
     assert sorted(os.listdir(files / "deploy" / "releases")) == [ocr]
     (row,) = rows(db, sshb.name)
     assert (row.status, row.action, row.bundle_id, row.serve_port) == ("ok", "deploy", ocr, port)
-    assert row.smoke["outputs"] == "same" and row.smoke["infer_p50_ms"] > 0
+    assert row.smoke is not None and row.smoke["outputs"] == "same" and row.smoke["infer_p50_ms"] > 0
 
     assert main(["predict", str(page), "--board", sshb.name, "--json", "--inventory", str(inventory)]) == 0
     assert texts(json.loads(capsys.readouterr().out)) == list(PAGE_LINES)
@@ -257,7 +257,7 @@ def test_a_failing_canary_leaves_the_other_boards_untouched_and_a_missing_engine
     assert current_of(bare_deploy) is None
     assert not (tmp_path / "second").exists()
     (row,) = rows(db, "bare")
-    assert (row.status, row.canary) == ("failed", True) and "onnxruntime" in row.reason
+    assert (row.status, row.canary) == ("failed", True) and "onnxruntime" in str(row.reason)
     assert rows(db, "second") == []
 
 
@@ -299,7 +299,7 @@ def test_an_artifact_damaged_on_the_board_after_transfer_fails_the_smoke_test(
     assert "b1: FAILED: smoke test: " in out and artifact in out and "rolled back to no release" in out
     assert current_of(deploy_dir(tmp_path, "b1")) is None
     (row,) = rows(db, "b1")
-    assert row.status == "rolled-back" and artifact in row.reason
+    assert row.status == "rolled-back" and artifact in str(row.reason)
 
 
 def test_rollback_by_hand_moves_the_served_bundle_back_and_drift_is_seen(
