@@ -1,7 +1,9 @@
-"""One benchmark job, start to finish: verify -> load -> measure -> accuracy -> Result.
+"""One benchmark job, start to finish: verify -> load -> measure -> accuracy -> e2e -> Result.
 
 Every exception becomes a failed Result naming the stage it happened in; the agent never
-crashes on a bad job, because a failed measurement is data the controller stores.
+crashes on a bad job, because a failed measurement is data the controller stores. The e2e
+stage is the exception: by then the engine's own figures are measured and good, so a failure
+there is recorded in the result's ``e2e`` block and the job stays ok.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -242,6 +244,16 @@ class _JobRun:
             self.stage = "accuracy"
             result["accuracy"] = self._accuracy(engine, paths["dataset"], paths.get("task"))
 
+        if paths.get("images"):
+            # The engine is freed first: the runtime loads its own instance of the same artifact with
+            # the same options, so the two are never in memory together.
+            self.engine = None
+            try:
+                engine.close()
+            except Exception:  # its figures are taken; the runtime's instance is a fresh one
+                pass
+            result["e2e"] = measure_e2e(job, paths, measure)
+
     def _accuracy(self, engine: Engine, path: str, module: Optional[str]) -> Dict[str, Any]:
         """Feed the dataset one sample at a time (batch 1) to the task's evaluator (a user's own
         task brings its module as the job's ``task`` artifact)."""
@@ -255,6 +267,92 @@ class _JobRun:
             evaluator.add(i, engine.run(feed([i])))
         self.result["phases"]["accuracy_ms"] = (time.perf_counter() - t0) * 1000.0
         return dict(evaluator.result())
+
+
+def read_images(path: str) -> List[Tuple[str, bytes]]:
+    """The image files of a job's ``images`` artifact (a tar of plain members), name and bytes, in
+    the tar's order."""
+    import tarfile
+
+    names = archive_members(path)
+    out: List[Tuple[str, bytes]] = []
+    with tarfile.open(path) as tar:
+        for name in names:
+            member = tar.extractfile(name)
+            out.append((name, member.read() if member is not None else b""))
+    return out
+
+
+def runtime_spec(job: Dict[str, Any], paths: Dict[str, str]) -> Dict[str, Any]:
+    """The job's model as a bundle's manifest entry (``agent.runtime.model``): its artifact, engine
+    and options, and the task, task parameters and preprocessing its evaluation dataset declares,
+    so the runtime runs exactly what the accuracy stage scored."""
+    if not paths.get("dataset"):
+        raise ValueError("no evaluation dataset in the job: it declares the task and the preprocessing")
+    data = load_dataset(paths["dataset"])
+    if data.task == "raw" or not data.input_names:
+        raise ValueError("task %r takes tensors, not images" % data.task)
+    params = dict(data.params)
+    if data.task in ("ocr-rec", "rec") and "charset" in data.labels:
+        params["charset"] = [str(c) for c in data.labels["charset"].tolist()]
+    if paths.get("task"):
+        params["module_path"] = os.path.abspath(paths["task"])
+    spec = (data.meta.get("inputs") or {}).get(data.input_names[0]) or {}
+    engine = job.get("engine") or {}
+    return {
+        "name": str(job.get("job_id", "model")), "task": data.task, "task_params": params,
+        "engine": str(engine.get("name")), "options": dict(engine.get("options") or {}),
+        "artifact": {"file": os.path.abspath(paths["model"])}, "preprocess": spec.get("preprocess"),
+    }
+
+
+def measure_e2e(job: Dict[str, Any], paths: Dict[str, str], measure: Dict[str, Any]) -> Dict[str, Any]:
+    """What a user's application sees: an image file's bytes decoded, preprocessed, inferred and
+    postprocessed by the deployment runtime (``agent.runtime``), one image at a time (batch 1),
+    cycling through the job's images with the latency settings. p50/p90 are of each call's wall
+    time, ``stages_p50_ms`` of each stage's own. Any failure is returned as {"error": ...}."""
+    try:
+        return _measure_e2e(job, paths, measure)
+    except Exception as exc:  # the engine-only figures stand; this block says what went wrong
+        return {"error": one_line(exc)}
+
+
+def _measure_e2e(job: Dict[str, Any], paths: Dict[str, str], measure: Dict[str, Any]) -> Dict[str, Any]:
+    from agent.measure import latency_stats
+    from agent.runtime.model import STAGES, LoadedModel
+    from agent.tasks.preprocess import decode_image
+
+    images = read_images(paths["images"])
+    if not images:
+        raise ValueError("the images artifact holds no image")
+    model = LoadedModel(os.path.dirname(os.path.abspath(paths["model"])), runtime_spec(job, paths))
+    stages: Dict[str, List[float]] = {k: [] for k in STAGES}
+    try:
+        model.load()
+
+        def call(i: int) -> None:
+            start = time.perf_counter()
+            image = decode_image(images[i % len(images)][1])
+            decode = (time.perf_counter() - start) * 1000.0
+            timing = model.run_images([image])[0]["timing_ms"]
+            stages["decode"].append(decode)
+            for k in STAGES[1:]:
+                stages[k].append(float(timing[k]))
+
+        warmup = int(measure["warmup"])
+        latency = measure_latency(
+            call, warmup=warmup, min_iterations=int(measure["min_iterations"]),
+            min_seconds=float(measure["min_seconds"]),
+            max_seconds=None if measure["max_seconds"] is None else float(measure["max_seconds"]),
+        )
+    finally:
+        model.close()
+    return {
+        "p50_ms": latency["p50"], "p90_ms": latency["p90"], "n": latency["n"], "images": len(images),
+        # The warm-up calls were timed by stage too: only the measured ones count.
+        "stages_p50_ms": {k: latency_stats(v[warmup:])["p50"] for k, v in stages.items()},
+        "stopped_by": latency["stopped_by"],
+    }
 
 
 def run_job(job: Dict[str, Any], workdir: str) -> ResultRecord:

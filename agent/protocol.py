@@ -17,7 +17,10 @@ Job (controller -> agent)::
       "artifacts": {                      # every file is checked against its sha256 before use
         "model":   {"file": "model.onnx",   "sha256": "..."},
         "inputs":  {"file": "inputs.npz",   "sha256": "..."},    # measurement inputs
-        "dataset": {"file": "dataset.npz",  "sha256": "..."}     # accuracy data, or null
+        "dataset": {"file": "dataset.npz",  "sha256": "..."},    # accuracy data, or null
+        "task":    {"file": "task.py",      "sha256": "..."},    # a user's own task module (optional)
+        "images":  {"file": "images.tar",   "sha256": "..."}     # optional: a few evaluation image
+                                                                 # files (plain tar members), for e2e
       },
       "measure": {"warmup": 5, "min_iterations": 64, "min_seconds": 2.0, "max_seconds": 60.0,
                   "batch_sizes": [1, 4], "throughput_seconds": 1.0},
@@ -40,10 +43,20 @@ Result (agent -> controller)::
       "memory": {"rss_before_load_mb": float, "peak_rss_mb": float},
       "accuracy": null | {"metric": "hmean", "value": float, "samples": int,
                           "metrics": {...every figure the task computes...}},
+      "e2e": {"p50_ms": float, "p90_ms": float, "n": int, "images": int,     # only when the job has
+              "stages_p50_ms": {"decode", "preprocess", "infer", "postprocess"},  # an "images" artifact
+              "stopped_by": "target" | "max_seconds"}
+             | {"error": "..."},     # the e2e stage failed: the engine figures stand, the job stays ok
       "temperature_after_c": float | null,
       "board_state": {"before": {"governor", "cpu_mhz", "temperature_c"}, "after": {...},
                       "cpus": [1] | null, "waited_s": float}
     }
+
+``e2e`` is what an application sees, beside the engine's own ``latency``: each image file of the
+``images`` artifact read as bytes, then decoded, preprocessed, inferred and postprocessed by the
+deployment runtime (``agent.runtime.model``) with the task and preprocessing of the job's dataset,
+one image at a time (batch 1), cycled with the ``measure`` settings after warm-up. ``p50_ms`` and
+``p90_ms`` are of each call's wall time; ``stages_p50_ms`` of each stage's own time.
 
 Dataset file (``.npz`` written by ``controller.data.datasets``; the measurement inputs file has the
 same layout, usually without labels). No pickled objects, so ``np.load(allow_pickle=False)``
@@ -54,12 +67,16 @@ reads it:
       {"task": "ocr-det" | "ocr-rec" | "ocr-cls" | "raw" | "classification" | "detection"
                | "custom" (agent.tasks; v1 files' "det", "rec", "cls", "agreement" still read),
        "count": N,
-       "inputs": {"x": {"normalize": {"scale": 0.00392, "mean": [..3], "std": [..3]} | null}}
-              or {"x": {"preprocess": {...the model's declaration, agent.tasks.preprocess}}},
+       "inputs": {"x": {"preprocess": {...the model's declaration, agent.tasks.preprocess}}}
+              or {"x": {"normalize": null}} (tensors fed as they are)
+              or, in files of earlier versions, {"x": {"normalize": {"scale": 0.00392, "mean": [..3],
+              "std": [..3]}}},
        "params": {...task parameters, e.g. det thresholds, class names, the decoder...}}
 
-- ``input:<name>``: array [N, ...] in model layout (NCHW). uint8 images are turned into the
-  model's float32 tensor as ``(x * scale - mean[c]) / std[c]`` per channel; float arrays with
+- ``input:<name>``: array [N, ...] in model layout. uint8 images (user images and the rendered
+  OCR sets alike) are turned into the model's tensor by their ``preprocess`` declaration
+  (``agent.tasks.preprocess.to_tensor``: ``(x * scale - mean[c]) / std[c]`` per channel, in its
+  dtype); an older file's ``normalize`` does the same in float32 over axis 1; float arrays with
   ``normalize: null`` are fed as they are (cast to float32).
 - task labels:
   - det: ``boxes`` float32 [M, 5] = (sample index, x0, y0, x1, y1) in input pixels;
@@ -199,6 +216,7 @@ class ResultRecord(TypedDict, total=False):
     throughput: List[Dict[str, Any]]
     memory: Dict[str, Optional[float]]
     accuracy: Optional[Dict[str, Any]]
+    e2e: Dict[str, Any]  # only when the job sent images: figures, or {"error": ...}
     temperature_after_c: Optional[float]
     board_state: Dict[str, Any]
     native: Dict[str, Any]

@@ -96,7 +96,8 @@ def selection_section(sels: list[selection.Selection], c: Controls) -> None:
     ceiling = f" with a batch p50 of at most **{c.ceiling_ms:g} ms**" if c.objective == "throughput" and c.ceiling_ms else ""
     st.caption(f"{fastest}{ceiling} per (model, chip), among configurations whose accuracy drop against ONNX "
                f"Runtime fp32 on that chip is at most **{c.budget:g}**; speed-up is against the same baseline. "
-               "Newest result per configuration.")
+               "e2e p50 is the whole pipeline an application runs (decode an image file, preprocess, infer, "
+               "postprocess) on the board, beside the engine's own p50. Newest result per configuration.")
     frame = views.selection_frame(sels)
     if c.objective != "throughput":  # batch and items/s say which batch the throughput rule chose
         frame = frame.drop(columns=["batch", "items/s"])

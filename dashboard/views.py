@@ -23,7 +23,7 @@ NONE = "nothing within budget"
 
 # How each display column is printed; latency as `edgefarm select` prints it (4 significant digits).
 FORMATS: dict[str, str] = {
-    "p50 ms": "{:.4g}", "p90 ms": "{:.4g}", "p99 ms": "{:.4g}", "speed-up": "{:.2f}x",
+    "p50 ms": "{:.4g}", "e2e p50 ms": "{:.4g}", "p90 ms": "{:.4g}", "p99 ms": "{:.4g}", "speed-up": "{:.2f}x",
     "accuracy": "{:.4f}", "drop": "{:+.4f}", "peak MB": "{:.0f}", "items/s": "{:.4g}", "size MB": "{:.3g}", "cv": "{:.1%}",
 }
 
@@ -52,13 +52,13 @@ def styled(df: pd.DataFrame) -> Styler:
 def _candidate(c: Candidate) -> dict[str, Any]:
     return {
         "engine": c.engine, "variant": c.variant, "precision": c.precision, "p50 ms": c.p50_ms,
-        "p90 ms": c.p90_ms, "batch": c.batch, "items/s": c.items_per_s, "speed-up": c.speedup_vs_baseline, "metric": c.accuracy_metric,
+        "e2e p50 ms": c.e2e_p50_ms, "p90 ms": c.p90_ms, "batch": c.batch, "items/s": c.items_per_s, "speed-up": c.speedup_vs_baseline, "metric": c.accuracy_metric,
         "accuracy": c.accuracy, "drop": c.accuracy_drop, "peak MB": c.peak_rss_mb,
         "size MB": c.size_bytes / 1e6, "board": c.board, "job": c.job_id,
     }
 
 
-SELECTION_COLUMNS = ("model", "chip", "result", "engine", "variant", "precision", "p50 ms", "p90 ms",
+SELECTION_COLUMNS = ("model", "chip", "result", "engine", "variant", "precision", "p50 ms", "e2e p50 ms", "p90 ms",
                      "batch", "items/s", "speed-up", "metric", "accuracy", "drop", "peak MB", "size MB", "board", "job")
 
 
@@ -90,7 +90,7 @@ def nothing_message(sel: Selection) -> str:
 def candidates_frame(cands: Sequence[Candidate]) -> pd.DataFrame:
     """The measured configurations, one row each, for the charts (raw field names)."""
     return _frame((asdict(c) for c in cands), [
-        "model", "chip", "board", "engine", "variant", "precision", "p50_ms", "p90_ms", "accuracy_metric",
+        "model", "chip", "board", "engine", "variant", "precision", "p50_ms", "e2e_p50_ms", "p90_ms", "accuracy_metric",
         "accuracy", "accuracy_drop", "speedup_vs_baseline", "job_id", "run_id",
     ])
 

@@ -83,6 +83,34 @@ class _Accuracy(_Open):
     value: Finite | None = None
 
 
+Millis = Annotated[float, Field(allow_inf_nan=False, ge=0)]
+
+
+class _E2EStages(_Open):
+    decode: Millis
+    preprocess: Millis
+    infer: Millis
+    postprocess: Millis
+
+
+class _E2E(_Open):
+    # The application's view (decode + preprocess + infer + postprocess), or why it could not be had.
+    p50_ms: Millis | None = None
+    p90_ms: Millis | None = None
+    n: int | None = Field(None, ge=1, le=MAX_INT)
+    images: int | None = Field(None, ge=1, le=MAX_INT)
+    stages_p50_ms: _E2EStages | None = None
+    error: str | None = Field(None, max_length=MAX_STRING)
+
+    @model_validator(mode="after")
+    def _figures_or_error(self) -> "_E2E":
+        if self.error is None:
+            for key in ("p50_ms", "p90_ms", "n", "images", "stages_p50_ms"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"an e2e block without an 'error' needs its {key!r}")
+        return self
+
+
 class _Result(_Open):
     protocol: Literal[1]
     job_id: str
@@ -94,6 +122,7 @@ class _Result(_Open):
     throughput: list[_Throughput] = Field(default_factory=list, max_length=1000)
     memory: dict[str, Finite | None] = Field(default_factory=dict)
     accuracy: _Accuracy | None = None
+    e2e: _E2E | None = None
     fingerprint: dict[str, Any] | None = None
     notes: list[str] = Field(default_factory=list, max_length=100)
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from agent.protocol import sha256_file
 from controller.build.cache import Cache, key_of
+from controller.build.e2e_images import images_artifact
 from controller.build.source import Prepared, prepare
 from controller.build.task_data import TaskData
 from controller.config.spec import LoadedSpec, ModelSpec, Spec
@@ -44,6 +45,7 @@ class ModelBuild:
     failures: dict[str, str] = field(default_factory=dict)  # variant -> why it did not compile
     calibration: Artifact | None = None  # calibration samples, when anything quantizes
     task_module: Artifact | None = None  # a user's own task: its module, shipped with every job
+    images: Artifact | None = None  # a few evaluation image files (a tar), for the end-to-end figures
 
 
 def _versions() -> dict[str, str]:
@@ -232,6 +234,10 @@ def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared], u
             target.with_suffix(".npz.json").write_text("{}")
             hit = (target, {})
         build.inputs = _artifact(*hit)
+        if spec.measure.e2e:
+            found = images_artifact(loaded, build.spec, build.task, build.dataset.path, build.dataset.sha256,
+                                    (user_data or {}).get(build.spec.name), cache)
+            build.images = _artifact(*found) if found else None
     return builds
 
 

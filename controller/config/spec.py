@@ -195,6 +195,9 @@ class MeasureSpec(Strict):
         None, description="thread counts to sweep, each its own configuration; default: the engine's or board's own")
     throughput_seconds: float = Field(1.0, gt=0)
     job_timeout: float = Field(1800.0, gt=0, description="seconds before a hung job is killed")
+    e2e: bool = Field(
+        True, description="also time the deployment runtime's whole pipeline (decode + preprocess + infer + "
+        "postprocess) on a few evaluation image files, beside the engine's own p50")
 
     @field_validator("batch_sizes")
     @classmethod

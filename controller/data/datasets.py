@@ -1,8 +1,10 @@
 """Accuracy datasets: labelled OCR data rendered with Pillow, and seeded tensors for any model.
 
 Every file follows the "Dataset file" layout of ``agent/protocol.py``: images are stored as
-uint8 NCHW in the model's channel order (BGR, as PaddleOCR's cv2 pipeline feeds them) with a
-``normalize`` entry, so a 200-sample set stays a few megabytes. Sample ``i`` is drawn from its
+uint8 NCHW in the model's channel order (BGR, as PaddleOCR's cv2 pipeline feeds them) with the
+model's ``preprocess`` declaration (``agent.tasks.preprocess``: geometry, colour order,
+normalization, layout), the same one a user's image dataset carries, so the bundler and the end
+to end measurement read one declaration per model; a 200-sample set stays a few megabytes. Sample ``i`` is drawn from its
 own generator seeded with ``(seed, kind, i)``: a smaller set is the prefix of a bigger one,
 and the same seed gives the same bytes (the zip members carry a fixed timestamp).
 
@@ -27,12 +29,13 @@ import numpy as np
 
 from controller.data import ocr_render
 
-DATASET_VERSION = 2  # bump on any change to rendering or layout: the controller caches on it
+DATASET_VERSION = 3  # bump on any change to rendering or layout: the controller caches on it
 KINDS = ("ocr-det", "ocr-rec", "ocr-cls", "seeded")
 TASK_OF_KIND = {"ocr-det": "ocr-det", "ocr-rec": "ocr-rec", "ocr-cls": "ocr-cls", "seeded": "raw"}
 
 DET_NORMALIZE = {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 LINE_NORMALIZE = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+LINE_PAD = ocr_render.LINE_PAD  # what PaddleOCR pads a text line with (0 once normalized)
 DET_PARAMS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5, "min_size": 3, "iou": 0.5}
 
 _KIND_SALT = {kind: n for n, kind in enumerate(KINDS)}
@@ -61,17 +64,16 @@ def make_dataset(
         if kind == "ocr-det":
             images, labels = ocr_render.det_set(samples, _rngs(seed, kind), height, width)
             params = dict(DET_PARAMS)
-            normalize = DET_NORMALIZE
         elif kind == "ocr-rec":
             if model_path is None:
                 raise ValueError("ocr-rec needs model_path: the charset is in the model's metadata")
             images, labels = ocr_render.rec_set(samples, _rngs(seed, kind), height, width, _charset(Path(model_path)))
-            params, normalize = {}, LINE_NORMALIZE
+            params = {}
         else:
             images, labels = ocr_render.cls_set(samples, _rngs(seed, kind), height, width)
-            params, normalize = {}, LINE_NORMALIZE
+            params = {}
         arrays = {f"input:{name}": images, **labels}
-        input_meta = {name: {"normalize": normalize}}
+        input_meta = {name: {"preprocess": ocr_preprocess(kind, width, height)}}
     meta = {
         "task": TASK_OF_KIND[kind],
         "count": samples,
@@ -81,6 +83,35 @@ def make_dataset(
     }
     write_npz(Path(out_path), meta, arrays)
     return meta
+
+
+def ocr_preprocess(kind: str, width: int, height: int) -> dict[str, Any]:
+    """The preprocessing declaration of an OCR model whose input is [1, 3, height, width]: a page
+    stretched to the input (the detector), or a text line to the input height, ratio kept, padded
+    on the right (the recognizer and the direction classifier: PaddleOCR's resize_norm_img); BGR,
+    normalized, NCHW float32, as PaddleOCR's cv2 pipeline feeds them."""
+    common = {"color": "bgr", "layout": "nchw", "dtype": "float32"}
+    if kind == "ocr-det":
+        return {"resize": [width, height], **DET_NORMALIZE, **common}
+    if kind in ("ocr-rec", "ocr-cls"):
+        return {"line": [width, height], "pad": LINE_PAD, **LINE_NORMALIZE, **common}
+    raise ValueError(f"{kind!r} is not an OCR dataset kind")
+
+
+def stored_image(meta: dict[str, Any], name: str, image: np.ndarray) -> np.ndarray:
+    """One stored sample of image input ``name`` (uint8, in the model's layout and colour order as
+    its declaration says; a v2 OCR file's ``normalize`` entry meant NCHW BGR) -> RGB uint8 [H, W, 3]."""
+    spec = (meta.get("inputs") or {}).get(name) or {}
+    decl = spec.get("preprocess")
+    layout, color = (decl.get("layout", "nchw"), decl.get("color", "rgb")) if decl else ("nchw", "bgr")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise ValueError(f"input {name!r} is not a uint8 image ({image.dtype} {list(image.shape)})")
+    if layout == "nchw":
+        image = image.transpose(1, 2, 0)
+    if color == "bgr":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
 
 
 def rendered(dataset: Path) -> bool:

@@ -6,6 +6,11 @@ at any measured batch size whose p50 per batch stays under a latency ceiling (``
 for a queue of images). Selection decides on measurements only. The accuracy reference on a chip is ONNX Runtime
 running the fp32 variant at its default settings (falling back to the best fp32 figure of any
 engine when ONNX Runtime did not run there), and the speed-up is against that same baseline.
+
+Beside the engine's own p50, a candidate shows its end-to-end p50 (``e2e_p50_ms``: decode +
+preprocess + infer + postprocess of an image file by the deployment runtime, where the run measured
+it), read from the stored result record in the same query. It is shown, not ranked on: the
+selection compares engines, and the image decoding is the same for all of them.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Candidate:
     speedup_vs_baseline: float | None = None
     batch: int | None = None  # the batch size the throughput objective chose
     items_per_s: float | None = None
+    e2e_p50_ms: float | None = None  # the whole pipeline on an image file, when the run measured it
 
     def best_throughput(self, ceiling_ms: float | None) -> tuple[int, float] | None:
         """(batch, items/s) of the measured batch size with the most items/s under the ceiling."""
@@ -76,7 +82,9 @@ def latest_candidates(session: Session) -> list[Candidate]:
         select(Model.name, Model.sha256, Job.chip, Board.name, Job.engine, Job.label, Variant.name,
                Result.precision, Job.options, Result.engine_version, Result.p50_ms, Result.p90_ms,
                Result.peak_rss_mb, Variant.size_bytes, Result.accuracy_metric, Result.accuracy,
-               Job.run_id, Job.id, Result.throughput, Job.artifact)
+               Job.run_id, Job.id, Result.throughput, Job.artifact,
+               # A JSON path, not a column: results stored before e2e existed need no migration.
+               Result.raw["e2e"]["p50_ms"].as_float())
         .join(Result, Result.job_id == Job.id)
         .join(Board, Board.id == Job.board_id)
         .join(Variant, Variant.id == Job.variant_id)
@@ -88,10 +96,10 @@ def latest_candidates(session: Session) -> list[Candidate]:
     newest_model = {row[0]: row[1] for row in rows}
     latest: dict[tuple, Candidate] = {}
     for (model, sha, chip, board, engine, label, variant, precision, options, version, p50, p90, rss, size,
-         metric, accuracy, run_id, job_id, throughput, artifact) in rows:
+         metric, accuracy, run_id, job_id, throughput, artifact, e2e_p50) in rows:
         if newest_model[model] == sha:
             c = Candidate(model, chip, board, engine, label, variant, precision, options, version, p50, p90, rss,
-                          size, metric, accuracy, run_id, job_id, throughput=throughput or [])
+                          size, metric, accuracy, run_id, job_id, throughput=throughput or [], e2e_p50_ms=e2e_p50)
             if artifact:  # the engine loaded a converted file: that is what gets deployed
                 c.size_bytes = artifact.get("size_bytes", c.size_bytes)
             latest[(model, chip, engine, label)] = c
@@ -143,17 +151,24 @@ def selections(session: Session, budget: float, objective: str = "latency",
 
 # --- output formats ---------------------------------------------------------------------
 
-COLUMNS = ("model", "chip", "engine", "variant", "precision", "p50_ms", "p90_ms", "peak_rss_mb",
+COLUMNS = ("model", "chip", "engine", "variant", "precision", "p50_ms", "e2e_p50_ms", "p90_ms", "peak_rss_mb",
            "size_mb", "accuracy_metric", "accuracy", "accuracy_drop", "speedup_vs_baseline")
 # The throughput objective's table also says which batch size and how many items per second.
-THROUGHPUT_COLUMNS = COLUMNS[:7] + ("batch", "items_per_s") + COLUMNS[7:]
+_AFTER_P90 = COLUMNS.index("p90_ms") + 1
+THROUGHPUT_COLUMNS = COLUMNS[:_AFTER_P90] + ("batch", "items_per_s") + COLUMNS[_AFTER_P90:]
 
 
 def _row(sel: Selection, c: Candidate | None) -> dict:
     if c is None:
         return {"model": sel.model, "chip": sel.chip, "engine": None, "variant": None, "within_budget": False}
-    row = asdict(c)
-    del row["throughput"]  # every batch's figures: in the database and the dashboard, not the table
+    fields = asdict(c)
+    del fields["throughput"]  # every batch's figures: in the database and the dashboard, not the table
+    row: dict = {}
+    for key, value in fields.items():  # the end-to-end p50 next to the engine's own
+        if key != "e2e_p50_ms":
+            row[key] = value
+        if key == "p50_ms":
+            row["e2e_p50_ms"] = c.e2e_p50_ms
     row["size_mb"] = c.size_bytes / 1e6
     row["within_budget"] = sel.best is c
     return row
@@ -197,7 +212,8 @@ def render(sels: list[Selection], fmt: str) -> str:
         else:
             lines.append(f"{s.model} on {s.chip}: nothing within the accuracy budget {s.budget:g}; nearest:")
             for c in s.nearest:
-                lines.append(f"  {c.engine} {c.variant}: drop {_fmt(c.accuracy_drop)}, p50 {_fmt(c.p50_ms)} ms")
+                e2e = f" (e2e {_fmt(c.e2e_p50_ms)} ms)" if c.e2e_p50_ms is not None else ""
+                lines.append(f"  {c.engine} {c.variant}: drop {_fmt(c.accuracy_drop)}, p50 {_fmt(c.p50_ms)} ms{e2e}")
     if not sels:
         return "no results yet: run `edgefarm run` first"
     if fmt == "md":

@@ -147,4 +147,6 @@ def job_files(p: Planned) -> dict[str, tuple[Path, str]]:
     }
     if p.model.task_module is not None:  # a user's own task: its postprocessing runs on the board
         files["task"] = (p.model.task_module.path, p.model.task_module.sha256)
+    if p.model.images is not None:  # measure.e2e: the agent also times the whole pipeline on these
+        files["images"] = (p.model.images.path, p.model.images.sha256)
     return files

@@ -54,7 +54,8 @@ def test_det_layout_and_boxes(tmp_path: Path) -> None:
     arrays = _arrays(tmp_path / "det.npz")
     assert meta == _meta(tmp_path / "det.npz")
     assert meta["task"] == "ocr-det" and meta["count"] == 12
-    assert meta["inputs"]["x"]["normalize"]["mean"] == [0.485, 0.456, 0.406]
+    decl = meta["inputs"]["x"]["preprocess"]
+    assert decl["mean"] == [0.485, 0.456, 0.406] and decl["resize"] == [640, 640] and decl["color"] == "bgr"
     assert meta["params"]["thresh"] == 0.3 and meta["params"]["box_thresh"] == 0.6
     x, boxes = arrays["input:x"], arrays["boxes"]
     assert x.dtype == np.uint8 and x.shape == (12, 3, 640, 640)
