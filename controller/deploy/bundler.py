@@ -180,7 +180,12 @@ def build_bundle(chosen: list[Chosen], chip: str, out: Path, *, cache: Cache | N
         if _is_archive(out):
             part = tmp / out.name
             mf.write_archive(folder, part)
-            os.replace(part, out)
+            try:
+                os.link(part, out)  # unlike a rename, never replaces a file that appeared at --out meanwhile
+            except FileExistsError:
+                raise UserError(f"--out {out} appeared while the bundle was being built; it is left as it is") from None
+            except OSError:  # a file system without hard links
+                os.replace(part, out)
         else:
             folder.chmod(0o755)
             os.rename(folder, out)

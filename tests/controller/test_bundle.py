@@ -395,7 +395,7 @@ def test_bad_input_is_one_line_and_writes_nothing(ppocr_db: str, tmp_path: Path)
         Case("no-selection", ("--chip", chip, "--model", "ppocr-det", "--db", nosel),
              ("nothing within the accuracy budget 0.01", "nearest: ", "p50")),
         Case("not-measured", ("--chip", chip, "--model", "ppocr-det", "--engine", "onnxruntime", "--variant", "int4"),
-             ("onnxruntime int4", "measured: ", "onnxruntime int8")),
+             ("--engine onnxruntime --variant int4", "measured: ", "onnxruntime int8")),
         Case("out-exists", ("--chip", chip, "--model", "ppocr-det", "--out", str(work / "taken")),
              ("exists already", "taken")),
         Case("out-folder", ("--chip", chip, "--model", "ppocr-det", "--out", str(work / "no" / "b")),
@@ -419,8 +419,80 @@ def test_an_edited_bundle_of_a_real_run_is_refused(ocr_bundles: tuple[str, Path,
     _, first, _, _ = ocr_bundles
     edited = first.parent / "edited"
     shutil.copytree(first, edited)
-    artifact = next((edited / "models" / "ppocr-rec").iterdir())
+    rec = next(m for m in json.loads((edited / "manifest.json").read_text())["models"] if m["name"] == "ppocr-rec")
+    artifact = edited / rec["artifact"]["file"]
     artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")
     with pytest.raises(UserError) as err:
         mf.open_bundle(edited)
     assert f"bundle {edited}: models/ppocr-rec/{artifact.name}: sha256 differs" in str(err.value)
+
+
+ANGLE_TASK = (
+    "import numpy as np\n"
+    "METRIC = 'angle_ok'\n"
+    "ANGLES = [0, 90, 180, 270]\n"
+    "def postprocess(outputs):\n"
+    "    return ANGLES[int(np.asarray(outputs[0]).reshape(-1).argmax())]\n"
+    "def metric(predictions, labels):\n"
+    "    return {'angle_ok': sum(p == int(t) for p, t in zip(predictions, labels)) / len(labels)}\n"
+)
+
+
+def test_bundle_of_a_classifier_and_a_task_of_the_users_own(tmp_path: Path, edgefarm_home: Path) -> None:
+    """Two unrelated models of a run on the user's own images (the tasks issue's examples): one bundle
+    that answers per model, the user's task module inside it, and the pages' angles read right."""
+    import yaml
+
+    from controller.data import composed
+    from tests.models import orientation_model
+    from tests.refusal import edgefarm
+
+    data = composed.orientation_folder(tmp_path / "pages", 6, seed=3)
+    labels = composed.write_labels(tmp_path / "labels.txt", composed.ORIENTATION_LABELS)
+    (tmp_path / "spec").mkdir()
+    (tmp_path / "spec" / "angle_task.py").write_text(ANGLE_TASK)
+    preprocess = {"resize_short": 256, "crop": 224, "color": "bgr", "interpolation": "lanczos",
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    spec = {"name": "own-bundle", "variants": ["fp32"], "engines": ["onnxruntime"],
+            "measure": {"warmup": 2, "min_iterations": 16, "min_seconds": 0.1, "max_seconds": 10,
+                        "batch_sizes": [1], "throughput_seconds": 0.1},
+            "models": [{"name": "orientation", "path": str(orientation_model()), "task": "classification",
+                        "labels": str(labels), "preprocess": preprocess, "dataset": {"path": str(data), "samples": 8}},
+                       {"name": "angle", "path": str(orientation_model()), "task": "angle_task.py",  # beside the spec
+                        "preprocess": preprocess, "dataset": {"path": str(data), "samples": 8}}]}
+    (tmp_path / "spec" / "own.yaml").write_text(yaml.safe_dump(spec))
+    db = f"sqlite:///{tmp_path / 'own.db'}"
+    run = edgefarm(["run", str(tmp_path / "spec" / "own.yaml"), "--db", db], tmp_path, timeout=900)
+    assert run.returncode == 0, run.stderr
+    chip = _chip(db, tmp_path)
+    out = tmp_path / "bundle"
+    _bundle(db, chip, out, "orientation", "angle")
+    raw = json.loads((out / "manifest.json").read_text())
+    assert raw["pipeline"] is None and raw["requirements"]["image_decoder"] == "Pillow"
+    by_name = {m["name"]: m for m in raw["models"]}
+    assert by_name["orientation"]["task"] == "classification"
+    assert by_name["orientation"]["task_params"]["classes"] == composed.ORIENTATION_LABELS
+    assert by_name["orientation"]["preprocess"]["crop"] == [224, 224]
+    own = by_name["angle"]
+    assert own["task"] == "custom" and own["task_params"]["module_path"] == "models/angle/task.py"
+    assert (out / "models" / "angle" / "task.py").read_text() == ANGLE_TASK
+    assert raw["files"]["models/angle/task.py"] == hashlib.sha256(ANGLE_TASK.encode()).hexdigest()
+    # Golden inputs: 3 of the classifier's evaluation images, as the model saw them (224 x 224, RGB).
+    from PIL import Image
+
+    with Image.open(out / "golden" / "0.png") as img:
+        assert img.size == (224, 224) and img.mode == "RGB"
+    expected = json.loads((out / "golden.json").read_text())
+    assert len(expected) == 3 and all(set(r["models"]) == {"orientation", "angle"} for r in expected.values())
+    # Pages the run never saw, one at each angle: both models read the angle.
+    fresh = composed.orientation_folder(tmp_path / "fresh", 1, seed=99)
+    pages = sorted(fresh.glob("*/page-0000.*"))
+    proc = subprocess.run([sys.executable, str(out / "bundle.pyz"), "predict", *map(str, pages), "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    for page, result in zip(pages, results):
+        angle = page.parent.name
+        assert result["models"]["orientation"]["top"][0]["label"] == angle, (page, result)
+        assert result["models"]["angle"]["prediction"] == int(angle), (page, result)
+    mf.open_bundle(out)  # the module's bytecode cache, if any, is not an edit
