@@ -215,8 +215,12 @@ def _parser() -> Parser:
     deploy.add_argument("--rollback", action="store_true", help="go back one release on each --board")
     deploy.add_argument("--serve", type=_port, metavar="PORT",
                         help="also run the bundle's HTTP server on the board, as a service that outlives the deploy")
+    deploy.add_argument("--serve-address", type=_address, default="127.0.0.1", metavar="ADDR",
+                        help="with --serve: the address the server listens on (default 127.0.0.1: programs on the "
+                             "board only; 0.0.0.0 lets the network reach it, unauthenticated)")
     deploy.add_argument("--latency-factor", type=_number, default=3.0, metavar="F",
-                        help="the smoke test fails when the board's end-to-end p50 exceeds F times the farm's figure")
+                        help="the smoke test fails when a model's inference p50 on the board exceeds F times the "
+                             "farm's figure (or the whole pipeline's, where the farm measured it end to end)")
     deploy.add_argument("--keep", type=lambda t: _integer(t, 2, None, "a number of releases (2 or more)"), default=3,
                         metavar="N", help="releases kept on each board (default 3)")
     deploy.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")

@@ -189,18 +189,13 @@ def main() -> None:
 
 def deployments_section(session: Session) -> None:
     """What runs where, the history of every deploy and rollback, and drift."""
-    from controller.deploy.status import board_summary
-
     rows = queries.deployments(session)
     st.header("Deployments")
     if not rows:
         st.info("Nothing deployed yet: `edgefarm bundle --chip CHIP --model NAME --out DIR`, then "
                 "`edgefarm deploy DIR --board NAME`.")
         return
-    by_board: dict[str, list[queries.DeploymentRow]] = {}
-    for row in rows:
-        by_board.setdefault(row.board, []).append(row)
-    summaries = [board_summary(board_rows) for _, board_rows in sorted(by_board.items())]
+    summaries = queries.deployment_states(rows)
     st.subheader("What runs where")
     st.caption("Per board, the bundle the database says is current (its newest deploy or rollback that passed), "
                "the smoke test's end-to-end p50 on the board against the farm's engine p50, and the last change. "

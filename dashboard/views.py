@@ -177,7 +177,7 @@ DEPLOYED_COLUMNS = ("board", "chip", "bundle", "models", "status", "deployed (UT
 
 
 def deployed_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """What runs where: one row per board, from ``controller.deploy.status.board_summary``."""
+    """What runs where: one row per board, from ``controller.results.queries.board_state``."""
     def smoke(summary: dict[str, Any], key: str) -> Any:
         return (summary.get("smoke") or {}).get(key)
 

@@ -263,7 +263,9 @@ def _deploy_board(board: BoardSpec, bundle: Any, expected: dict[str, Any] | None
         before = releases.state()
         row.update(previous_bundle_id=before["current"])
         serving = before["server"] if before["server"].get("running") else None
+        # A server already running moves to the new release as it was: same port, same address.
         port = args.serve or (serving["port"] if serving else None)
+        host = args.serve_address if args.serve else str((serving or {}).get("host") or args.serve_address)
         files = manifest["files"]
         size = sum((bundle.folder / rel).stat().st_size for rel in files)
         say(f"pushing {len(files) + 1} files / {size / 1e6:.1f} MB")
@@ -288,8 +290,8 @@ def _deploy_board(board: BoardSpec, bundle: Any, expected: dict[str, Any] | None
         row.update(smoke=figures)
         if not problems and port:
             try:
-                releases.serve_start(port, python)
-                say(f"serving on port {port} (all interfaces)")
+                releases.serve_start(port, python, host)
+                say(f"serving on {host}:{port}" + (" (every interface, no authentication)" if host == "0.0.0.0" else ""))
             except ReleaseRefused as exc:
                 problems.append(f"the server did not start: {exc}")
         if problems:
@@ -343,7 +345,7 @@ def _roll_back(releases: BoardReleases, serving: dict[str, Any] | None, say: Cal
     if serving and back["current"] and not (server.get("running") and server.get("release") == back["current"]):
         python = releases.python_for(engines_of(after.get("models") or []))
         try:
-            releases.serve_start(int(serving["port"]), python)
+            releases.serve_start(int(serving["port"]), python, str(serving.get("host") or "127.0.0.1"))
             say(f"server on port {serving['port']} back on {back['current']}")
         except ReleaseRefused as exc:  # the rollback itself is done; the server is reported, not retried
             say(f"WARNING: the server on port {serving['port']} did not start again on {back['current']}: {exc}")

@@ -104,10 +104,10 @@ class BoardReleases:
     def prune(self, keep: int) -> list[str]:
         return list(self._release("prune", self.root, "--keep", str(keep))["removed"])
 
-    def serve_start(self, port: int, python: str) -> dict[str, Any]:
+    def serve_start(self, port: int, python: str, host: str) -> dict[str, Any]:
         """The current release's server, started with the interpreter that has its engine (the
-        agent starts it with its own), on every interface: a served bundle is there to be reached."""
-        return self._release("serve-start", self.root, "--port", str(port), "--host", "0.0.0.0",
+        agent starts it with its own), listening on ``host``."""
+        return self._release("serve-start", self.root, "--port", str(port), "--host", host,
                              timeout=SERVE_TIMEOUT, python=python)
 
     def serve_stop(self) -> dict[str, Any]:

@@ -15,37 +15,9 @@ import json
 from typing import Any
 
 from controller.errors import UserError, one_line
-from controller.results.store import Deployment
+from controller.results import queries
 
 COLUMNS = ("board", "bundle", "previous", "status", "deployed_at", "models", "smoke", "drift")
-
-
-def board_summary(rows: list[Deployment]) -> dict[str, Any]:
-    """A board's record from its deployments rows (oldest first)."""
-    newest = rows[-1]
-    good = [r for r in rows if r.status == "ok"]
-    current = good[-1] if good else None
-    # A rollback row that worked reads as the board's state: it was rolled back.
-    status = "rolled-back" if newest.action == "rollback" and newest.status == "ok" else newest.status
-    # The current bundle's own smoke figures: from its newest successful deploy (a rollback runs none).
-    deploys = [r for r in good if r.action == "deploy" and r.smoke and current and r.bundle_id == current.bundle_id]
-    return {
-        "board": newest.board,
-        "bundle": current.bundle_id if current else None,
-        "previous": current.previous_bundle_id if current else None,
-        "status": status,
-        "action": newest.action,
-        "reason": newest.reason,
-        "deployed_at": current.finished_at.isoformat(timespec="seconds") if current and current.finished_at else None,
-        "last_change_at": (newest.finished_at or newest.started_at).isoformat(timespec="seconds"),
-        "chip": current.chip if current else newest.chip,
-        "models": [f"{m.get('name')} {m.get('engine')}/{m.get('label') or m.get('variant')}"
-                   for m in (current.models if current else [])],
-        "smoke": deploys[-1].smoke if deploys else None,
-        "serve_port": current.serve_port if current else None,
-        "history": [{"bundle": r.bundle_id, "action": r.action, "status": r.status,
-                     "at": (r.finished_at or r.started_at).isoformat(timespec="seconds")} for r in rows[-10:]],
-    }
 
 
 def _actual(names: list[str], inventory_path: Any) -> dict[str, tuple[str | None, str | None, bool]]:
@@ -87,13 +59,7 @@ def deployments(board: str | None, inventory_path: Any, db_url: str | None) -> l
     if not exists(db_url):  # asking must not leave an empty database behind
         return []
     with open_db(db_url, create=False)() as db:
-        query = db.query(Deployment).order_by(Deployment.id)
-        if board is not None:
-            query = query.filter(Deployment.board == board)
-        by_board: dict[str, list[Deployment]] = {}
-        for row in query:
-            by_board.setdefault(row.board, []).append(row)
-        records = [board_summary(rows) for _, rows in sorted(by_board.items())]
+        records = queries.deployment_states(queries.deployments(db, board))
     actual = _actual([r["board"] for r in records], inventory_path)
     for r in records:
         current, why, read = actual[r["board"]]

@@ -7,6 +7,7 @@ its raw samples and the agent's whole record, which only ``latency_samples`` nee
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -144,8 +145,7 @@ def boards(session: Session) -> list[BoardRow]:
 
 @dataclass(frozen=True)
 class DeploymentRow:
-    """One deploy or rollback of a bundle on a board (``controller.deploy``); field names as the table's,
-    so ``controller.deploy.status.board_summary`` reads these as it reads the rows."""
+    """One deploy or rollback of a bundle on a board (``controller.deploy``)."""
 
     id: int
     board: str
@@ -163,16 +163,52 @@ class DeploymentRow:
     finished_at: datetime | None
 
 
-def deployments(session: Session) -> list[DeploymentRow]:
-    """Every deploy and rollback, oldest first (the manifests stay in the database)."""
-    rows = session.execute(
-        select(Deployment.id, Deployment.board, Deployment.bundle_id, Deployment.previous_bundle_id,
-               Deployment.chip, Deployment.models, Deployment.action, Deployment.status, Deployment.reason,
-               Deployment.smoke, Deployment.canary, Deployment.serve_port, Deployment.started_at,
-               Deployment.finished_at).order_by(Deployment.id)
-    )
+def deployments(session: Session, board: str | None = None) -> list[DeploymentRow]:
+    """Every deploy and rollback (of one board, if named), oldest first; the manifests stay in the database."""
+    query = select(Deployment.id, Deployment.board, Deployment.bundle_id, Deployment.previous_bundle_id,
+                   Deployment.chip, Deployment.models, Deployment.action, Deployment.status, Deployment.reason,
+                   Deployment.smoke, Deployment.canary, Deployment.serve_port, Deployment.started_at,
+                   Deployment.finished_at).order_by(Deployment.id)
+    rows = session.execute(query if board is None else query.where(Deployment.board == board))
     return [DeploymentRow(id=r.id, board=r.board, bundle_id=r.bundle_id, previous_bundle_id=r.previous_bundle_id,
                           chip=r.chip, models=list(r.models or []), action=r.action, status=r.status, reason=r.reason,
                           smoke=r.smoke, canary=bool(r.canary), serve_port=r.serve_port, started_at=r.started_at,
                           finished_at=r.finished_at)
             for r in rows]
+
+
+def board_state(rows: Sequence[DeploymentRow]) -> dict[str, Any]:
+    """What the database says a board runs, from its deployments rows (oldest first): the current bundle
+    is its newest deploy or rollback that passed; a deploy that failed or was rolled back changed nothing."""
+    newest = rows[-1]
+    good = [r for r in rows if r.status == "ok"]
+    current = good[-1] if good else None
+    # A rollback row that worked reads as the board's state: it was rolled back.
+    status = "rolled-back" if newest.action == "rollback" and newest.status == "ok" else newest.status
+    # The current bundle's own smoke figures: from its newest successful deploy (a rollback runs none).
+    deploys = [r for r in good if r.action == "deploy" and r.smoke and current and r.bundle_id == current.bundle_id]
+    return {
+        "board": newest.board,
+        "bundle": current.bundle_id if current else None,
+        "previous": current.previous_bundle_id if current else None,
+        "status": status,
+        "action": newest.action,
+        "reason": newest.reason,
+        "deployed_at": current.finished_at.isoformat(timespec="seconds") if current and current.finished_at else None,
+        "last_change_at": (newest.finished_at or newest.started_at).isoformat(timespec="seconds"),
+        "chip": current.chip if current else newest.chip,
+        "models": [f"{m.get('name')} {m.get('engine')}/{m.get('label') or m.get('variant')}"
+                   for m in (current.models if current else [])],
+        "smoke": deploys[-1].smoke if deploys else None,
+        "serve_port": current.serve_port if current else None,
+        "history": [{"bundle": r.bundle_id, "action": r.action, "status": r.status,
+                     "at": (r.finished_at or r.started_at).isoformat(timespec="seconds")} for r in rows[-10:]],
+    }
+
+
+def deployment_states(rows: Sequence[DeploymentRow]) -> list[dict[str, Any]]:
+    """``board_state`` of every board among ``rows``, by board name."""
+    by_board: dict[str, list[DeploymentRow]] = {}
+    for row in rows:
+        by_board.setdefault(row.board, []).append(row)
+    return [board_state(board_rows) for _, board_rows in sorted(by_board.items())]

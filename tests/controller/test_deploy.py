@@ -176,8 +176,8 @@ def test_deploy_to_an_ssh_board_predict_and_serve_over_http(bundles: dict[str, P
     inventory = write_inventory(tmp_path / "inv.yaml", sshb.inventory_entry(python=sys.executable, workdir=str(files)))
     port = free_port()
     ocr = bundle_id(bundles["ocr"])
-    assert main(["deploy", str(bundles["ocr"]), "--board", sshb.name, "--serve", str(port), "--latency-factor",
-                 GENEROUS, "--inventory", str(inventory), "--db", db]) == 0
+    assert main(["deploy", str(bundles["ocr"]), "--board", sshb.name, "--serve", str(port), "--serve-address", "0.0.0.0",
+                 "--latency-factor", GENEROUS, "--inventory", str(inventory), "--db", db]) == 0
     out = capsys.readouterr().out
     assert f"{sshb.name}: pushing " in out and "outputs same" in out
     assert current_of(files / "deploy") == ocr
@@ -208,8 +208,8 @@ def test_deploy_to_the_adb_device_predict_and_serve(bundles: dict[str, Path], pa
     inventory = write_inventory(tmp_path / "inv.yaml", entry)
     port = free_port()
     ocr = bundle_id(bundles["ocr"])
-    assert main(["deploy", str(bundles["ocr"]), "--board", adbb.name, "--serve", str(port), "--latency-factor",
-                 GENEROUS, "--inventory", str(inventory), "--db", db]) == 0
+    assert main(["deploy", str(bundles["ocr"]), "--board", adbb.name, "--serve", str(port), "--serve-address", "0.0.0.0",
+                 "--latency-factor", GENEROUS, "--inventory", str(inventory), "--db", db]) == 0
     assert "outputs same" in capsys.readouterr().out
     assert current_of(files / "deploy") == ocr
 
@@ -311,7 +311,8 @@ def test_rollback_by_hand_moves_the_served_bundle_back_and_drift_is_seen(
     deploy = deploy_dir(tmp_path, "b1")
     url = f"http://127.0.0.1:{port}"
     try:
-        assert main(["deploy", str(bundles["cls"]), "--serve", str(port), "--latency-factor", GENEROUS, *common]) == 0
+        assert main(["deploy", str(bundles["cls"]), "--serve", str(port), "--serve-address", "0.0.0.0",
+                     "--latency-factor", GENEROUS, *common]) == 0
         assert healthz(url)["bundle_id"] == cls
         # The next deploy restarts the server on the new release without being asked.
         assert main(["deploy", str(bundles["ocr"]), "--latency-factor", GENEROUS, *common]) == 0

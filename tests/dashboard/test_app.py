@@ -347,7 +347,7 @@ def test_a_board_declared_as_a_chip_it_is_not_is_flagged_in_the_boards_table() -
 def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Rows as `edgefarm deploy` writes them: a board whose newer deploy failed still runs the older
     bundle, and a board rolled back by hand runs the bundle it went back to."""
-    from controller.deploy.status import board_summary
+    from controller.results.queries import deployment_states, deployments
     from controller.results.store import Deployment
 
     url = f"sqlite:///{tmp_path / 'deployed.db'}"
@@ -366,8 +366,7 @@ def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pyt
                               smoke={"total_p50_ms": 20.5, "farm_infer_total_ms": 17.0, "outputs": "same"}
                               if status == "ok" and action == "deploy" else None))
         db.commit()
-        expected = {b: board_summary(db.query(Deployment).filter_by(board=b).order_by(Deployment.id).all())
-                    for b in ("jetson-1", "rk-2")}
+        expected = {s["board"]: s for s in deployment_states(deployments(db))}
     at = start(monkeypatch, url)
     where = frame_with(at.dataframe, "serving on")
     assert list(where["board"]) == ["jetson-1", "rk-2"]
