@@ -320,8 +320,11 @@ def _page(path: Path) -> list[str]:
 
     from controller.data.ocr_render import ALPHABET, FONT_DIR
 
+    # Letters whose capital is the small one drawn bigger (c/C, s/S...), or nearly (j/J), are left out: on a
+    # line alone no reader tells them apart, and the farm's 0.96 exact match already counts those misreadings.
+    letters = [c for c in ALPHABET if c.lower() not in "cjksopuvwxz"]
     rng = np.random.default_rng(ALPHABET_SEED)
-    lines = ["".join(ALPHABET[i] for i in rng.integers(0, len(ALPHABET), size=n)) for n in (9, 7, 11)]
+    lines = ["".join(letters[i] for i in rng.integers(0, len(letters), size=n)) for n in (9, 7, 11)]
     img = Image.new("RGB", (900, 420), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.truetype(str(FONT_DIR / "DejaVuSans.ttf"), 44)
@@ -421,7 +424,8 @@ def test_an_edited_bundle_of_a_real_run_is_refused(ocr_bundles: tuple[str, Path,
     shutil.copytree(first, edited)
     rec = next(m for m in json.loads((edited / "manifest.json").read_text())["models"] if m["name"] == "ppocr-rec")
     artifact = edited / rec["artifact"]["file"]
-    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")
+    data = artifact.read_bytes()
+    artifact.write_bytes(bytes([data[0] ^ 1]) + data[1:])  # one bit of the first byte (a tar ends in zeros)
     with pytest.raises(UserError) as err:
         mf.open_bundle(edited)
     assert f"bundle {edited}: models/ppocr-rec/{artifact.name}: sha256 differs" in str(err.value)
