@@ -10,7 +10,7 @@ engine when ONNX Runtime did not run there), and the speed-up is against that sa
 Beside the engine's own p50, a candidate shows its end-to-end p50 (``e2e_p50_ms``: decode +
 preprocess + infer + postprocess of an image file by the deployment runtime, where the run measured
 it), read from the stored result record in the same query. It is shown, not ranked on: the
-selection compares engines, and the image decoding is the same for all of them.
+objective is the engine's own figure, and a board without Python (a native tool) has no e2e figure.
 """
 
 from __future__ import annotations
