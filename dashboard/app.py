@@ -198,10 +198,11 @@ def deployments_section(session: Session) -> None:
     summaries = queries.deployment_states(rows)
     st.subheader("What runs where")
     st.caption("Per board, the bundle the database says is current (its newest deploy or rollback that passed), "
-               "the smoke test's end-to-end p50 on the board against the farm's engine p50, and the last change. "
-               "Drift, the release a board really runs, is read from the boards: `edgefarm deployments`.")
-    frame = views.deployed_frame(summaries)
-    st.dataframe(views.styled(frame).map(views.verdict_style, subset=["status"]), hide_index=True)
+               "drift from the release the board itself said it runs when last read (`edgefarm deploy` and "
+               "`edgefarm deployments` read it; run the latter to read every board now), the smoke test's p50 "
+               "on the board against the farm's, and the last change.")
+    frame = views.deployed_frame(summaries, queries.latest_readings(session))
+    st.dataframe(views.styled(frame).map(views.verdict_style, subset=["status", "drift"]), hide_index=True)
     st.subheader("History")
     history = views.deployment_history_frame(rows)
     st.altair_chart(charts.deployment_timeline(history))

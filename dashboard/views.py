@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from pandas.io.formats.style import Styler
 
-    from controller.results.queries import BoardRow, DeploymentRow, JobRow, RunRow
+    from controller.results.queries import BoardRow, DeploymentRow, JobRow, Reading, RunRow
     from controller.results.selection import Candidate, Selection
 
 BEST = "best within budget"
@@ -116,7 +116,7 @@ def runs_frame(runs: Sequence[RunRow]) -> pd.DataFrame:
 
 def verdict_style(value: object) -> str:
     """CSS for a verdict or status cell: a regression or a failed run must catch the eye."""
-    if value in ("regression", "failed", "interrupted", "rolled-back"):
+    if value in ("regression", "failed", "interrupted", "rolled-back", "DRIFT"):
         return "background-color: #fde2e1; color: #8a1c14"
     if value in ("pass", "ok"):
         return "background-color: #e3f5e1; color: #1d5e1a"
@@ -172,18 +172,27 @@ def boards_frame(boards: Sequence[BoardRow]) -> pd.DataFrame:
     } for b in boards), columns)
 
 
-DEPLOYED_COLUMNS = ("board", "chip", "bundle", "models", "status", "deployed (UTC)", "previous", "smoke p50 ms",
-                    "farm p50 ms", "outputs", "serving on", "last change")
+DEPLOYED_COLUMNS = ("board", "chip", "bundle", "models", "status", "deployed (UTC)", "previous", "drift",
+                    "board runs", "read (UTC)", "smoke p50 ms", "farm p50 ms", "outputs", "serving on", "last change")
 
 
-def deployed_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """What runs where: one row per board, from ``controller.results.queries.board_state``."""
+def deployed_frame(summaries: Sequence[dict[str, Any]], readings: dict[str, Reading]) -> pd.DataFrame:
+    """What runs where: one row per board (``controller.results.queries.board_state``), and drift from
+    the board's newest reading of its own release."""
+    from controller.results.queries import drift
+
     def smoke(summary: dict[str, Any], key: str) -> Any:
         return (summary.get("smoke") or {}).get(key)
 
+    def drift_cell(summary: dict[str, Any]) -> str:
+        found = drift(summary, readings.get(summary["board"]))
+        return "unknown: " + str(found["why"]) if found["drift"] is None else "DRIFT" if found["drift"] else "none"
+
     return _frame(({
         "board": s["board"], "chip": s["chip"], "bundle": s["bundle"], "models": ", ".join(s["models"]) or None,
-        "status": s["status"], "deployed (UTC)": s["deployed_at"], "previous": s["previous"],
+        "status": s["status"], "deployed (UTC)": s["deployed_at"], "previous": s["previous"], "drift": drift_cell(s),
+        "board runs": getattr(readings.get(s["board"]), "release", None),
+        "read (UTC)": _seconds(getattr(readings.get(s["board"]), "read_at", None)),
         "smoke p50 ms": smoke(s, "total_p50_ms"), "farm p50 ms": smoke(s, "farm_infer_total_ms"),
         "outputs": smoke(s, "outputs"), "serving on": f"port {s['serve_port']}" if s.get("serve_port") else None,
         "last change": f"{s['action']} {s['status']}" + (f": {s['reason']}" if s.get("reason") else ""),

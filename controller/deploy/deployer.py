@@ -315,7 +315,21 @@ def _deploy_board(board: BoardSpec, bundle: Any, expected: dict[str, Any] | None
             return _failed(row, board.name, "failed", f"{what}; the rollback failed too: {again}", say)
         return _failed(row, board.name, "rolled-back", f"{what}; rolled back to {back or 'no release'}", say)
     finally:
+        _read_back(releases, board.name, sessions)
         session.close()
+
+
+def _read_back(releases: BoardReleases, board: str, sessions: Any) -> None:
+    """What the board runs once the deploy or rollback is over, as it says itself: the reading the
+    dashboard's drift starts from."""
+    from controller.deploy.status import remember
+    from controller.results.queries import Reading
+
+    try:
+        reading = Reading(board, releases.state()["current"], None)
+    except (ReleaseRefused, EdgeFarmError) as exc:
+        reading = Reading(board, None, f"not read after the deploy: {exc}")
+    remember(sessions, [reading])
 
 
 def _discard_quietly(releases: BoardReleases, bundle_id: str) -> None:
@@ -408,6 +422,7 @@ def _rollback_board(board: BoardSpec, releases: BoardReleases, state: dict[str, 
         _failed(row, board.name, "failed", str(exc), say)
         return False
     row.update(finished=True, status="ok", reason="rolled back by hand")
+    _read_back(releases, board.name, sessions)
     say(f"ok: {back} is current")
     return True
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from controller.errors import UserError, one_line
 from controller.results import queries
+from controller.results.store import ReleaseReading
 
 COLUMNS = ("board", "bundle", "previous", "status", "deployed_at", "models", "smoke", "drift")
 
 
-def _actual(names: list[str], inventory_path: Any) -> dict[str, tuple[str | None, str | None, bool]]:
-    """board -> (its current release, why it could not be read, read at all)."""
+def read_releases(names: list[str], inventory_path: Any) -> list[queries.Reading]:
+    """What each board says its current release is (or why it could not be read)."""
     from controller.boards.agent_bundle import build_agent_bundle
     from controller.boards.session import BoardSession
     from controller.config.inventory import load_inventory
@@ -31,14 +32,14 @@ def _actual(names: list[str], inventory_path: Any) -> dict[str, tuple[str | None
     inventory, source = load_inventory(inventory_path)
     known = {b.name: b for b in inventory.boards}
     agent = build_agent_bundle(workspace() / "agent")
-    found: dict[str, tuple[str | None, str | None, bool]] = {}
+    found = []
     for name in names:
         board = known.get(name)
         if board is None:
-            found[name] = (None, f"not in {source}", False)
+            found.append(queries.Reading(name, None, f"not in {source}"))
             continue
         if not board.agent:
-            found[name] = (None, "a board without Python (agent: false): its release is not read", False)
+            found.append(queries.Reading(name, None, "a board without Python (agent: false): its release is not read"))
             continue
         try:
             session = BoardSession(board, agent)
@@ -47,10 +48,17 @@ def _actual(names: list[str], inventory_path: Any) -> dict[str, tuple[str | None
             finally:
                 session.close()
         except Exception as exc:  # noqa: BLE001 - every board is reported, reachable or not
-            found[name] = (None, f"not reached: {one_line(exc)}", False)
+            found.append(queries.Reading(name, None, f"not reached: {one_line(exc)}"))
             continue
-        found[name] = (state.get("current"), None, True)
+        found.append(queries.Reading(name, state.get("current"), None))
     return found
+
+
+def remember(sessions: Any, readings: list[queries.Reading]) -> None:
+    """Keep what the boards said, so the dashboard (which reads no board) can show drift."""
+    with sessions() as db:
+        db.add_all([ReleaseReading(board=r.board, release=r.release, error=r.error) for r in readings])
+        db.commit()
 
 
 def deployments(board: str | None, inventory_path: Any, db_url: str | None) -> list[dict[str, Any]]:
@@ -58,20 +66,13 @@ def deployments(board: str | None, inventory_path: Any, db_url: str | None) -> l
 
     if not exists(db_url):  # asking must not leave an empty database behind
         return []
-    with open_db(db_url, create=False)() as db:
+    sessions = open_db(db_url, create=False)
+    with sessions() as db:
         records = queries.deployment_states(queries.deployments(db, board))
-    actual = _actual([r["board"] for r in records], inventory_path)
-    for r in records:
-        current, why, read = actual[r["board"]]
-        r["actual"] = current
-        if not read:
-            r["drift"], r["why"] = None, why
-        elif current != r["bundle"]:
-            r["drift"] = True
-            r["why"] = (f"the board's current release is {current or 'none'}, the database says {r['bundle'] or 'none'}"
-                        " (switched outside edgefarm deploy?)")
-        else:
-            r["drift"], r["why"] = False, None
+    readings = read_releases([r["board"] for r in records], inventory_path)
+    remember(sessions, readings)
+    for r, reading in zip(records, readings):
+        r.update(queries.drift(r, reading))
     return records
 
 

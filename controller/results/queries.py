@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller.results.store import Board, Deployment, Job, Model, Result, Run, Variant
+from controller.results.store import Board, Deployment, Job, Model, ReleaseReading, Result, Run, Variant
 
 
 @dataclass(frozen=True)
@@ -212,3 +212,36 @@ def deployment_states(rows: Sequence[DeploymentRow]) -> list[dict[str, Any]]:
     for row in rows:
         by_board.setdefault(row.board, []).append(row)
     return [board_state(board_rows) for _, board_rows in sorted(by_board.items())]
+
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a board said its current release was (``release``), or why it could not be read (``error``)."""
+
+    board: str
+    release: str | None
+    error: str | None
+    read_at: datetime | None = None
+
+
+def latest_readings(session: Session) -> dict[str, Reading]:
+    """Each board's newest reading of its current release (``edgefarm deploy`` and ``deployments`` record them)."""
+    newest = select(func.max(ReleaseReading.id).label("id")).group_by(ReleaseReading.board).subquery()
+    rows = session.execute(
+        select(ReleaseReading.board, ReleaseReading.release, ReleaseReading.error, ReleaseReading.read_at)
+        .join(newest, ReleaseReading.id == newest.c.id)
+    )
+    return {r.board: Reading(r.board, r.release, r.error, r.read_at) for r in rows}
+
+
+def drift(state: dict[str, Any], reading: Reading | None) -> dict[str, Any]:
+    """``actual``, ``drift`` and ``why`` of a board's state against what the board said: drift is None
+    (and ``why`` says why) when the board was not read."""
+    if reading is None or reading.error is not None:
+        return {"actual": None, "drift": None, "why": reading.error if reading else "never read from the board"}
+    if reading.release != state["bundle"]:
+        return {"actual": reading.release, "drift": True,
+                "why": f"the board's current release is {reading.release or 'none'}, the database says "
+                       f"{state['bundle'] or 'none'} (switched outside edgefarm deploy?)"}
+    return {"actual": reading.release, "drift": False, "why": None}

@@ -159,3 +159,15 @@ class Deployment(Base):
     serve_port: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ReleaseReading(Base):
+    """What a board said its current release was, each time it was asked (``edgefarm deploy``,
+    ``edgefarm deployments``): the dashboard shows drift from these, since it reads no board itself."""
+
+    __tablename__ = "release_readings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    board: Mapped[str] = mapped_column(String(64), index=True)
+    release: Mapped[str | None] = mapped_column(String(16))  # None: no current release, or not read (error)
+    error: Mapped[str | None] = mapped_column(Text)  # why the board could not be read
+    read_at: Mapped[datetime] = mapped_column(DateTime, default=now)

@@ -21,6 +21,7 @@ import yaml
 
 from controller.cli import main
 from controller.deploy import deployer
+from controller.results import queries
 from controller.results.database import open_db
 from controller.results.store import Deployment
 from tests.adbboard import AdbBoard, adb_board
@@ -311,9 +312,9 @@ def test_rollback_by_hand_moves_the_served_bundle_back_and_drift_is_seen(
     deploy = deploy_dir(tmp_path, "b1")
     url = f"http://127.0.0.1:{port}"
     try:
-        assert main(["deploy", str(bundles["cls"]), "--serve", str(port), "--serve-address", "0.0.0.0",
-                     "--latency-factor", GENEROUS, *common]) == 0
+        assert main(["deploy", str(bundles["cls"]), "--serve", str(port), "--latency-factor", GENEROUS, *common]) == 0
         assert healthz(url)["bundle_id"] == cls
+        assert json.loads((deploy / "server.json").read_text())["host"] == "127.0.0.1"  # the board's own programs only
         # The next deploy restarts the server on the new release without being asked.
         assert main(["deploy", str(bundles["ocr"]), "--latency-factor", GENEROUS, *common]) == 0
         assert healthz(url)["bundle_id"] == ocr
@@ -336,6 +337,8 @@ def test_rollback_by_hand_moves_the_served_bundle_back_and_drift_is_seen(
         (record,) = json.loads(capsys.readouterr().out)
         assert (record["bundle"], record["actual"], record["drift"]) == (cls, ocr, True)
         assert ocr in record["why"]
+        with open_db(db)() as session:  # kept for the dashboard, which reads no board
+            assert queries.latest_readings(session)["b1"].release == ocr
         assert main(["deployments", "--inventory", str(inventory), "--db", db]) == 0
         assert "DRIFT" in capsys.readouterr().out
 

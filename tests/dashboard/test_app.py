@@ -348,7 +348,7 @@ def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pyt
     """Rows as `edgefarm deploy` writes them: a board whose newer deploy failed still runs the older
     bundle, and a board rolled back by hand runs the bundle it went back to."""
     from controller.results.queries import deployment_states, deployments
-    from controller.results.store import Deployment
+    from controller.results.store import Deployment, ReleaseReading
 
     url = f"sqlite:///{tmp_path / 'deployed.db'}"
     models = [{"name": "ppocr-det", "engine": "onnxruntime", "variant": "int8", "label": "int8"}]
@@ -365,6 +365,9 @@ def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pyt
                               manifest={}, action=action, status=status, reason=reason, canary=False,
                               smoke={"total_p50_ms": 20.5, "farm_infer_total_ms": 17.0, "outputs": "same"}
                               if status == "ok" and action == "deploy" else None))
+        # What the boards said when last read: rk-2 as the database says, jetson-1 switched by hand.
+        db.add_all([ReleaseReading(board="jetson-1", release="c" * 16), ReleaseReading(board="rk-2", release="b" * 16),
+                    ReleaseReading(board="rk-2", release="a" * 16)])
         db.commit()
         expected = {s["board"]: s for s in deployment_states(deployments(db))}
     at = start(monkeypatch, url)
@@ -375,6 +378,8 @@ def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pyt
         assert (row["bundle"], row["status"]) == (summary["bundle"], summary["status"])
     assert list(where["bundle"]) == ["a" * 16, "a" * 16]  # the failed deploy changed nothing; the rollback did
     assert list(where["status"]) == ["failed", "rolled-back"]
+    assert list(where["drift"]) == ["DRIFT", "none"]  # the newest reading counts
+    assert list(where["board runs"]) == ["c" * 16, "a" * 16]
     history = frame_with(at.dataframe, "action")
     assert len(history) == 5 and history.iloc[0]["action"] == "rollback"  # newest first
     assert "outputs differ" in " ".join(history["reason"].dropna())

@@ -1,7 +1,8 @@
-"""Deployments: one row per deploy or rollback of a bundle on a board (``edgefarm deploy``).
+"""Deployments: one row per deploy or rollback of a bundle on a board (``edgefarm deploy``), and
+each reading of the release a board really runs (``release_readings``, for drift).
 
-A new table, nothing else changes: databases written before it keep every row and gain an empty
-``deployments`` table.
+New tables, nothing else changes: databases written before them keep every row and gain empty
+``deployments`` and ``release_readings`` tables.
 """
 
 from __future__ import annotations
@@ -35,8 +36,19 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(), nullable=True),
     )
     op.create_index("ix_deployments_board", "deployments", ["board"])
+    op.create_table(
+        "release_readings",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("board", sa.String(64), nullable=False),
+        sa.Column("release", sa.String(16), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("read_at", sa.DateTime(), nullable=False),
+    )
+    op.create_index("ix_release_readings_board", "release_readings", ["board"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_release_readings_board", table_name="release_readings")
+    op.drop_table("release_readings")
     op.drop_index("ix_deployments_board", table_name="deployments")
     op.drop_table("deployments")
