@@ -442,6 +442,7 @@ ANGLE_TASK = (
 )
 
 
+@pytest.mark.slow
 def test_bundle_of_a_classifier_and_a_task_of_the_users_own(tmp_path: Path, edgefarm_home: Path) -> None:
     """Two unrelated models of a run on the user's own images (the tasks issue's examples): one bundle
     that answers per model, the user's task module inside it, and the pages' angles read right."""
@@ -458,7 +459,7 @@ def test_bundle_of_a_classifier_and_a_task_of_the_users_own(tmp_path: Path, edge
     preprocess = {"resize_short": 256, "crop": 224, "color": "bgr", "interpolation": "lanczos",
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     spec = {"name": "own-bundle", "variants": ["fp32"], "engines": ["onnxruntime"],
-            "measure": {"warmup": 2, "min_iterations": 16, "min_seconds": 0.1, "max_seconds": 10,
+            "measure": {"warmup": 2, "min_iterations": 64, "min_seconds": 0.1, "max_seconds": 10,
                         "batch_sizes": [1], "throughput_seconds": 0.1},
             "models": [{"name": "orientation", "path": str(orientation_model()), "task": "classification",
                         "labels": str(labels), "preprocess": preprocess, "dataset": {"path": str(data), "samples": 8}},
