@@ -154,7 +154,7 @@ def verify_folder(folder: str, bundle_id: str) -> List[str]:
             problems.append("%s: sha256 does not match the manifest" % name)
     listed = set(files) | {"manifest.json"}
     # What the runtime makes in a release it ran: a packed model unpacked beside its file
-    # (agent.job.unpack_model: <file>.d/), and Python's byte-code caches.
+    # (agent.artifacts.unpack_model: <file>.d/), and Python's byte-code caches.
     made = {name + ".d" for name in files}
     for dirpath, dirnames, filenames in os.walk(folder):
         rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")

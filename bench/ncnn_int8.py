@@ -36,9 +36,9 @@ LAYER_SETS = {"conv": ["Convolution"], "all": ["Convolution", "ConvolutionDepthW
 
 
 def bench_model(which: str, methods: list[str], work: Path) -> list[dict[str, Any]]:
+    from agent.artifacts import unpack_model
     from agent.dataset import load_dataset
     from agent.engines import get_engine
-    from agent.job import unpack_model
     from agent.tasks import evaluator_for
     from controller.build.source import prepare
     from controller.convert import ConvertInput, converter_for

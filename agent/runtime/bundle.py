@@ -146,7 +146,7 @@ class Bundle:
             rel_root = "" if rel_root == "." else rel_root + "/"
             for d in list(dirs):
                 rel = rel_root + d
-                # agent.job.unpack_model's folder (and its in-progress form), a task's bytecode cache
+                # agent.artifacts.unpack_model's folder (and its in-progress form), a task's bytecode cache
                 if any(rel == a + ".d" or (rel.startswith(a + ".d.") and rel.endswith(".part")) for a in artifacts) \
                         or (d == "__pycache__" and rel_root.rstrip("/") in modules):
                     dirs.remove(d)

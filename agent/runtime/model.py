@@ -52,7 +52,7 @@ def corners(box: Sequence[float]) -> List[List[float]]:
 def _unpacked(path: str) -> str:
     """The file the engine loads: a packed artifact (.tar) is unpacked beside it, or, in a folder
     this process may not write (a read-only release), in a temporary one."""
-    from agent.job import unpack_model
+    from agent.artifacts import unpack_model
 
     try:
         return unpack_model(path)

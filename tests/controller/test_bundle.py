@@ -117,7 +117,7 @@ def test_an_edited_bundle_is_refused_naming_the_file(tmp_path: Path, edit: Any, 
 
 def test_what_the_runtime_writes_into_a_bundle_is_not_an_edit(tmp_path: Path) -> None:
     _hand_made(tmp_path)
-    (tmp_path / "models" / "m" / "0123456789abcdef.onnx.d").mkdir()  # agent.job.unpack_model's folder
+    (tmp_path / "models" / "m" / "0123456789abcdef.onnx.d").mkdir()  # agent.artifacts.unpack_model's folder
     (tmp_path / "models" / "m" / "0123456789abcdef.onnx.d" / "model.xml").write_text("<net/>")
     mf.open_bundle(tmp_path)
     (tmp_path / "models" / "m" / "other.d").mkdir()

@@ -17,9 +17,10 @@ import pytest
 pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
 
+from agent.artifacts import unpack_model  # noqa: E402
 from agent.dataset import Dataset, load_dataset  # noqa: E402
 from agent.engines import EngineError, get_engine  # noqa: E402
-from agent.job import run_job, unpack_model  # noqa: E402
+from agent.job import run_job  # noqa: E402
 from agent.tasks import evaluator_for  # noqa: E402
 from controller.convert import ConversionError, ConvertInput, converter_for, ncnn_int8  # noqa: E402
 from controller.convert import ncnn as ncnn_convert  # noqa: E402

@@ -13,9 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from agent.artifacts import unpack_model
 from agent.dataset import load_dataset
 from agent.engines.openvino import OpenVinoEngine
-from agent.job import run_job, unpack_model
+from agent.job import run_job
 from controller.build.source import prepare
 from controller.convert import ConversionError, ConvertInput
 from controller.convert.openvino import OpenVinoConverter

@@ -14,7 +14,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from agent.job import archive_members
+from agent.artifacts import archive_members
 from agent.protocol import Fingerprint, JobRecord, ProbeRecord, ResultRecord, Stage, failed, make_probe, sha256_file
 from controller.boards.native import NativeOutputError, NativeRun, native_benchmark, to_result
 from controller.boards.transports import Transport
