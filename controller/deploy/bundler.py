@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from agent.protocol import sha256_file
 from controller.build.cache import Cache
-from controller.data.datasets import DET_NORMALIZE, LINE_NORMALIZE
+from controller.data import datasets
 from controller.deploy import manifest as mf
 from controller.errors import UserError
 from controller.results.selection import Candidate, latest_candidates, select_best
@@ -45,8 +45,6 @@ from controller.workspace import cache_dir, paddle_python
 GOLDEN_COUNT = 3
 OCR_TASKS = ("ocr-det", "ocr-rec", "ocr-cls")
 # The float steps of every OCR dataset: images stored uint8 NCHW in BGR, as PaddleOCR's cv2 feeds them.
-_OCR_COMMON = {"color": "bgr", "layout": "nchw", "dtype": "float32"}
-LINE_PAD = 128  # the grey PaddleOCR's resize_norm_img pads a line with (0 after normalizing to [-1, 1])
 PREDICT_TIMEOUT_S = 600
 
 
@@ -202,13 +200,13 @@ def _fill(folder: Path, chosen: list[Chosen], chip: str, cache: Cache, warn: Cal
     from controller.boards.agent_bundle import runtime_bytes
 
     artifacts = {ch.candidate.model: _artifact(ch, cache) for ch in chosen}  # the measured files first: the
-    datasets = {ch.candidate.model: _dataset(ch, cache) for ch in chosen}    # likelier miss on another machine
-    entries = [_model_entry(folder, ch, artifacts[ch.candidate.model], datasets[ch.candidate.model], cache)
+    evaluation = {ch.candidate.model: _dataset(ch, cache) for ch in chosen}    # likelier miss on another machine
+    entries = [_model_entry(folder, ch, artifacts[ch.candidate.model], evaluation[ch.candidate.model], cache)
                for ch in chosen]
     (folder / "bundle.pyz").write_bytes(runtime_bytes())
     (folder / "bundle.pyz").chmod(0o755)
     pipeline = pipeline_of([e["task"] for e in entries])
-    golden_inputs = _write_golden_inputs(folder, chosen, entries, datasets, pipeline)
+    golden_inputs = _write_golden_inputs(folder, chosen, entries, evaluation, pipeline)
     body: dict[str, Any] = {
         "format": mf.FORMAT,
         "chip": chip,
@@ -280,17 +278,16 @@ def _model_entry(folder: Path, ch: Chosen, found: Path, data: Any, cache: Cache)
     task = ALIASES.get(ch.task, ch.task)
     params = dict(data.params)
     name = data.input_names[0] if data.input_names else None
-    if task in OCR_TASKS:
-        preprocess: dict[str, Any] | None = ocr_preprocess(task, _shape(ch.inputs, name))
-        if task == "ocr-rec":
-            params["charset"] = [str(s) for s in data.labels["charset"].tolist()]
-    elif task == "raw":
-        preprocess = None
-    else:
-        preprocess = ((data.meta.get("inputs") or {}).get(name) or {}).get("preprocess")
-        if preprocess is None:
-            raise UserError(f"the evaluation data of {c.model} (run {c.run_id}) declares no preprocessing for "
-                            f"input {name!r}; run `edgefarm run` for it again with this EdgeFarm")
+    # Every image dataset declares its preprocessing; OCR data rendered before it did (a run of an
+    # earlier EdgeFarm) is declared here as it was rendered.
+    preprocess: dict[str, Any] | None = ((data.meta.get("inputs") or {}).get(name) or {}).get("preprocess")
+    if task == "ocr-rec":
+        params["charset"] = [str(s) for s in data.labels["charset"].tolist()]
+    if preprocess is None and task in OCR_TASKS:
+        preprocess = ocr_preprocess(task, _shape(ch.inputs, name))
+    elif preprocess is None and task != "raw":
+        raise UserError(f"the evaluation data of {c.model} (run {c.run_id}) declares no preprocessing for "
+                        f"input {name!r}; run `edgefarm run` for it again with this EdgeFarm")
     if task == "custom":
         module = _task_module(ch, params.get("module_sha256"), Cache(cache.root))
         target = folder / "models" / c.model / "task.py"
@@ -305,7 +302,7 @@ def _model_entry(folder: Path, ch: Chosen, found: Path, data: Any, cache: Cache)
         "inputs": ch.inputs, "preprocess": preprocess,
         "measured": {"board": c.board, "run_id": c.run_id, "job_id": c.job_id, "p50_ms": c.p50_ms,
                      "p90_ms": c.p90_ms, "accuracy_metric": c.accuracy_metric, "accuracy": c.accuracy,
-                     "e2e_p50_ms": None},
+                     "e2e_p50_ms": c.e2e_p50_ms},
     }
 
 
@@ -315,14 +312,10 @@ def _shape(inputs: list[dict[str, Any]], name: str | None) -> list[Any]:
 
 
 def ocr_preprocess(task: str, shape: list[Any]) -> dict[str, Any]:
-    """The declaration of an OCR model's input [1, 3, H, W], as its datasets were rendered: the
-    detector's page resized to the input, a line resized to its height and padded on the right."""
+    """The declaration of an OCR model's input [1, 3, H, W], as its datasets are rendered."""
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
         raise UserError(f"an {task} model takes one [1, 3, H, W] input of a fixed size; this one is {shape}")
-    height, width = int(shape[2]), int(shape[3])
-    if task == "ocr-det":
-        return {"resize": [width, height], **DET_NORMALIZE, **_OCR_COMMON}
-    return {"line": [width, height], "pad": LINE_PAD, **LINE_NORMALIZE, **_OCR_COMMON}
+    return datasets.ocr_preprocess(task, width=int(shape[3]), height=int(shape[2]))
 
 
 def _task_module(ch: Chosen, sha256: str | None, cache: Cache) -> Path:
@@ -374,14 +367,14 @@ def version_range(measured: str) -> dict[str, str]:
 # --- golden inputs and expected outputs ----------------------------------------------------------
 
 
-def _write_golden_inputs(folder: Path, chosen: list[Chosen], entries: list[dict[str, Any]], datasets: dict[str, Any],
+def _write_golden_inputs(folder: Path, chosen: list[Chosen], entries: list[dict[str, Any]], evaluation: dict[str, Any],
                          pipeline: str | None) -> list[str]:
     """3 samples of the evaluation data: the detector's pages for the OCR pipeline, else the first model's."""
     if pipeline == "ocr":
         entry = next(e for e in entries if e["task"] == "ocr-det")
     else:
         entry = entries[0]
-    data = datasets[entry["name"]]
+    data = evaluation[entry["name"]]
     (folder / "golden").mkdir()
     names = []
     for k in range(min(GOLDEN_COUNT, len(data))):
@@ -390,27 +383,17 @@ def _write_golden_inputs(folder: Path, chosen: list[Chosen], entries: list[dict[
             _write_npz(folder / rel, {n: np.asarray(v) for n, v in data.batch([k]).items()})
         else:
             rel = f"golden/{k}.png"
-            _write_png(folder / rel, stored_image(data, k))
+            name = data.input_names[0]
+            _write_png(folder / rel, _image(data, name, k))
         names.append(rel)
     return names
 
 
-def stored_image(data: Any, index: int) -> np.ndarray:
-    """Sample ``index`` of a dataset's image input as RGB uint8 [H, W, 3]: the stored uint8 image with its
-    layout (NCHW) and colour order (BGR) undone as its preprocess declaration says; OCR data (declared by
-    ``normalize``) is NCHW BGR."""
-    name = data.input_names[0]
-    image = np.asarray(data.raw(name)[index])
-    spec = (data.meta.get("inputs") or {}).get(name) or {}
-    decl = spec.get("preprocess")
-    layout, color = (decl.get("layout", "nchw"), decl.get("color", "rgb")) if decl else ("nchw", "bgr")
-    if image.ndim != 3:
-        raise UserError(f"{data.path}: input {name!r} is not an image ({list(image.shape)})")
-    if layout == "nchw":
-        image = image.transpose(1, 2, 0)
-    if color == "bgr":
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(image, dtype=np.uint8)
+def _image(data: Any, name: str, index: int) -> np.ndarray:
+    try:
+        return datasets.stored_image(data.meta, name, data.raw(name)[index])
+    except ValueError as exc:
+        raise UserError(f"{data.path}: {exc}") from None
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
