@@ -73,6 +73,15 @@ class BoardSession:
             self.transport.put(self.bundle, self.agent)
         return self.transport.run(argv, timeout=timeout, cwd=cwd), True
 
+    def run_agent(self, args: list[str], timeout: float, python: str | None = None) -> Completed:
+        """Run the hash-verified agent with ``args`` (pushed first where the board lacks it); what it did."""
+        return self._run_agent(args, timeout, None, python)[0]
+
+    def put_file(self, local: Path, remote: str) -> None:
+        """Copy one file to the board; transfers are serialized (one SFTP session per board)."""
+        with self._files:
+            self.transport.put(local, remote)
+
     def _agent(self, *args: str, timeout: float = SMALL_TIMEOUT, cwd: str | None = None,
                python: str | None = None) -> str:
         done, _ = self._run_agent(list(args), timeout, cwd, python)
@@ -140,7 +149,7 @@ class BoardSession:
                 time.sleep(RETRY_PAUSE_S * (attempt - 1))
                 try:
                     self.reconnect()
-                    self._clean(posixpath.join(self.root, "jobs", job["job_id"]))  # and its stale agent
+                    self.clean(posixpath.join(self.root, "jobs", job["job_id"]))  # and its stale agent
                 except Exception as exc:  # still gone, or back garbled: run_job returns a result, never raises
                     result = failed(job["job_id"], "transport", f"board lost and not back: {one_line(exc)}", lost=True)
                     notes.append(f"attempt {attempt}: {failure_of(result).get('message')}")
@@ -191,7 +200,7 @@ class BoardSession:
         try:
             return _as_result(job["job_id"], timeout, lambda: self._agent_job(job, files, timeout, repush, workdir))
         finally:
-            self._clean(workdir)
+            self.clean(workdir)
 
     def _agent_job(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float, repush: bool,
                    workdir: str) -> ResultRecord:
@@ -229,7 +238,8 @@ class BoardSession:
             return None  # no engine that runs the golden model: the probe that just passed is all
         return verdict(self._run_verified(golden_job(self.board.name, engine), golden, TIMEOUT_S))
 
-    def _clean(self, workdir: str) -> None:
+    def clean(self, workdir: str) -> None:
+        """Remove a job's work directory on the board (and end an agent left running in it), if it can."""
         if not self.board.agent:
             return  # native tools leave no job directory
         try:

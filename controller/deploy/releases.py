@@ -57,7 +57,7 @@ class BoardReleases:
         return self.session.python
 
     def _release(self, *args: str, timeout: float = 60.0, python: str | None = None) -> dict[str, Any]:
-        done, _ = self.session._run_agent(["release", *args], timeout, None, python)
+        done = self.session.run_agent(["release", *args], timeout, python)
         if done.exit_code == 1 and done.stderr.strip().startswith("release "):
             raise ReleaseRefused(done.stderr.strip().splitlines()[-1])
         if done.exit_code != 0:
@@ -85,8 +85,7 @@ class BoardReleases:
         for rel in names:
             local = folder / rel
             total += local.stat().st_size
-            with self.session._files:
-                self.session.transport.put(local, posixpath.join(incoming, *rel.split("/")))
+            self.session.put_file(local, posixpath.join(incoming, *rel.split("/")))
         return Pushed(len(names), total)
 
     def install(self, bundle_id: str) -> dict[str, Any]:
@@ -152,14 +151,10 @@ class BoardReleases:
         remote = posixpath.join(workdir, "image" + image.suffix.lower())
         pyz = posixpath.join(self.deploy, "current", "bundle.pyz")
         try:
-            with self.session._files:
-                self.session.transport.put(image, remote)
+            self.session.put_file(image, remote)
             argv = [python, pyz, "predict", remote, *(["--json"] if as_json else [])]
             done = self.session.transport.run(argv, timeout=PREDICT_TIMEOUT)
         finally:
-            try:
-                self.session._agent("clean", workdir)
-            except TransportError:
-                pass  # a board gone mid-predict keeps the image until the next session cleans
+            self.session.clean(workdir)  # a board gone mid-predict keeps the image until the next session cleans
         # The image is named as the user gave it, not as its copy on the board.
         return done.exit_code, done.stdout.replace(remote, str(image)), done.stderr.replace(remote, str(image))
