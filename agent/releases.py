@@ -342,11 +342,14 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _healthz(port: int) -> Optional[Dict[str, Any]]:
+def _healthz(host: str, port: int) -> Optional[Dict[str, Any]]:
     import urllib.request
 
+    # A server on every interface is asked on the loopback one; one bound to an address, there.
+    where = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else \
+        "[%s]" % host if ":" in host else host
     try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=2) as resp:
+        with urllib.request.urlopen("http://%s:%d/healthz" % (where, port), timeout=2) as resp:
             data = json.loads(resp.read().decode("utf-8"))
             return data if isinstance(data, dict) else None
     except Exception:  # not listening yet, or not an answer: asked again until the deadline
@@ -389,7 +392,7 @@ def serve_start(root: str, port: int, host: str = "0.0.0.0", wait_s: float = HEA
             serve_stop(root)
             raise ReleaseError("the server of release %s exited %s at start: %s"
                                % (bundle_id, proc.returncode, _log_tail(log)))
-        health = _healthz(port)
+        health = _healthz(host, port)
         if health is not None:
             if health.get("bundle_id") != bundle_id:
                 serve_stop(root)
