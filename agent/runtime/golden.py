@@ -13,7 +13,9 @@ document holding them under "outputs") and returns the differences, one readable
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
+
+from agent.metrics import iou
 
 SCORE_TOLERANCE = 0.05
 BOX_IOU = 0.8
@@ -98,16 +100,6 @@ def _detection(e: Dict[str, Any], a: Dict[str, Any]) -> List[str]:
         ab = [o["box"] for o in a.get("objects") or [] if str(o.get("label")) == label]
         out += _boxes(eb, ab, "%r object" % label)
     return out
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _xyxy(box: Any) -> List[float]:
