@@ -10,6 +10,11 @@ A failed smoke test (or a server that does not come up) rolls the board back to 
 had (or to none: the link goes) and the deploy exits 1 naming the board and why. ``--canary N``
 deploys to the first N boards first; if one fails the others are not touched. Every deploy and
 rollback is a row of ``deployments``, committed as it goes, so a crash leaves the rows so far.
+
+A board without Python (``agent: false``) goes through the same steps with its own shell commands
+(``controller.deploy.native``): its native tools are checked before anything is pushed, and the
+smoke test is each model's artifact run by its engine's native tool. It serves nothing and
+predicts nothing: no bundle runtime runs there.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from typing import Any, Callable, Iterator
 
 from controller.boards.session import BoardSession
 from controller.config.inventory import BoardSpec
+from controller.deploy.native import NativeReleases
 from controller.deploy.releases import BoardReleases, ReleaseRefused
 from controller.deploy.smoke import describe_smoke, judge
 from controller.errors import EdgeFarmError, TransportError, UserError
 from controller.results.store import Deployment, now
 
 EXIT_OK, EXIT_FAILED = 0, 1
+NO_RUNTIME = "a board without Python (agent: false) runs no bundle runtime"
 
 
 @dataclass
@@ -58,10 +65,15 @@ def _boards(args: argparse.Namespace) -> list[BoardSpec]:
         raise UserError(f"--board {twice[0]} is given twice")
     boards = [inventory.board(name, source) for name in args.board]
     for b in boards:
-        if not b.agent:
-            raise UserError(f"--board {b.name}: a board without Python (agent: false) cannot run a bundle yet; "
-                            "deploy to a board that runs the agent")
+        if not b.agent and getattr(args, "serve", None):
+            raise UserError(f"--serve {args.serve}: board {b.name}: {NO_RUNTIME} and serves nothing; deploy it "
+                            "without --serve, or serve from a board with Python")
     return boards
+
+
+def releases_of(session: BoardSession) -> BoardReleases | NativeReleases:
+    """The board's releases, driven by the agent, or by shell commands on a board without Python."""
+    return BoardReleases(session) if session.board.agent else NativeReleases(session)
 
 
 def _agent_bundle() -> Path:
@@ -180,7 +192,7 @@ def _deploy_board(board: BoardSpec, bundle: Any, expected: dict[str, Any] | None
         session = BoardSession(board, agent)
     except EdgeFarmError as exc:
         return _failed(row, board.name, "failed", f"board not reached: {exc}", say)
-    releases = BoardReleases(session)
+    releases = releases_of(session)
     switched = False
     try:
         before = releases.state()
@@ -190,28 +202,42 @@ def _deploy_board(board: BoardSpec, bundle: Any, expected: dict[str, Any] | None
         port = args.serve or (serving["port"] if serving else None)
         host = args.serve_address if args.serve else str((serving or {}).get("host") or args.serve_address)
         files = manifest["files"]
+        if isinstance(releases, NativeReleases):  # its tools are on the controller: asked before any push
+            say("checking the board's native tools: " + ", ".join(
+                f"{e} -> {board.native[e].tool}" if e in board.native else f"{e} -> none"
+                for e in dict.fromkeys(engines_of(models))))
+            unmet = releases.requirements(bundle.folder, manifest)
+            if unmet:
+                return _failed(row, board.name, "failed", "requirements not met: " + "; ".join(unmet) +
+                               " (nothing pushed, nothing switched)", say)
         size = sum((bundle.folder / rel).stat().st_size for rel in files)
         say(f"pushing {len(files) + 1} files / {size / 1e6:.1f} MB")
         releases.push(bundle.folder, bundle_id, files)
         say("verifying every file's sha256 on the board")
         releases.install(bundle_id)
-        python = releases.python_for(engines_of(models))
-        say(f"checking requirements with {python}")
-        unmet = releases.check(bundle_id, python)
-        if unmet:
-            releases.discard(bundle_id)
-            return _failed(row, board.name, "failed", "requirements not met: " + "; ".join(unmet) +
-                           " (nothing switched)", say)
+        python = None
+        if isinstance(releases, BoardReleases):
+            python = releases.python_for(engines_of(models))
+            say(f"checking requirements with {python}")
+            unmet = releases.check(bundle_id, python)
+            if unmet:
+                releases.discard(bundle_id)
+                return _failed(row, board.name, "failed", "requirements not met: " + "; ".join(unmet) +
+                               " (nothing switched)", say)
         say(f"switching {before['current'] or 'no release'} -> {bundle_id}")
         releases.activate(bundle_id)
         switched = True
         after_switch(session, releases.release_dir(bundle_id))
         rounds = int((manifest.get("smoke") or {}).get("rounds", 5))
-        report = releases.smoke(python, rounds)
+        if isinstance(releases, NativeReleases):
+            report = releases.smoke(bundle.folder, manifest, rounds)
+        else:
+            assert python is not None  # set above for a board with Python
+            report = releases.smoke(python, rounds)
         problems, figures = judge(manifest, expected, report, args.latency_factor)
         say(describe_smoke(figures))
         row.update(smoke=figures)
-        if not problems and port:
+        if not problems and port and isinstance(releases, BoardReleases) and python is not None:
             try:
                 releases.serve_start(port, python, host)
                 say(f"serving on {host}:{port}" + (" (every interface, no authentication)" if host == "0.0.0.0" else ""))
@@ -242,7 +268,7 @@ def _deploy_board(board: BoardSpec, bundle: Any, expected: dict[str, Any] | None
         session.close()
 
 
-def _read_back(releases: BoardReleases, board: str, sessions: Any) -> None:
+def _read_back(releases: BoardReleases | NativeReleases, board: str, sessions: Any) -> None:
     """What the board runs once the deploy or rollback is over, as it says itself: the reading the
     dashboard's drift starts from."""
     from controller.deploy.status import remember
@@ -255,7 +281,7 @@ def _read_back(releases: BoardReleases, board: str, sessions: Any) -> None:
     remember(sessions, [reading])
 
 
-def _discard_quietly(releases: BoardReleases, bundle_id: str) -> None:
+def _discard_quietly(releases: BoardReleases | NativeReleases, bundle_id: str) -> None:
     try:
         releases.discard(bundle_id)
     except (ReleaseRefused, EdgeFarmError):
@@ -268,10 +294,13 @@ def _failed(row: Row, board: str, status: str, reason: str, say: Callable[[str],
     return Outcome(board, status, reason)
 
 
-def _roll_back(releases: BoardReleases, serving: dict[str, Any] | None, say: Callable[[str], None]) -> str | None:
+def _roll_back(releases: BoardReleases | NativeReleases, serving: dict[str, Any] | None,
+               say: Callable[[str], None]) -> str | None:
     """Back one release; the server follows: stopped if it served the release left, and the
     one that was serving before started again on the release now current."""
     back = releases.rollback()
+    if isinstance(releases, NativeReleases):
+        return back["current"]  # nothing is served on a board without Python
     after = releases.state()
     server = after["server"]
     if server.get("running") and server.get("release") == back["left"]:
@@ -299,7 +328,7 @@ def rollback_command(args: argparse.Namespace) -> int:
 
     boards = _boards(args)
     agent = _agent_bundle()
-    opened: list[tuple[BoardSpec, BoardSession, BoardReleases, dict[str, Any]]] = []
+    opened: list[tuple[BoardSpec, BoardSession, BoardReleases | NativeReleases, dict[str, Any]]] = []
     try:
         for b in boards:
             try:
@@ -307,7 +336,7 @@ def rollback_command(args: argparse.Namespace) -> int:
             except TransportError as exc:
                 print(f"{b.name}: not reached: {exc}")
                 return EXIT_FAILED
-            releases = BoardReleases(session)
+            releases = releases_of(session)
             opened.append((b, session, releases, releases.state()))
         for b, _, _, state in opened:
             if state["current"] is None:
@@ -327,7 +356,8 @@ def rollback_command(args: argparse.Namespace) -> int:
             session.close()
 
 
-def _rollback_board(board: BoardSpec, releases: BoardReleases, state: dict[str, Any], sessions: Any) -> bool:
+def _rollback_board(board: BoardSpec, releases: BoardReleases | NativeReleases, state: dict[str, Any],
+                    sessions: Any) -> bool:
     def say(text: str) -> None:
         print(f"{board.name}: {text}", flush=True)
 
@@ -365,13 +395,14 @@ def predict_command(args: argparse.Namespace) -> int:
     from controller.config.inventory import load_inventory
 
     image: Path = args.image
-    if not image.is_file():
-        raise UserError(f"{image}: no such image file")
     inventory, source = load_inventory(args.inventory)
     board = inventory.board(args.board, source)
     if not board.agent:
-        raise UserError(f"--board {board.name}: a board without Python (agent: false) has no bundle runtime to "
-                        "predict with")
+        raise UserError(f"--board {board.name}: {NO_RUNTIME}, so it cannot predict: deploy the bundle to a "
+                        "board with Python and predict there, or run `python3 BUNDLE/bundle.pyz predict IMAGE` "
+                        "on this machine (the board's native tool only times the model)")
+    if not image.is_file():
+        raise UserError(f"{image}: no such image file")
     try:
         session = BoardSession(board, _agent_bundle())
     except TransportError as exc:

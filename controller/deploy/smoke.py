@@ -10,11 +10,18 @@ against the bundle's golden outputs and the farm's figures.
   most lines a golden page has). Where the farm also measured the whole pipeline
   (``measured.e2e_p50_ms`` of every model, a bundle that is not a pipeline), the board's total
   p50 is held against the sum of those too. The total (decode to postprocess) is always reported.
+
+A board without Python is smoke-tested by its engines' native tools (``controller.deploy.native``):
+their report has the same latency keys (each model's p50 as the tool prints it, or its mean where it
+prints no median) and a ``native`` entry, and no outputs: a benchmark tool prints none, so the
+outputs are not compared and the figures say so.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+NOT_COMPARED_NATIVE = "not compared: a native tool prints no outputs"
 
 
 def _lines(result: Any) -> int:
@@ -32,7 +39,10 @@ def judge(manifest: dict[str, Any], expected: dict[str, Any] | None, report: dic
     figures: dict[str, Any] = {"total_p50_ms": latency.get("total_p50"), "infer_p50_ms": latency.get("infer_p50"),
                                "per_model_infer_p50_ms": latency.get("per_model_infer_p50") or {},
                                "latency_factor": factor}
-    if expected is None:
+    if report.get("native") is not None:
+        figures["outputs"] = NOT_COMPARED_NATIVE
+        figures["native"] = report["native"]
+    elif expected is None:
         figures["outputs"] = "not compared: the bundle has no golden outputs"
     else:
         from agent.runtime.golden import compare
@@ -79,5 +89,8 @@ def describe_smoke(figures: dict[str, Any]) -> str:
     text += f" vs farm {figures['farm_infer_total_ms']:.1f} ms (x{figures['latency_factor']:g} allowed)"
     if total is not None:
         text += f", total p50 {total:.1f} ms"
+    native = figures.get("native")
+    if native:
+        text += ", by " + ", ".join(sorted({str(r.get("tool")) for r in native.values()}))
     outputs = figures.get("outputs")
     return text + (", outputs same" if outputs == "same" else f", outputs {outputs}")

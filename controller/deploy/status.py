@@ -4,8 +4,9 @@ the board itself says.
 The database's current bundle of a board is its newest successful deploy or rollback; a deploy
 that failed or was rolled back changed nothing it keeps. Drift is read from the board (its
 ``current`` link, ``release state``): a board whose current release is not the database's has
-drifted (someone switched it by hand, or a deploy crashed half way). A board that cannot be
-reached, or is not in the inventory, has drift null and the reason.
+drifted (someone switched it by hand, or a deploy crashed half way). A board without Python is
+read with its own shell (``readlink`` of the link, ``controller.deploy.native``). A board that
+cannot be reached, or is not in the inventory, has drift null and the reason.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def read_releases(names: list[str], inventory_path: Any) -> list[queries.Reading
     from controller.boards.agent_bundle import build_agent_bundle
     from controller.boards.session import BoardSession
     from controller.config.inventory import load_inventory
-    from controller.deploy.releases import BoardReleases
+    from controller.deploy.deployer import releases_of
     from controller.workspace import workspace
 
     inventory, source = load_inventory(inventory_path)
@@ -38,13 +39,10 @@ def read_releases(names: list[str], inventory_path: Any) -> list[queries.Reading
         if board is None:
             found.append(queries.Reading(name, None, f"not in {source}"))
             continue
-        if not board.agent:
-            found.append(queries.Reading(name, None, "a board without Python (agent: false): its release is not read"))
-            continue
         try:
             session = BoardSession(board, agent)
             try:
-                state = BoardReleases(session).state()
+                state = releases_of(session).state()
             finally:
                 session.close()
         except Exception as exc:  # noqa: BLE001 - every board is reported, reachable or not
