@@ -409,11 +409,11 @@ class NativeReleases:
 
     def _push_tool(self, engine: str) -> tuple[NativeBenchmark, str]:
         """The board's native tool for ``engine``: pushed into its cache by sha256, checked there."""
-        from controller.boards.native.job import _push_verified
+        from controller.boards.native.job import push_verified
 
         spec = self.session.board.native[engine]
         binary = Path(spec.binary).expanduser()
-        remote = _push_verified(self.session, binary, sha256_file(binary))
+        remote = push_verified(self.session, binary, sha256_file(binary))
         self._must(["chmod", "755", remote])
         return native_benchmark(spec.tool), remote
 
@@ -423,7 +423,7 @@ class NativeReleases:
         tool with the measured input shape and the engine options' threads and precision. The
         report has bundle.pyz smoke's latency keys (the tool's p50, or its mean where it prints no
         median) and ``native``, per model what the tool said; or {"error": ...}."""
-        from controller.boards.native.job import _unpack
+        from controller.boards.native.job import unpack_on_board
 
         board = self.session.board
         cur = check_id(str(manifest.get("bundle_id")))
@@ -446,7 +446,7 @@ class NativeReleases:
                 artifact = self.path("releases", cur, artifact_file)
                 local = folder / artifact_file
                 if local.suffix == ".tar":  # unpacked on the board as run_native does: the tool loads the first member
-                    artifact = _unpack(self.session, artifact, archive_members(str(local)))
+                    artifact = unpack_on_board(self.session, artifact, archive_members(str(local)))
                 options = m.get("options") or {}
                 spec = board.native[engine]
                 run = NativeRun(warmup=bench.fixed_warmup if bench.fixed_warmup is not None else 1,

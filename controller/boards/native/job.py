@@ -91,11 +91,11 @@ def run_native(session: NativeHost, job: JobRecord, files: dict[str, tuple[Path,
     stage: Stage = "verify"
     try:
         binary = Path(spec.binary).expanduser()
-        remote_binary = _push_verified(session, binary, sha256_file(str(binary)))
+        remote_binary = push_verified(session, binary, sha256_file(str(binary)))
         session.transport.run(["chmod", "755", remote_binary], timeout=SHELL_TIMEOUT)
-        remote_model = _push_verified(session, model, model_sha)
+        remote_model = push_verified(session, model, model_sha)
         if members:
-            remote_model = _unpack(session, remote_model, members)
+            remote_model = unpack_on_board(session, remote_model, members)
         stage = "measure"
         asked = job["native"]
         run = NativeRun(warmup=bench.fixed_warmup if bench.fixed_warmup is not None else asked["warmup"],
@@ -119,7 +119,7 @@ def run_native(session: NativeHost, job: JobRecord, files: dict[str, tuple[Path,
     return result
 
 
-def _unpack(session: NativeHost, archive: str, members: list[str]) -> str:
+def unpack_on_board(session: NativeHost, archive: str, members: list[str]) -> str:
     """Unpack a verified model archive into ``<archive>.d`` on the board with its own tar (toybox
     and busybox have one); the tool loads the first member, and finds the rest beside it."""
     folder = archive + ".d"
@@ -130,7 +130,7 @@ def _unpack(session: NativeHost, archive: str, members: list[str]) -> str:
     return posixpath.join(folder, members[0])
 
 
-def _push_verified(session: NativeHost, local: Path, sha256: str) -> str:
+def push_verified(session: NativeHost, local: Path, sha256: str) -> str:
     """Push into the board's cache and check the copy's sha256 there; a bad copy is pushed again once."""
     remote = session.push(local, sha256)
     for attempt in (1, 2):
