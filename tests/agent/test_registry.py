@@ -17,12 +17,15 @@ class Beta:
     name = "alpha"
 
 
-def test_a_name_is_imported_on_first_use_only() -> None:
-    reg: Registry[type] = Registry("widget", {"json": "json:JSONDecoder"})
-    sys.modules.pop("json.decoder", None)
-    assert "json" in reg and reg.names() == ["json"]
-    with pytest.raises(UnknownPlugin, match="module json did not register widget 'json'"):
-        reg.get("json")  # the module imported, but nothing registered itself
+def test_a_name_is_imported_on_first_use_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # colorsys: a module nothing else imports. (Dropping one the process uses, json.decoder, from
+    # sys.modules once left the json C scanner raising SystemError in later tests.)
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    reg: Registry[type] = Registry("widget", {"colours": "colorsys:rgb_to_hls"})
+    assert "colours" in reg and reg.names() == ["colours"] and "colorsys" not in sys.modules
+    with pytest.raises(UnknownPlugin, match="module colorsys did not register widget 'colours'"):
+        reg.get("colours")  # the module imported, but nothing registered itself
+    assert "colorsys" in sys.modules
 
 
 def test_duplicates_and_reserved_names_are_refused_and_unknown_names_listed() -> None:

@@ -107,10 +107,10 @@ def test_a_run_spreads_over_local_and_ssh_boards_and_survives_an_unreachable_one
     assert jobs == sorted([(board.name, "ok"), ("local", "ok")])
     assert boards[board.name].chip == "rk3399-test" and boards[board.name].fingerprint["cores"] >= 1
     assert "cannot connect" in boards["jetson-off"].last_error
-    # Nothing is left in the board's job directories; the artifacts (and the health check's
-    # golden model and data) stay cached by hash.
+    # Nothing is left in the board's job directories; the artifacts (model, inputs, dataset and the
+    # end-to-end images; and the health check's golden model and data) stay cached by hash.
     assert not any((tmp_path / "board-files" / "jobs").iterdir())
-    assert len(list((tmp_path / "board-files" / "cache").iterdir())) == 3 + 2
+    assert len(list((tmp_path / "board-files" / "cache").iterdir())) == 4 + 2
 
     assert main(["select", "--db", url, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)

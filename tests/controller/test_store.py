@@ -28,6 +28,8 @@ def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_ro
         conn.execute("DROP INDEX ix_jobs_chip")  # and before jobs kept their chip
         conn.execute("ALTER TABLE jobs DROP COLUMN chip")
         conn.execute("ALTER TABLE jobs DROP COLUMN fingerprint")
+        conn.execute("DROP TABLE deployments")  # and before deployments were kept
+        conn.execute("DROP TABLE release_readings")
         conn.execute("DROP TABLE alembic_version")  # and before schema revisions
 
     with pytest.raises(UserError, match="edgefarm db upgrade"):
