@@ -21,3 +21,4 @@ test-fast: setup
 bench: setup
 	.venv/bin/python bench/selection.py
 	.venv/bin/python bench/tool_agreement.py
+	.venv/bin/python bench/bundle_e2e.py
