@@ -103,13 +103,41 @@ def current(root: str) -> Optional[str]:
 
 
 def previous(root: str) -> Optional[str]:
+    return previous_in(current(root), read_history(root), installed(root))
+
+
+# The rules of the history, pure functions of it: a board without Python keeps the same file,
+# written by the controller (controller/deploy/native.py), by these same rules.
+
+History = Dict[str, List[str]]
+
+
+def previous_in(cur: Optional[str], hist: History, present: List[str]) -> Optional[str]:
     """The release a rollback goes back to: the newest activation before the current one that
     did not fail and is still installed."""
-    cur, hist, present = current(root), read_history(root), set(installed(root))
     for bundle_id in reversed(hist["history"]):
         if bundle_id != cur and bundle_id not in hist["failed"] and bundle_id in present:
             return bundle_id
     return None
+
+
+def activated(hist: History, bundle_id: str) -> History:
+    """The history once ``bundle_id`` is current: its newest activation, and a fresh chance if it
+    had failed before."""
+    return {"history": [i for i in hist["history"] if i != bundle_id] + [bundle_id],
+            "failed": [i for i in hist["failed"] if i != bundle_id]}
+
+
+def rolled_back(hist: History, left: Optional[str], target: Optional[str]) -> History:
+    """The history once a rollback left ``left`` (marked failed, so a later rollback does not come
+    back to it) for ``target`` (the newest activation again: the next rollback goes before it)."""
+    out = {"history": list(hist["history"]), "failed": list(hist["failed"])}
+    for bundle_id in (left, target):
+        if bundle_id is not None:
+            out["history"] = [i for i in out["history"] if i != bundle_id] + [bundle_id]
+    if left is not None and left not in out["failed"]:
+        out["failed"].append(left)
+    return out
 
 
 # -- verifying a bundle folder ----------------------------------------------------------------
@@ -238,10 +266,7 @@ def activate(root: str, bundle_id: str) -> Dict[str, Any]:
         raise ReleaseError("release %s is not installed" % bundle_id)
     before = current(root)
     _switch(root, bundle_id)
-    hist = read_history(root)
-    hist["history"] = [i for i in hist["history"] if i != bundle_id] + [bundle_id]
-    hist["failed"] = [i for i in hist["failed"] if i != bundle_id]  # installed again: a fresh chance
-    _write_json(_path(root, "history.json"), hist)
+    _write_json(_path(root, "history.json"), activated(read_history(root), bundle_id))
     return {"current": bundle_id, "was": before}
 
 
@@ -253,14 +278,7 @@ def rollback(root: str) -> Dict[str, Any]:
     if left is None and target is None:
         raise ReleaseError("nothing to roll back: no current release")
     _switch(root, target)
-    hist = read_history(root)
-    if left is not None:
-        hist["history"] = [i for i in hist["history"] if i != left] + [left]
-        if left not in hist["failed"]:
-            hist["failed"].append(left)
-    if target is not None:  # the newest activation again: the next rollback goes before it
-        hist["history"] = [i for i in hist["history"] if i != target] + [target]
-    _write_json(_path(root, "history.json"), hist)
+    _write_json(_path(root, "history.json"), rolled_back(read_history(root), left, target))
     return {"left": left, "current": target}
 
 

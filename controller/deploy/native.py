@@ -42,6 +42,7 @@ from typing import Any
 
 from agent.artifacts import archive_members
 from agent.protocol import sha256_file
+from agent.releases import activated, previous_in, rolled_back
 from controller.boards.native import NativeBenchmark, NativeOutputError, NativeRun, native_benchmark
 from controller.boards.session import BoardSession
 from controller.boards.transports import Completed
@@ -177,19 +178,10 @@ class NativeReleases:
             local.write_text(json.dumps(hist, indent=1, sort_keys=True) + "\n")
             self.session.put_file(local, self.path("history.json"))
 
-    @staticmethod
-    def _previous(cur: str | None, hist: dict[str, list[str]], present: list[str]) -> str | None:
-        """As agent/releases.py: the newest activation before the current one that did not fail
-        and is still installed."""
-        for bundle_id in reversed(hist["history"]):
-            if bundle_id != cur and bundle_id not in hist["failed"] and bundle_id in present:
-                return bundle_id
-        return None
-
     def state(self) -> dict[str, Any]:
         link = self.link()
         cur, hist, present = self.current(link), self.history(), self.installed()
-        return {"current": cur, "previous": self._previous(cur, hist, present), "releases": present,
+        return {"current": cur, "previous": previous_in(cur, hist, present), "releases": present,
                 "history": hist["history"], "failed": hist["failed"],
                 "incoming": [n for n in self._listing(self.path("incoming")) if BUNDLE_ID.match(n)],
                 "server": dict(NO_SERVER), "link": link,
@@ -287,7 +279,7 @@ class NativeReleases:
             self._must(["rm", "-rf", incoming])
             removed.append("incoming/" + bundle_id)
         cur, hist, present = self.current(), self.history(), self.installed()
-        if bundle_id in present and bundle_id not in (cur, self._previous(cur, hist, present)):
+        if bundle_id in present and bundle_id not in (cur, previous_in(cur, hist, present)):
             self._must(["rm", "-rf", release])
             removed.append("releases/" + bundle_id)
         return {"removed": removed}
@@ -324,27 +316,18 @@ class NativeReleases:
             raise ReleaseRefused(f"release {bundle_id} is not installed")
         before = self.current()
         atomic = self._switch(bundle_id)
-        hist = self.history()
-        hist["history"] = [i for i in hist["history"] if i != bundle_id] + [bundle_id]
-        hist["failed"] = [i for i in hist["failed"] if i != bundle_id]  # installed again: a fresh chance
-        self._write_history(hist)
+        self._write_history(activated(self.history(), bundle_id))
         return {"current": bundle_id, "was": before, "atomic": atomic}
 
     def rollback(self) -> dict[str, Any]:
         """Back to the release before the current one (or to none: the link goes), marking the
         release it leaves as failed so that a later rollback does not come back to it."""
         left, hist, present = self.current(), self.history(), self.installed()
-        target = self._previous(left, hist, present)
+        target = previous_in(left, hist, present)
         if left is None and target is None:
             raise ReleaseRefused("release rollback: nothing to roll back: no current release")
         self._switch(target)
-        if left is not None:
-            hist["history"] = [i for i in hist["history"] if i != left] + [left]
-            if left not in hist["failed"]:
-                hist["failed"].append(left)
-        if target is not None:  # the newest activation again: the next rollback goes before it
-            hist["history"] = [i for i in hist["history"] if i != target] + [target]
-        self._write_history(hist)
+        self._write_history(rolled_back(hist, left, target))
         return {"left": left, "current": target}
 
     def prune(self, keep: int) -> list[str]:
@@ -353,7 +336,7 @@ class NativeReleases:
         if keep < 1:
             raise ReleaseRefused("--keep must be 1 or more")
         cur, hist, present = self.current(), self.history(), self.installed()
-        prev = self._previous(cur, hist, present)
+        prev = previous_in(cur, hist, present)
         order = {bundle_id: n for n, bundle_id in enumerate(hist["history"])}
         removed: list[str] = []
         for bundle_id in sorted(present, key=lambda i: (order.get(i, -1), i)):
