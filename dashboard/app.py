@@ -199,8 +199,9 @@ def deployments_section(session: Session) -> None:
     st.subheader("What runs where")
     st.caption("Per board, the bundle the database says is current (its newest deploy or rollback that passed), "
                "drift from the release the board itself said it runs when last read (`edgefarm deploy` and "
-               "`edgefarm deployments` read it; run the latter to read every board now), the smoke test's p50 "
-               "on the board against the farm's, and the last change.")
+               "`edgefarm deployments` read it; run the latter to read every board now), the smoke test's "
+               "inference p50 on the board against the farm's engine figure for the same calls, its total p50 "
+               "(decode to postprocess), and the last change.")
     frame = views.deployed_frame(summaries, queries.latest_readings(session))
     st.dataframe(views.styled(frame).map(views.verdict_style, subset=["status", "drift"]), hide_index=True)
     st.subheader("History")

@@ -24,7 +24,8 @@ NONE = "nothing within budget"
 # How each display column is printed; latency as `edgefarm select` prints it (4 significant digits).
 FORMATS: dict[str, str] = {
     "p50 ms": "{:.4g}", "e2e p50 ms": "{:.4g}", "p90 ms": "{:.4g}", "p99 ms": "{:.4g}", "speed-up": "{:.2f}x",
-    "accuracy": "{:.4f}", "drop": "{:+.4f}", "peak MB": "{:.0f}", "items/s": "{:.4g}", "size MB": "{:.3g}", "cv": "{:.1%}",
+    "accuracy": "{:.4f}", "drop": "{:+.4f}", "peak MB": "{:.0f}", "infer p50 ms": "{:.4g}", "farm infer ms": "{:.4g}",
+    "total p50 ms": "{:.4g}", "items/s": "{:.4g}", "size MB": "{:.3g}", "cv": "{:.1%}",
 }
 
 
@@ -173,7 +174,8 @@ def boards_frame(boards: Sequence[BoardRow]) -> pd.DataFrame:
 
 
 DEPLOYED_COLUMNS = ("board", "chip", "bundle", "models", "status", "deployed (UTC)", "previous", "drift",
-                    "board runs", "read (UTC)", "smoke p50 ms", "farm p50 ms", "outputs", "serving on", "last change")
+                    "board runs", "read (UTC)", "infer p50 ms", "farm infer ms", "total p50 ms", "outputs", "serving on",
+                    "last change")
 
 
 def deployed_frame(summaries: Sequence[dict[str, Any]], readings: dict[str, Reading]) -> pd.DataFrame:
@@ -193,7 +195,8 @@ def deployed_frame(summaries: Sequence[dict[str, Any]], readings: dict[str, Read
         "status": s["status"], "deployed (UTC)": s["deployed_at"], "previous": s["previous"], "drift": drift_cell(s),
         "board runs": getattr(readings.get(s["board"]), "release", None),
         "read (UTC)": _seconds(getattr(readings.get(s["board"]), "read_at", None)),
-        "smoke p50 ms": smoke(s, "total_p50_ms"), "farm p50 ms": smoke(s, "farm_infer_total_ms"),
+        "infer p50 ms": smoke(s, "infer_p50_ms"), "farm infer ms": smoke(s, "farm_infer_total_ms"),
+        "total p50 ms": smoke(s, "total_p50_ms"),
         "outputs": smoke(s, "outputs"), "serving on": f"port {s['serve_port']}" if s.get("serve_port") else None,
         "last change": f"{s['action']} {s['status']}" + (f": {s['reason']}" if s.get("reason") else ""),
     } for s in summaries), DEPLOYED_COLUMNS)

@@ -363,7 +363,7 @@ def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pyt
         ]:
             db.add(Deployment(board=board, bundle_id=bundle, previous_bundle_id=previous, chip="arm", models=models,
                               manifest={}, action=action, status=status, reason=reason, canary=False,
-                              smoke={"total_p50_ms": 20.5, "farm_infer_total_ms": 17.0, "outputs": "same"}
+                              smoke={"total_p50_ms": 20.5, "infer_p50_ms": 16.1, "farm_infer_total_ms": 17.0, "outputs": "same"}
                               if status == "ok" and action == "deploy" else None))
         # What the boards said when last read: rk-2 as the database says, jetson-1 switched by hand.
         db.add_all([ReleaseReading(board="jetson-1", release="c" * 16), ReleaseReading(board="rk-2", release="b" * 16),
@@ -380,6 +380,16 @@ def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pyt
     assert list(where["status"]) == ["failed", "rolled-back"]
     assert list(where["drift"]) == ["DRIFT", "none"]  # the newest reading counts
     assert list(where["board runs"]) == ["c" * 16, "a" * 16]
+    # The smoke figures shown are the current bundle's own: rk-2's come from the deploy of the bundle
+    # it was rolled back to (a rollback runs no smoke test), not from the newer bundle it left.
+    assert where.iloc[0]["infer p50 ms"] == 16.1 and where.iloc[0]["farm infer ms"] == 17.0
+    with open_db(url)() as db:
+        (first_a,) = db.query(Deployment).filter_by(board="rk-2", bundle_id="a" * 16, action="deploy").all()
+        db.query(Deployment).filter_by(board="rk-2", bundle_id="b" * 16).update({"smoke": {"infer_p50_ms": 99.0}})
+        first_a.smoke = {**first_a.smoke, "infer_p50_ms": 12.5}
+        db.commit()
+    at = start(monkeypatch, url)
+    assert list(frame_with(at.dataframe, "serving on")["infer p50 ms"]) == [16.1, 12.5]
     history = frame_with(at.dataframe, "action")
     assert len(history) == 5 and history.iloc[0]["action"] == "rollback"  # newest first
     assert "outputs differ" in " ".join(history["reason"].dropna())
