@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from controller.boards.session import BoardSession
 from controller.config.inventory import BoardSpec
-from controller.deploy.native import NativeReleases
+from controller.deploy.native import NativeReleases, releases_of
 from controller.deploy.releases import BoardReleases, ReleaseRefused
 from controller.deploy.smoke import describe_smoke, judge
 from controller.errors import EdgeFarmError, TransportError, UserError
@@ -69,11 +69,6 @@ def _boards(args: argparse.Namespace) -> list[BoardSpec]:
             raise UserError(f"--serve {args.serve}: board {b.name}: {NO_RUNTIME} and serves nothing; deploy it "
                             "without --serve, or serve from a board with Python")
     return boards
-
-
-def releases_of(session: BoardSession) -> BoardReleases | NativeReleases:
-    """The board's releases, driven by the agent, or by shell commands on a board without Python."""
-    return BoardReleases(session) if session.board.agent else NativeReleases(session)
 
 
 def _agent_bundle() -> Path:

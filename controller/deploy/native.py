@@ -46,7 +46,7 @@ from agent.releases import activated, previous_in, rolled_back
 from controller.boards.native import NativeBenchmark, NativeOutputError, NativeRun, native_benchmark
 from controller.boards.session import BoardSession
 from controller.boards.transports import Completed
-from controller.deploy.releases import MANIFEST, Pushed, ReleaseRefused
+from controller.deploy.releases import MANIFEST, BoardReleases, Pushed, ReleaseRefused
 from controller.errors import BoardCommandFailed, FileCorrupt, one_line
 from controller.plugins import NATIVE_TOOLS
 
@@ -497,3 +497,8 @@ def _loaded_suffix(artifact: Path) -> str:
 def _tools_for(engine: str) -> list[str]:
     """The registered native tools that measure ``engine``, for a message that says what to add."""
     return [name for name in sorted(NATIVE_TOOLS) if native_benchmark(name).engine == engine]
+
+
+def releases_of(session: BoardSession) -> BoardReleases | NativeReleases:
+    """The board's releases, driven by the agent, or by shell commands on a board without Python."""
+    return BoardReleases(session) if session.board.agent else NativeReleases(session)

@@ -27,7 +27,7 @@ def read_releases(names: list[str], inventory_path: Any) -> list[queries.Reading
     from controller.boards.agent_bundle import build_agent_bundle
     from controller.boards.session import BoardSession
     from controller.config.inventory import load_inventory
-    from controller.deploy.deployer import releases_of
+    from controller.deploy.native import releases_of
     from controller.workspace import workspace
 
     inventory, source = load_inventory(inventory_path)
