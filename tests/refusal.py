@@ -93,3 +93,12 @@ def real_database(folder: Path) -> Path:
     shutil.copyfile(ROOT / "tests" / "data" / "release-bf4204a.db", path)
     upgrade_db(f"sqlite:///{path}")
     return path
+
+
+def one_line_error(err: str) -> str:
+    """The one ``edgefarm: error:`` line an in-process ``main()`` wrote to stderr (no traceback)."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("edgefarm: error: ")
+    return lines[0]

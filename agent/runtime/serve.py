@@ -103,7 +103,7 @@ def serve(bundle: Bundle, host: str, port: int, ready: Optional[Callable[[Tuple[
             ready((str(address[0]), int(address[1])))
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C is how a person stops the server (SIGTERM shuts it down above): not an error
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.server_close()

@@ -27,6 +27,7 @@ from controller.results.store import Deployment
 from tests.adbboard import AdbBoard, adb_board
 from tests.net import free_port
 from tests.netns import namespaces_refused
+from tests.refusal import one_line_error
 from tests.sshboard import SshBoard, netns_refusal, ssh_board
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -99,14 +100,6 @@ def rows(db: str, board: str) -> list[Deployment]:
         return list(s.query(Deployment).filter_by(board=board).order_by(Deployment.id))
 
 
-def one_line_error(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgefarm: error: ")
-    return lines[0]
-
-
 def post_page(url: str, page: Path) -> dict[str, Any]:
     request = urllib.request.Request(url + "/predict", data=page.read_bytes(), method="POST",
                                      headers={"Content-Type": "application/octet-stream"})
@@ -132,7 +125,7 @@ def stop_server(deploy: Path) -> None:
             if "serve" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, 9)
         except OSError:
-            pass
+            pass  # already gone
 
 
 @pytest.fixture

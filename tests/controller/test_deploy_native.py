@@ -37,6 +37,7 @@ from controller.deploy.smoke import NOT_COMPARED_NATIVE
 from controller.results.database import open_db
 from controller.results.store import Deployment
 from tests.net import free_port
+from tests.refusal import one_line_error
 
 BENCHMARK_APP = str(Path(sys.executable).parent / "benchmark_app")
 NATIVE = {"openvino": {"tool": "benchmark_app", "binary": BENCHMARK_APP}}
@@ -238,14 +239,6 @@ def test_predict_and_serve_on_a_board_without_python_are_refused_in_one_line(
                  "--db", db]) == 2
     assert "--serve 8080: board nopy: " in one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "nopy").exists()
-
-
-def one_line_error(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgefarm: error: ")
-    return lines[0]
 
 
 # -- the ADB test device as a board without Python, with OpenVINO's benchmark_app (slow) ---------
