@@ -123,13 +123,23 @@ class ArtifactRef(TypedDict):
     sha256: str
 
 
-class MeasureSettings(TypedDict):
+class _MeasureRequired(TypedDict):
     warmup: int
     min_iterations: int
     min_seconds: float
     max_seconds: Optional[float]
     batch_sizes: List[int]
     throughput_seconds: float
+
+
+class MeasureSettings(_MeasureRequired, total=False):
+    # Stop sampling once the 95% CI of the median is within +/- this fraction of it (None: at the
+    # two minimums).
+    precision: Optional[float]
+    # After min_iterations, a median above this stops the job there: no throughput, accuracy or e2e.
+    stop_above_ms: Optional[float]
+    accuracy: bool  # default True: run the accuracy stage
+    e2e: bool  # default True: time the runtime's whole pipeline when the job has images
 
 
 class NativeSettings(TypedDict):

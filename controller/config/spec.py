@@ -198,6 +198,14 @@ class MeasureSpec(Strict):
     e2e: bool = Field(
         True, description="also time the deployment runtime's whole pipeline (decode + preprocess + infer + "
         "postprocess) on a few evaluation image files, beside the engine's own p50")
+    precision: float | None = Field(
+        0.02, gt=0, lt=1, description="stop sampling once the 95% confidence interval of the median is within "
+        "+/- this fraction of it (after min_iterations and min_seconds; at the latest at max_seconds); "
+        "null: stop as soon as min_iterations and min_seconds are both reached")
+    slower_factor: float | None = Field(
+        3.0, gt=1, description="a configuration whose median, after min_iterations, is this many times the best "
+        "one within the accuracy budget on the same board stops there, with no accuracy, throughput or e2e "
+        "figures: it cannot be chosen (latency objective only; null: measure everything in full)")
 
     @field_validator("batch_sizes")
     @classmethod
@@ -220,12 +228,23 @@ class SelectionSpec(Strict):
         "latency", description="lowest p50 at batch 1, or most items/s at any measured batch size")
     latency_ceiling_ms: float | None = Field(
         None, gt=0, description="throughput objective: a batch's p50 must stay under this")
+    finalist_margin: float = Field(
+        0.10, ge=0, description="configurations within this fraction of the best p50 on a board are finalists: "
+        "re-measured with the baseline in interleaved rounds (A B C A B C ...), and the table is built from those")
+    rounds: int = Field(5, ge=0, description="interleaved rounds of the finalists (0: no re-measurement)")
 
 
 class RegressionSpec(Strict):
     latency_threshold: float = Field(0.05, ge=0, description="relative change of the median")
     p_value: float = Field(0.01, gt=0, le=1, description="Mann-Whitney U significance level")
     accuracy_threshold: float = Field(0.01, ge=0, description="absolute drop of the task metric")
+    history: int = Field(5, ge=2, description="the baseline of a benchmark: its last N good runs")
+    band: float = Field(
+        3.0, gt=0, description="the noise band: the baseline's median +/- this many run-to-run standard "
+        "deviations of its runs' medians (never narrower than the spread of those runs)")
+    confirm: int = Field(
+        2, ge=0, description="re-runs of a suspected regression in the same night; it is reported only if "
+        "every re-run reproduces it")
 
 
 class Spec(Strict):

@@ -75,7 +75,7 @@ def runs(session: Session, limit: int | None = None) -> list[RunRow]:
     counts: dict[int, dict[str, int]] = {}
     # Counted in a second query, not with GROUP BY over runs: PostgreSQL cannot group JSON columns.
     for run_id, status, count in session.execute(
-        select(Job.run_id, Job.status, func.count()).group_by(Job.run_id, Job.status)
+        select(Job.run_id, Job.status, func.count()).where(Job.purpose == "measure").group_by(Job.run_id, Job.status)
     ):
         counts.setdefault(run_id, {})[status] = count
     query = select(

@@ -42,11 +42,20 @@ def new_run(db: Session, spec: Spec, spec_base: str, kind: str, datasets: dict[s
     """The run's row. ``datasets``: per model, the data it was scored on (task, sha256 of the
     evaluation file, and for the user's own files the seeded calibration/evaluation split)."""
     run = Run(spec_name=spec.name, spec_sha256=spec.digest(), spec=spec.model_dump(mode="json"),
-              spec_base=spec_base, kind=kind, summary={"datasets": datasets or {}})
+              spec_base=spec_base, kind=kind, summary={"datasets": datasets or {}}, edgefarm_version=_version())
     run.status = "running"
     db.add(run)
     db.flush()
     return run
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgefarm")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return None
 
 
 def resumed_run(db: Session, run_id: int, spec: Spec) -> Run:
@@ -79,10 +88,13 @@ def finish_run(db: Session, run_id: int, status: str, skipped: dict[str, str], r
     assert run is not None
     run.status = status
     run.finished_at = now()
-    # Counted from the rows: a resumed run's summary covers its earlier jobs too.
-    statuses = [j.status for j in db.query(Job).filter_by(run_id=run.id)]
-    run.summary = {"ok": statuses.count("ok"), "failed": statuses.count("failed"),
-                   "skipped": skipped, "resumed": resumed, "datasets": (run.summary or {}).get("datasets", {})}
+    # Counted from the rows: a resumed run's summary covers its earlier jobs too. Repeats (a
+    # confirmation, a finalist's round) are counted apart: they measure the same jobs again.
+    jobs = db.query(Job).filter_by(run_id=run.id).all()
+    statuses = [j.status for j in jobs if j.purpose == "measure"]
+    run.summary = {**(run.summary or {}), "ok": statuses.count("ok"), "failed": statuses.count("failed"),
+                   "repeats": sum(j.purpose != "measure" for j in jobs),
+                   "skipped": skipped, "resumed": resumed}
 
 
 def quarantined(db: Session, boards: list[BoardSpec]) -> dict[str, str]:
@@ -118,7 +130,7 @@ def add_jobs(db: Session, run_id: int, plan: Sequence[PlannedJob], resuming: boo
     board_rows = {b.name: b for b in db.query(BoardRow).all()}
     existing: dict[tuple[str, str, str, str, str], Job] = {}
     if resuming:
-        for job in db.query(Job).filter_by(run_id=run_id):
+        for job in db.query(Job).filter_by(run_id=run_id, purpose="measure"):
             existing[(job.board.name, job.variant.model.name, job.variant.name, job.engine, job.label)] = job
     for p in plan:
         board = board_rows[p.board]
@@ -150,6 +162,21 @@ def add_jobs(db: Session, run_id: int, plan: Sequence[PlannedJob], resuming: boo
         db.add(job)
         db.flush()
         p.row_id = job.id
+
+
+def add_repeats(db: Session, run_id: int, repeats: Sequence[tuple[int, str]]) -> list[int]:
+    """A job row for each (job id, purpose) repeat, a copy of the job it repeats; their ids."""
+    ids = []
+    for job_id, purpose in repeats:
+        of = db.get(Job, job_id)
+        assert of is not None and of.run_id == run_id, f"job {job_id} is not a job of run {run_id}"
+        job = Job(run_id=run_id, board_id=of.board_id, chip=of.chip, fingerprint=of.fingerprint,
+                  variant_id=of.variant_id, engine=of.engine, options=of.options, label=of.label,
+                  artifact=of.artifact, purpose=purpose, repeat_of=of.id)
+        db.add(job)
+        db.flush()
+        ids.append(job.id)
+    return ids
 
 
 def _get_or_add(db: Session, cls: Any, defaults: dict[str, Any], **keys: Any) -> Any:

@@ -57,7 +57,7 @@ def run_results(session: Session, run_id: int) -> dict[Key, Measured]:
         select(Job, Board, Variant, Model, Result)
         .join(Board, Board.id == Job.board_id).join(Variant, Variant.id == Job.variant_id)
         .join(Model, Model.id == Variant.model_id).outerjoin(Result, Result.job_id == Job.id)
-        .where(Job.run_id == run_id)
+        .where(Job.run_id == run_id, Job.purpose == "measure")
     ).all()
     out = {}
     for job, board, variant, model, res in rows:

@@ -90,7 +90,7 @@ def latest_candidates(session: Session) -> list[Candidate]:
         .join(Variant, Variant.id == Job.variant_id)
         .join(Model, Model.id == Variant.model_id)
         # A tool that prints no median is stored, not ranked: p50 is what selection compares.
-        .where(Job.status == "ok", Result.p50_ms.is_not(None))
+        .where(Job.status == "ok", Job.purpose == "measure", Result.p50_ms.is_not(None))
         .order_by(Job.id)
     ).all()
     newest_model = {row[0]: row[1] for row in rows}

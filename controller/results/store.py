@@ -1,7 +1,8 @@
 """The results database's schema (SQLAlchemy 2.x ORM); opening and upgrading it is ``database``.
 
     runs ──< jobs >── boards          one row per job, failed or not: a failure is data
-              │  └─── variants >── models
+              │  ├─── variants >── models
+              │  └─── jobs         repeat_of: a confirmation or a finalist's round repeats a job
               └── results          measurements, raw latency samples, accuracy, fingerprint
     deployments                    one row per deploy or rollback of a bundle on a board
 
@@ -38,6 +39,7 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed | interrupted
     verdict: Mapped[str | None] = mapped_column(String(16))  # nightly: pass | regression
     summary: Mapped[dict | None] = mapped_column(JSON)
+    edgefarm_version: Mapped[str | None] = mapped_column(String(32))  # the release that ran it
     started_at: Mapped[datetime] = mapped_column(DateTime, default=now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     jobs: Mapped[list["Job"]] = relationship(back_populates="run")
@@ -103,6 +105,11 @@ class Job(Base):
     message: Mapped[str | None] = mapped_column(Text)
     stderr_tail: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # measure: the run's own job; confirm: a suspected regression measured again the same night;
+    # round: a selection finalist re-measured in interleaved rounds. Repeats name the job they repeat.
+    purpose: Mapped[str] = mapped_column(String(16), default="measure", server_default="measure")
+    repeat_of: Mapped[int | None] = mapped_column(Integer)  # a job id of the same run (no FK: see 0004)
+    verdict: Mapped[str | None] = mapped_column(String(24))  # what nightly judged it; see results.regression
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     run: Mapped[Run] = relationship(back_populates="jobs")

@@ -16,8 +16,9 @@ The run's ``started_at`` is when its measuring began, after its variants were co
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 from agent.protocol import ResultRecord, failed
 from controller.boards.chip_check import contradiction
@@ -31,13 +32,15 @@ from controller.results import recording
 from controller.results.database import open_db
 from controller.results.store import Job, Run
 from controller.run.actors import actor_class, close_boards, start_boards
+from controller.run.adaptive import EarlyStop
 from controller.run.checks import check_datasets, check_resumable
 from controller.run.cluster import ensure_ray
 from controller.run.planning import Planned, attach_conversions, conversions, job_files, job_payload, plan_board
 from controller.run.progress import RunProgress
+from controller.run.repeats import FollowUp, Repeat
 from controller.workspace import cache_dir, workspace
 
-__all__ = ["RunOutcome", "ensure_ray", "execute"]
+__all__ = ["FollowUp", "Repeat", "RunOutcome", "ensure_ray", "execute"]
 
 
 @dataclass
@@ -47,11 +50,14 @@ class RunOutcome:
     failed: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # board -> why it ran nothing
     resumed: int = 0  # jobs a resumed run found already stored
+    repeats: int = 0  # confirmations and finalists' rounds measured after the run's own jobs
 
 
 def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_url: str | None,
-            ray_address: str | None = None, kind: str = "run", resume: int | None = None) -> RunOutcome:
-    """Run a spec on its boards; with ``resume``, finish that run's missing jobs instead.
+            ray_address: str | None = None, kind: str = "run", resume: int | None = None,
+            follow_ups: Sequence[FollowUp] = ()) -> RunOutcome:
+    """Run a spec on its boards; with ``resume``, finish that run's missing jobs instead. Then
+    measure again what ``follow_ups`` ask for (selection's finalists always), on the same boards.
 
     The user's input is checked first, cheapest first, and nothing is written until all of it
     passed: the run to resume, the spec's boards in the inventory, every model, the first sample
@@ -100,7 +106,9 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         outcome.resumed = sum(1 for p in plan if p.stored)
         plan = [p for p in plan if not p.stored]
         progress.boards({b: sum(1 for p in plan if p.board == b) for b in probes})
-        _measure(sessions, spec, plan, actors, outcome, progress)
+        limits = {b.name: b.concurrency for b in boards}
+        _measure(sessions, spec, [(p, {}) for p in plan], actors, limits, outcome, progress, EarlyStop(spec))
+        _repeat(sessions, spec, plan, actors, limits, [*_finalists(spec), *follow_ups], outcome, progress)
         status = "done"
     except UserError:
         status = "failed"  # none is raised once the rows are written; were one, its measured jobs stay
@@ -145,29 +153,77 @@ def _convert(spec: Spec, plan: list[Planned], builds: list[ModelBuild], cache: C
     attach_conversions(wanted, convert_all(spec, builds, set(wanted), cache, on_step))
 
 
-def _measure(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, Any], outcome: RunOutcome,
-             progress: RunProgress) -> None:
-    """Send every job to its board's actor and store each result as it arrives."""
+def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]]], actors: dict[str, Any],
+             limits: dict[str, int], outcome: RunOutcome, progress: RunProgress,
+             early: EarlyStop | None = None) -> None:
+    """Send each job (with its measure overrides) to its board's actor and store each result as it
+    arrives. A board is sent its next job only when it has room (its ``concurrency``), so that each
+    job's settings can follow what the board has measured so far (``early``), and a board's jobs
+    run in the order given (a finalists' rounds interleave A B C A B C)."""
     import ray
 
+    queues: dict[str, deque[tuple[Planned, dict[str, Any]]]] = {}
     futures: dict[Any, Planned] = {}
+    busy: dict[str, int] = {}
+
+    def send(board: str) -> None:
+        while queues[board] and busy[board] < limits.get(board, 1):
+            p, overrides = queues[board].popleft()
+            payload = job_payload(p, spec)
+            payload["measure"].update({**(early.measure_for(p) if early else {}), **overrides})  # type: ignore[typeddict-item]
+            futures[actors[p.board].run_job.remote(payload, job_files(p), spec.measure.job_timeout)] = p
+            busy[board] += 1
+
     with sessions() as db:
-        for p in plan:
+        for p, overrides in jobs:
             if p.failure:
                 _stored(db, p, failed(f"job-{p.row_id}", *p.failure), outcome, progress)
                 continue
-            futures[actors[p.board].run_job.remote(job_payload(p, spec), job_files(p), spec.measure.job_timeout)] = p
+            queues.setdefault(p.board, deque()).append((p, overrides))
+            busy.setdefault(p.board, 0)
+        for board in queues:
+            send(board)
         while futures:
             ready, _ = ray.wait(list(futures), num_returns=1)
             p = futures.pop(ready[0])
+            busy[p.board] -= 1
             try:
                 result = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - the actor itself died: still a stored failure
                 result = failed(f"job-{p.row_id}", "transport", one_line(exc))
-            _stored(db, p, result, outcome, progress)
+            job = _stored(db, p, result, outcome, progress)
+            if early:
+                early.observe(p, job)
+            send(p.board)
 
 
-def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, progress: RunProgress) -> None:
+def _finalists(spec: Spec) -> list[FollowUp]:
+    """Selection's interleaved rounds of each board's finalists, unless the spec turns them off."""
+    from controller.run.finalists import finalist_rounds
+
+    return [finalist_rounds(spec)] if spec.selection.rounds > 0 else []
+
+
+def _repeat(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, Any], limits: dict[str, int],
+            follow_ups: Sequence[FollowUp], outcome: RunOutcome, progress: RunProgress) -> None:
+    """Measure again what the follow-ups ask for, batch after batch, until none asks for more."""
+    while follow_ups:
+        with sessions() as db:
+            repeats = [r for follow_up in follow_ups for r in follow_up(db, outcome.run_id, plan)]
+            if not repeats:
+                return
+            ids = recording.add_repeats(db, outcome.run_id, [(r.of.row_id, r.purpose) for r in repeats])
+            db.commit()
+        jobs = [(replace(r.of, row_id=row_id, failure=None, stored=False), r.measure)
+                for r, row_id in zip(repeats, ids)]
+        counts: dict[str, int] = {}
+        for p, _ in jobs:
+            counts[p.board] = counts.get(p.board, 0) + 1
+        progress.boards(counts, what="repeats (" + ", ".join(sorted({r.purpose for r in repeats})) + ")")
+        _measure(sessions, spec, jobs, actors, limits, outcome, progress)
+
+
+def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, progress: RunProgress) -> Job:
     """Store one job's result and show it. A result the database will not take (the record's
     check let through what a column refuses) is stored as the job's failure at stage ``result``:
     what a board sent never ends the run, nor keeps the other boards' results from being stored."""
@@ -182,15 +238,20 @@ def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, prog
         refused = failed(f"job-{p.row_id}", "result", f"the board's result record could not be stored: {_cause(exc)}")
         recording.job_result(db, job, _with_session_figures(refused, result))
         db.commit()
-    if job.status == "ok":
+    if job.purpose != "measure":
+        outcome.repeats += 1
+    elif job.status == "ok":
         outcome.ok += 1
+    else:
+        outcome.failed += 1
+    if job.status == "ok":
         r = job.result
         # A native tool may print no median (Paddle Lite's benchmark_bin): its mean, then.
         detail = "" if r is None else f"{r.p50_ms:.2f} ms p50" if r.p50_ms is not None else f"{r.mean_ms:.2f} ms mean"
     else:
-        outcome.failed += 1
         detail = f"failed at {job.stage}: {job.message}"
     progress.job_done(p.board, p.describe(), job.status == "ok", _printable(detail))
+    return job
 
 
 def _scored(p: Planned, result: ResultRecord) -> ResultRecord:

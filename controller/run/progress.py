@@ -45,12 +45,14 @@ class RunProgress:
         else:
             self.console.print(f"  {done} steps done")
 
-    def boards(self, jobs_per_board: dict[str, int]) -> None:
+    def boards(self, jobs_per_board: dict[str, int], what: str = "jobs") -> None:
+        """A bar per board; ``what`` names a later batch (repeats after the run's own jobs)."""
         for board, total in jobs_per_board.items():
             if self._progress:
-                self._boards[board] = self._progress.add_task(f"board {board}", total=total, status="")
+                name = f"board {board}" if what == "jobs" else f"board {board} {what}"
+                self._boards[board] = self._progress.add_task(name, total=total, status="")
             else:
-                self.console.print(f"board {board}: {total} jobs")
+                self.console.print(f"board {board}: {total} {what}")
 
     def job_done(self, board: str, what: str, ok: bool, detail: str) -> None:
         mark = "ok" if ok else "FAILED"

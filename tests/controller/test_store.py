@@ -30,6 +30,9 @@ def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_ro
         conn.execute("ALTER TABLE jobs DROP COLUMN fingerprint")
         conn.execute("DROP TABLE deployments")  # and before deployments were kept
         conn.execute("DROP TABLE release_readings")
+        for column in ("purpose", "repeat_of", "verdict"):  # and before jobs were repeated and judged
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+        conn.execute("ALTER TABLE runs DROP COLUMN edgefarm_version")
         conn.execute("DROP TABLE alembic_version")  # and before schema revisions
 
     with pytest.raises(UserError, match="edgefarm db upgrade"):
@@ -39,7 +42,8 @@ def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_ro
         (board,) = db.query(Board).all()
         assert (board.name, board.chip, board.health_failures, board.quarantined_at) == ("rk3399-a", "rk3399", 0, None)
     with sqlite3.connect(path) as conn:
-        assert "spec_base" in {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        assert {"spec_base", "edgefarm_version"} <= {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        assert {"purpose", "repeat_of", "verdict"} <= {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
 
 
 def _open_when_released(url: str, barrier: "multiprocessing.synchronize.Barrier",
