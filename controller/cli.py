@@ -5,6 +5,7 @@
     edgefarm select                          the best engine + variant per (model, chip)
     edgefarm variants                        what each variant's recipe did
     edgefarm nightly SPEC.yaml --report DIR  run, compare with the previous run, exit 1 on regression
+    edgefarm bisect --model M --engine E --versions A..B   the first engine release where M regressed
     edgefarm dashboard                       the Streamlit app over the database
     edgefarm db upgrade | current            the database's schema revision: upgrade it in place, or print it
     edgefarm bundle --chip C --model M --out D   a deployment bundle from the selection for a chip
@@ -125,6 +126,38 @@ def _address(text: str) -> str:
     return text
 
 
+def _version_range(text: str) -> tuple[str, str]:
+    """``A..B``: two releases, the older first (PEP 440 versions, as the package index has them)."""
+    from packaging.version import InvalidVersion, Version
+
+    a, sep, b = (part.strip() for part in text.partition(".."))
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"{text!r} is not A..B, two releases such as 1.19.2..1.20.1")
+    try:
+        older, newer = Version(a), Version(b)
+    except InvalidVersion as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc} (a release number such as 1.19.2)") from None
+    if older >= newer:
+        raise argparse.ArgumentTypeError(f"{text!r}: A must be an older release than B")
+    return a, b
+
+
+def _package(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a package name (e.g. onnxruntime-gpu)")
+    return text
+
+
+def _requirement(text: str) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        Requirement(text)
+    except InvalidRequirement as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a requirement such as 'numpy<2' ({exc})") from None
+    return text
+
+
 def _db_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default: $EDGEFARM_DB, else sqlite:///edgefarm.db)")
 
@@ -187,6 +220,27 @@ def _parser() -> Parser:
     nightly.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
     nightly.add_argument("--ray-address", help="join this Ray cluster instead of starting a local Ray")
     _db_flag(nightly)
+
+    bis = parser.command(sub, "bisect", help="the first release of an engine where a benchmark regressed",
+                         epilog="exit status: 0 no regression from A to B, 1 the release that brought it is named, "
+                                "2 a mistake in the input (one line on stderr says which). docs/bisect.md says how.")
+    bis.add_argument("--model", required=True, metavar="NAME",
+                     help="a model the database has measured (its newest run's spec says how), or one of --spec")
+    bis.add_argument("--engine", required=True, help="an engine the agent runs, e.g. onnxruntime or openvino")
+    bis.add_argument("--versions", required=True, type=_version_range, metavar="A..B",
+                     help="a good release and a later one that regressed, e.g. 1.19.2..1.20.1")
+    bis.add_argument("--board", metavar="NAME", help="the board to measure on (default: the spec's only board)")
+    bis.add_argument("--config", default="fp32", metavar="LABEL",
+                     help="the configuration, as `edgefarm select` labels it: fp32 (default), int8, fp32@bf16, ...")
+    bis.add_argument("--spec", type=_path, help="a spec with the model, instead of the newest run that measured it")
+    bis.add_argument("--package", type=_package, metavar="NAME",
+                     help="the package the engine is released as, e.g. onnxruntime-gpu (default: the engine's own)")
+    bis.add_argument("--require", action="append", default=[], type=_requirement, metavar="REQ",
+                     help="installed with every release, e.g. 'numpy<2' for releases built before numpy 2 (repeatable)")
+    bis.add_argument("--format", choices=["table", "json"], default="table", help="json: every figure of every release")
+    bis.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
+    bis.add_argument("--ray-address", help="join this Ray cluster instead of starting a local Ray")
+    _db_flag(bis)
 
     dash = parser.command(sub, "dashboard", help="start the Streamlit dashboard")
     dash.add_argument("--port", type=_port, default=8501, help="the TCP port to listen on (default 8501)")
@@ -439,6 +493,12 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     return EXIT_REGRESSION if regressed else EXIT_OK
 
 
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from controller.versions.bisect import bisect_command
+
+    return EXIT_REGRESSION if bisect_command(args) else EXIT_OK
+
+
 def _listenable(address: str, port: int) -> None:
     """Refuse an address this machine does not have, or a port already taken, before Streamlit
     starts (it would say so in a log, after a browser tab has opened on nothing)."""
@@ -524,7 +584,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "boards": cmd_boards, "select": cmd_select, "variants": cmd_variants, "nightly": cmd_nightly,
-            "dashboard": cmd_dashboard, "db": cmd_db, "bundle": cmd_bundle, "deploy": cmd_deploy,
+            "bisect": cmd_bisect, "dashboard": cmd_dashboard, "db": cmd_db, "bundle": cmd_bundle, "deploy": cmd_deploy,
             "deployments": cmd_deployments, "predict": cmd_predict}
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("controller.build",),
     ("controller.results",),
     ("controller.boards", "dashboard"),
-    ("controller.run", "controller.deploy"),
+    ("controller.run", "controller.deploy", "controller.versions"),
     ("controller.cli",),
 ]
 
