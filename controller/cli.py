@@ -4,7 +4,7 @@
     edgefarm boards                          what each board is and which engines it has
     edgefarm select                          the best engine + variant per (model, chip)
     edgefarm variants                        what each variant's recipe did
-    edgefarm nightly SPEC.yaml --report DIR  run, compare with the previous run, exit 1 on regression
+    edgefarm nightly SPEC.yaml --report DIR  run, judge each benchmark against its history, exit 1 on regression
     edgefarm bisect --model M --engine E --versions A..B   the first engine release where M regressed
     edgefarm dashboard                       the Streamlit app over the database
     edgefarm db upgrade | current            the database's schema revision: upgrade it in place, or print it
@@ -36,6 +36,7 @@ from controller.errors import UserError
 EXIT_OK = 0
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
+EXIT_NOTHING_RAN = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -165,7 +166,8 @@ def _db_flag(p: argparse.ArgumentParser) -> None:
 def _parser() -> Parser:
     parser = Parser(prog="edgefarm", description="Benchmark and deploy AI models on a farm of edge boards.",
                     epilog="exit status: 0 done, 1 nightly found a regression, 2 a mistake in the input (one line on "
-                           "stderr says which), 130 interrupted. docs/cli.md has every command and flag.")
+                           "stderr says which), 3 run or nightly: no job could run (every board skipped; the "
+                           "reasons on stderr), 130 interrupted. docs/cli.md has every command and flag.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = parser.command(sub, "run", help="run the job a spec describes, or one ONNX model with no spec")
@@ -213,7 +215,7 @@ def _parser() -> Parser:
     var.add_argument("--format", choices=["table", "json"], default="table", help="json: the full records")
     _db_flag(var)
 
-    nightly = parser.command(sub, "nightly", help="run a spec and report regressions against the previous run")
+    nightly = parser.command(sub, "nightly", help="run a spec and judge every benchmark against its history")
     nightly.add_argument("spec", type=_path, help="spec YAML, as for run")
     nightly.add_argument("--report", type=_path, required=True, metavar="DIR",
                          help="writes DIR/report.md and DIR/junit.xml")
@@ -397,6 +399,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller.config.inventory import load_inventory
     from controller.results.database import check_db
     from controller.run.execute import execute
+    from controller.run.nothing_ran import why_nothing_ran
 
     resuming = args.resume and not (args.spec or args.model)
     # The database first, making nothing: a wrong URL is one line now, not after the variants are built.
@@ -405,6 +408,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     inventory, source = load_inventory(args.inventory)
     outcome = execute(loaded, inventory, source, args.db, args.ray_address, resume=args.resume)
     _finish(args.db, outcome, [m.name for m in loaded.spec.models], loaded.spec.selection)
+    if why := why_nothing_ran(outcome):  # a cron job must not read an empty run as a measured one
+        print(f"edgefarm: run {outcome.run_id}: {why}", file=sys.stderr)
+        return EXIT_NOTHING_RAN
     return EXIT_OK
 
 
@@ -484,13 +490,13 @@ def cmd_variants(args: argparse.Namespace) -> int:
 def cmd_nightly(args: argparse.Namespace) -> int:
     from controller.config.inventory import load_inventory
     from controller.results.database import check_db
-    from controller.run.nightly import nightly
+    from controller.run.nightly import NOTHING_RAN, REGRESSION, nightly
 
     check_db(args.db)  # before the report folder is made and the variants built
     loaded = _load(args)
     inventory, source = load_inventory(args.inventory)
-    regressed = nightly(loaded, inventory, source, args.db, args.report, args.ray_address)
-    return EXIT_REGRESSION if regressed else EXIT_OK
+    verdict = nightly(loaded, inventory, source, args.db, args.report, args.ray_address)
+    return {NOTHING_RAN: EXIT_NOTHING_RAN, REGRESSION: EXIT_REGRESSION}.get(verdict, EXIT_OK)
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
