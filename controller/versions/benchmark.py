@@ -5,9 +5,9 @@ The model comes from ``--spec FILE`` when given, else from the newest run in the
 measured it (its stored spec and the folder its relative paths are read from, as ``edgefarm run
 --resume`` reloads them): the benchmark as the team last measured it, with its dataset, its
 inputs and its measurement and regression settings. That spec is reduced to the one model,
-engine, configuration and board; end-to-end timing and selection's finalist rounds are off (a
-bisect compares the engine's own figures), accuracy stays on (a release that computes worse is a
-regression too).
+engine, configuration and board; end-to-end timing, the early stop of configurations slower than
+the best and selection's finalist rounds are off (a bisect compares the engine's own figures in
+full), accuracy stays on (a release that computes worse is a regression too).
 """
 
 from __future__ import annotations
@@ -87,7 +87,9 @@ def reduced(loaded: LoadedSpec, model: str, engine: str, config: Configuration, 
         variants=list(dict.fromkeys(["fp32", config.variant])),
         engines=[own.model_dump(mode="json")],
         boards=[board],
-        measure={**data["measure"], "e2e": False, "threads": [config.threads] if config.threads else None},
+        # The configuration measured in full, whatever the others (fp32) measure.
+        measure={**data["measure"], "e2e": False, "slower_factor": None,
+                 "threads": [config.threads] if config.threads else None},
         selection={**data["selection"], "rounds": 0},
     )
     return LoadedSpec(spec=parse(Spec, data, loaded.source), source=loaded.source, base=loaded.base)

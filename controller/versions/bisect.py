@@ -231,7 +231,8 @@ def _board(args: argparse.Namespace, loaded: LoadedSpec, inventory: Inventory, s
                             "name the board to bisect on")
         name = loaded.spec.boards[0]
     if name not in [b.name for b in inventory.boards]:
-        raise UserError(f"--board {name}: no board of that name in {source}; it has: "
+        where = "--board" if args.board else f"{loaded.source}: boards:"
+        raise UserError(f"{where} {name}: no board of that name in {source}; it has: "
                         f"{', '.join(b.name for b in inventory.boards)}")
     board = inventory.board(name, source)
     if not board.agent:
