@@ -4,6 +4,10 @@ Every exception becomes a failed Result naming the stage it happened in; the age
 crashes on a bad job, because a failed measurement is data the controller stores. The e2e
 stage is the exception: by then the engine's own figures are measured and good, so a failure
 there is recorded in the result's ``e2e`` block and the job stays ok.
+
+The job's ``measure`` settings may leave stages out: ``accuracy: false``, ``e2e: false``, no
+``batch_sizes`` (no throughput). A latency stopped as "slower" (above ``stop_above_ms``: the
+configuration cannot be chosen) ends the job there, with a note saying so.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ def _feeds_for(engine: Engine, data: Dataset, what: str) -> Callable[[List[int]]
         return {n: tensors[n] for n in names}
 
     return feed
+
+
+def _optional_float(value: Any) -> Optional[float]:
+    """A measure setting that may be null (no cap, no target, no ceiling), as a float."""
+    return None if value is None else float(value)
 
 
 def _fixed_batch(engine: Engine) -> Optional[int]:
@@ -142,23 +151,27 @@ class _JobRun:
         t0 = time.perf_counter()
         engine.run(pool[0])
         result["phases"]["first_inference_ms"] = (time.perf_counter() - t0) * 1000.0
-        result["latency"] = measure_latency(
+        latency = result["latency"] = measure_latency(
             lambda i: engine.run(pool[i % len(pool)]),
             warmup=int(measure["warmup"]),
             min_iterations=int(measure["min_iterations"]),
             min_seconds=float(measure["min_seconds"]),
-            max_seconds=None if measure["max_seconds"] is None else float(measure["max_seconds"]),
+            max_seconds=_optional_float(measure["max_seconds"]),
             inner=engine.last_latency_ms,
+            precision=_optional_float(measure.get("precision")),
+            stop_above_ms=_optional_float(measure.get("stop_above_ms")),
         )
         pool.clear()  # free the samples before the throughput batches are built
-        result["throughput"] = measure_throughput(
-            engine.run,
-            lambda b: feed([i % inputs.count for i in range(b)]),
-            batch_sizes=list(measure["batch_sizes"] or []),
-            seconds=float(measure["throughput_seconds"]),
-            max_seconds=None if measure["max_seconds"] is None else float(measure["max_seconds"]),
-            fixed_batch=_fixed_batch(engine),
-        )
+        slower = latency["stopped_by"] == "slower"
+        if not slower:
+            result["throughput"] = measure_throughput(
+                engine.run,
+                lambda b: feed([i % inputs.count for i in range(b)]),
+                batch_sizes=list(measure["batch_sizes"] or []),
+                seconds=float(measure["throughput_seconds"]),
+                max_seconds=_optional_float(measure["max_seconds"]),
+                fixed_batch=_fixed_batch(engine),
+            )
         # Right after measuring, so the accuracy dataset does not count in the peak.
         after = memory_mb()
         result["memory"] = {
@@ -166,12 +179,18 @@ class _JobRun:
             "peak_rss_mb": after["peak_rss_mb"],
             "rss_after_measure_mb": after["rss_mb"],
         }
+        if slower:  # it cannot be chosen: its other figures would only cost the board time
+            result.setdefault("notes", []).append(
+                "stopped at %d samples: median %.4g ms is above the %.4g ms limit (the run's slower_factor "
+                "times the best configuration within the accuracy budget on this board); accuracy, "
+                "throughput and e2e not measured" % (latency["n"], latency["p50"], float(measure["stop_above_ms"])))
+            return
 
-        if paths.get("dataset"):
+        if paths.get("dataset") and measure.get("accuracy", True):
             self.stage = "accuracy"
             result["accuracy"] = self._accuracy(engine, paths["dataset"], paths.get("task"))
 
-        if paths.get("images"):
+        if paths.get("images") and measure.get("e2e", True):
             # The engine is freed first: the runtime loads its own instance of the same artifact with
             # the same options, so the two are never in memory together.
             self.engine = None
@@ -255,8 +274,7 @@ def _measure_e2e(job: Dict[str, Any], paths: Dict[str, str], measure: Dict[str, 
         warmup = int(measure["warmup"])
         latency = measure_latency(
             call, warmup=warmup, min_iterations=int(measure["min_iterations"]),
-            min_seconds=float(measure["min_seconds"]),
-            max_seconds=None if measure["max_seconds"] is None else float(measure["max_seconds"]),
+            min_seconds=float(measure["min_seconds"]), max_seconds=_optional_float(measure["max_seconds"]),
         )
     finally:
         model.close()

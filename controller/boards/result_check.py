@@ -67,6 +67,10 @@ class _Latency(_Open):
     max: Finite
     n: int = Field(ge=0, le=MAX_INT)
     cv: Finite | None
+    # How the agent's sampling ended and how well it knew the median (a native tool says neither).
+    stopped_by: str | None = Field(None, max_length=16)
+    median_ci95: list[Finite] | None = Field(None, min_length=2, max_length=2)
+    precision: Finite | None = Field(None, ge=0)
 
 
 class _Throughput(_Open):

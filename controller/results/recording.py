@@ -227,4 +227,6 @@ def _raw(result: ResultRecord, lat: dict[str, Any]) -> dict[str, Any]:
     raw["latency_source"] = lat.get("source", "agent")
     if lat.get("engine"):  # the engine's own timing, which its native tool would report
         raw["engine_latency"] = lat["engine"]
+    # How the sampling ended (target, precision, max_seconds, slower) and how well the median is known.
+    raw["sampling"] = {k: lat[k] for k in ("stopped_by", "elapsed_s", "median_ci95", "precision") if k in lat}
     return raw

@@ -129,7 +129,8 @@ def job_payload(p: Planned, spec: Spec) -> JobRecord:
     return make_job(
         f"job-{p.row_id}", p.engine, p.options,
         {"warmup": m.warmup, "min_iterations": m.min_iterations, "min_seconds": m.min_seconds,
-         "max_seconds": m.max_seconds, "batch_sizes": m.batch_sizes, "throughput_seconds": m.throughput_seconds},
+         "max_seconds": m.max_seconds, "batch_sizes": m.batch_sizes, "throughput_seconds": m.throughput_seconds,
+         "precision": m.precision},
         # What a native benchmark tool is asked for, where the board measures this engine with one.
         native={"warmup": m.warmup, "iterations": m.min_iterations, "threads": p.options.get("threads"),
                 "precision": p.options.get("precision"),
