@@ -97,7 +97,11 @@ def selection_section(sels: list[selection.Selection], c: Controls) -> None:
     st.caption(f"{fastest}{ceiling} per (model, chip), among configurations whose accuracy drop against ONNX "
                f"Runtime fp32 on that chip is at most **{c.budget:g}**; speed-up is against the same baseline. "
                "e2e p50 is the whole pipeline an application runs (decode an image file, preprocess, infer, "
-               "postprocess) on the board, beside the engine's own p50. Newest result per configuration.")
+               "postprocess) on the board, beside the engine's own p50. Newest result per configuration. "
+               "Each speed-up has its 95% interval: from the finalists' interleaved rounds on the board where "
+               "\"rounds\" says how many (p50 and p90 too), else from the two jobs' samples. \"tied with\": the "
+               "configurations whose intervals overlap the fastest one's; among them the higher accuracy, then the "
+               "lower peak memory, then the smaller artifact is shown.")
     frame = views.selection_frame(sels)
     if c.objective != "throughput":  # batch and items/s say which batch the throughput rule chose
         frame = frame.drop(columns=["batch", "items/s"])

@@ -30,7 +30,7 @@ FORMATS: dict[str, str] = {
 
 
 # Integer columns that can be empty: without a nullable dtype a missing value turns 38 into 38.0.
-INTEGERS = ("job", "run", "n", "cores", "batch")
+INTEGERS = ("job", "run", "n", "cores", "batch", "rounds")
 
 
 def _frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
@@ -51,16 +51,20 @@ def styled(df: pd.DataFrame) -> Styler:
 
 
 def _candidate(c: Candidate) -> dict[str, Any]:
+    ci = c.speedup_ci95
     return {
         "engine": c.engine, "variant": c.variant, "precision": c.precision, "p50 ms": c.p50_ms,
-        "e2e p50 ms": c.e2e_p50_ms, "p90 ms": c.p90_ms, "batch": c.batch, "items/s": c.items_per_s, "speed-up": c.speedup_vs_baseline, "metric": c.accuracy_metric,
+        "e2e p50 ms": c.e2e_p50_ms, "p90 ms": c.p90_ms, "batch": c.batch, "items/s": c.items_per_s,
+        "speed-up": c.speedup_vs_baseline, "95% interval": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else None,
+        "rounds": c.rounds, "tied with": ", ".join(c.tied_with) or None, "metric": c.accuracy_metric,
         "accuracy": c.accuracy, "drop": c.accuracy_drop, "peak MB": c.peak_rss_mb,
         "size MB": c.size_bytes / 1e6, "board": c.board, "job": c.job_id,
     }
 
 
 SELECTION_COLUMNS = ("model", "chip", "result", "engine", "variant", "precision", "p50 ms", "e2e p50 ms", "p90 ms",
-                     "batch", "items/s", "speed-up", "metric", "accuracy", "drop", "peak MB", "size MB", "board", "job")
+                     "batch", "items/s", "speed-up", "95% interval", "rounds", "tied with", "metric", "accuracy", "drop",
+                     "peak MB", "size MB", "board", "job")
 
 
 def selection_frame(sels: Sequence[Selection]) -> pd.DataFrame:
