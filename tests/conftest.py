@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_ppocr_spec(tmp: Path, name: str = "ppocr-test", **measure: object) -> Path:
     """examples/ppocr.yaml, made small: 24 labelled samples per model, short measurement, the two
     engines that read ONNX themselves (tests/controller/test_engines_run.py runs the others). Every
-    configuration is measured in full (no ``slower_factor``: tests/controller/test_adaptive.py
-    runs the early stop), so the tests that read every figure of every configuration find them."""
+    configuration is measured in full and sampled to the two minimums only (no ``slower_factor``, no
+    ``precision``: tests/controller/test_adaptive.py runs both), so the tests that read every figure
+    of every configuration find them, and a busy machine does not stretch each job to max_seconds."""
     spec = yaml.safe_load((ROOT / "examples" / "ppocr.yaml").read_text())
     spec["name"] = name
     spec["engines"] = ["onnxruntime", "openvino"]
@@ -27,7 +28,8 @@ def small_ppocr_spec(tmp: Path, name: str = "ppocr-test", **measure: object) -> 
         model["dataset"]["samples"] = 24
     spec["quantization"] = {"calibration": "minmax", "samples": 8, "per_channel": True}
     spec["measure"] = {"warmup": 2, "min_iterations": 64, "min_seconds": 0.2, "max_seconds": 20,
-                       "batch_sizes": [1, 2], "throughput_seconds": 0.2, "slower_factor": None, **measure}
+                       "batch_sizes": [1, 2], "throughput_seconds": 0.2, "slower_factor": None,
+                       "precision": None, **measure}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
