@@ -4,9 +4,9 @@
 The database is ``--db``, else $EDGEFARM_DB, else ./edgefarm.db (``controller.results.database.database_url``).
 It is opened as every reading command opens it (``open_db(url, create=False)``): the page never makes
 a database, and says why it cannot read one (``edgefarm dashboard`` refuses the same things in the
-terminal before Streamlit starts). It is read only through ``controller.results.queries`` and
-``controller.results.selection``, so the figures here are the ones the CLI's selection tables and
-nightly reports print.
+terminal before Streamlit starts). It is read only through ``controller.results.queries``,
+``controller.results.selection`` and ``controller.results.history``, so the figures here are the ones
+the CLI's selection tables and nightly reports print, and the bands the ones nightly judged with.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.errors import UserError
-from controller.results import database, queries, selection, variant_records
+from controller.results import database, history, queries, selection, variant_records
 from dashboard import charts, views
 
 MAX_TAILS = 20  # a run where everything failed would otherwise bury the page in tracebacks
@@ -215,6 +215,48 @@ def deployments_section(session: Session) -> None:
                  column_config={"reason": st.column_config.TextColumn(width="large")})
 
 
+def pick_benchmark(known: list[views.Benchmark], default: views.Benchmark) -> views.Benchmark:
+    """A selector per level (spec only when there are several), each offering only what exists
+    under the ones before it, and opening on ``default``."""
+    first = (default[0], *default[1])
+    levels = views.LEVELS if len(views.benchmark_options(known, [])) > 1 else views.LEVELS[1:]
+    picked = [] if len(levels) == len(views.LEVELS) else [first[0]]
+    for column, level in zip(st.columns(len(levels)), levels):
+        options = views.benchmark_options(known, picked)
+        on_default = tuple(picked) == first[:len(picked)] and first[len(picked)] in options
+        picked.append(column.selectbox(level.capitalize(), options, key=f"history_{level}",
+                                       index=options.index(first[len(picked)]) if on_default else 0))
+    return picked[0], (picked[1], picked[2], picked[3], picked[4])
+
+
+def history_section(session: Session) -> None:
+    """One benchmark's runs as a line, with the band nightly judged each against and the changes marked."""
+    st.header("History")
+    known = history.benchmarks(session)
+    if not known:
+        st.info("No benchmark has a successful measurement in a finished run yet; the runs under Benchmarks "
+                "say what happened.")
+        return
+    regressed = views.newest_regression(session)
+    spec, key = pick_benchmark(known, regressed if regressed in known else known[0])
+    rules = views.regression_rules(session, spec)
+    frame = views.history_frame(history.benchmark_history(session, spec, key, rules.history, rules.band))
+    if len(frame) < 2:
+        st.info(f"**{' / '.join(key)}** has one run so far (run #{frame['run'].iloc[0]}): its history becomes a "
+                "line with the next run, and nightly judges it once two good runs make a baseline.")
+    else:
+        st.caption(
+            f"p50 of every finished run of spec **{spec}** that measured this benchmark. Shaded: the noise band as "
+            f"it stood at each run (what nightly judged it against), made of the last {rules.history} good runs "
+            f"before it: their median ± the larger of {rules.band:g} run-to-run standard deviations and the "
+            "farthest of them; none until two runs exist. Colour: nightly's verdict; squares are plain runs, never "
+            "judged but part of later baselines. Dashed orange: the setup changed since the run before, as labelled.")
+        st.altair_chart(charts.history_chart(frame))
+    table = views.history_table(frame)
+    st.dataframe(views.styled(table).map(views.verdict_style, subset=["verdict"]), hide_index=True,
+                 column_config={"what changed": st.column_config.TextColumn(width="large")})
+
+
 def render(session: Session) -> None:
     runs = queries.runs(session)
     cands = selection.latest_candidates(session)
@@ -222,9 +264,11 @@ def render(session: Session) -> None:
     if not runs:
         st.info(EMPTY)
         return
-    benchmarks, deployed = st.tabs(["Benchmarks", "Deployments"])
+    benchmarks, histories, deployed = st.tabs(["Benchmarks", "History", "Deployments"])
     with deployed:
         deployments_section(session)
+    with histories:
+        history_section(session)
     with benchmarks:
         render_benchmarks(session, runs, cands, picked)
 

@@ -153,3 +153,72 @@ def deployment_timeline(df: pd.DataFrame, width: int = 720) -> alt.Chart:
         shape=alt.Shape("action:N", legend=alt.Legend(orient="top")),
         tooltip=["when (UTC):T", "board", "action", "bundle", "previous", "status", "models", "reason"],
     ).properties(width=width, height=40 + 36 * rows)
+
+
+# What nightly judged each point (``jobs.verdict``) and the band's shade on one colour scale, so that
+# one legend says what every mark is. A point without a verdict (no baseline yet, or a plain run
+# that nightly never judged) is pale inside its outline; the shape says whether it was a nightly.
+VERDICT_COLOR = {
+    "domain": ["regression", "accuracy-regression", "improvement", "noise", "unchanged", "no baseline", "not judged",
+               "noise band"],
+    "range": ["#c62828", "#ad1457", "#2e7d32", "#9e9e9e", "#1f77b4", "white", "#e0e0e0", "#cfd8dc"],
+}
+BAND = "noise band"
+CHANGE_COLOR = "#ef6c00"
+OUTLINE = "#37474f"
+LABEL_CHARS = 48  # a change label longer than this is cut on the chart; the tooltip and the table have it whole
+
+
+def history_chart(df: pd.DataFrame, width: int = 720) -> alt.VConcatChart:
+    """One benchmark's p50 run after run: the noise band as it stood before each run (shaded),
+    every point coloured by its verdict, and a labelled rule where the setup changed since the
+    previous point; accuracy below on the same time axis when the benchmark has it.
+
+    ``df``: ``views.history_frame`` (run, kind, started, p50_ms, band_low, band_high, verdict, change,
+    accuracy, metric).
+    """
+    import altair as alt
+
+    data = df.assign(band=BAND, when=df["started"].dt.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                     label=[c if len(c) <= LABEL_CHARS else c[:LABEL_CHARS - 3] + "..." for c in df["change"].fillna("")])
+    # The database keeps UTC; a "utc" scale prints it as such, not in the browser's own time zone.
+    x = alt.X("started:T", title="run started (UTC)", scale=alt.Scale(type="utc"))
+    # Only what this chart shows in the legend, each in its fixed colour (a verdict nightly may add later in amber).
+    shown = set(data["verdict"]) | ({BAND} if data["band_low"].notna().any() else set())
+    colors = dict(zip(VERDICT_COLOR["domain"], VERDICT_COLOR["range"]))
+    domain = [v for v in colors if v in shown] + sorted(shown - set(colors))
+    color = {"scale": alt.Scale(domain=domain, range=[colors.get(v, "#ffb300") for v in domain]), "legend": alt.Legend(
+        title=None, orient="top", symbolStrokeColor=OUTLINE, symbolStrokeWidth=1, symbolOpacity=1)}
+    tooltip = ["run:Q", "kind:N", "when:N",
+               alt.Tooltip("p50_ms:Q", format=".4g"), alt.Tooltip("band_low:Q", format=".4g"),
+               alt.Tooltip("band_high:Q", format=".4g"), "verdict:N", "change:N", "engine_version:N"]
+    band = alt.Chart(data).mark_area(opacity=0.6).encode(
+        x=x, y=alt.Y("band_low:Q"), y2="band_high:Q", color=alt.Color("band:N", **color))
+    line = alt.Chart(data).mark_line(color="#607d8b").encode(
+        x=x, y=alt.Y("p50_ms:Q", scale=alt.Scale(zero=False), title="p50 latency (ms)"))
+    points = alt.Chart(data).mark_point(size=80, filled=True, opacity=1, stroke=OUTLINE, strokeWidth=1.5).encode(
+        x=x, y="p50_ms:Q", color=alt.Color("verdict:N", **color), tooltip=tooltip,
+        shape=alt.Shape("kind:N", scale=alt.Scale(domain=["nightly", "run"], range=["circle", "square"]),
+                        legend=alt.Legend(title=None, orient="top")),
+    )
+    changes = data[data["label"] != ""]
+    rules = alt.Chart(changes).mark_rule(color=CHANGE_COLOR, strokeDash=[5, 3], strokeWidth=1.5).encode(
+        x=x, tooltip=["run:Q", "change:N"])
+    # A label reads away from the chart's nearer edge, so the newest change's is not cut off on the right.
+    middle = data["started"].min() + (data["started"].max() - data["started"].min()) / 2
+    labels = [alt.Chart(part).mark_text(align=align, baseline="top", dx=4 if align == "left" else -4, dy=4,
+                                        color=CHANGE_COLOR, fontSize=11).encode(x=x, y=alt.value(0), text="label:N")
+              for align, part in (("left", changes[changes["started"] <= middle]),
+                                  ("right", changes[changes["started"] > middle]))]
+    charts: list[alt.LayerChart] = [alt.layer(band, line, points, rules, *labels).properties(width=width, height=260)]
+    measured = data.dropna(subset=["accuracy"])
+    if len(measured):
+        metric = measured["metric"].dropna()
+        accuracy = alt.Chart(measured).mark_line(color="#6a1b9a", point=alt.OverlayMarkDef(color="#6a1b9a")).encode(
+            x=x, y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False), axis=alt.Axis(format=".4~f"),
+                         title=metric.iloc[-1] if len(metric) else "accuracy"),
+            tooltip=["run:Q", alt.Tooltip("accuracy:Q", format=".4f"), "metric:N"],
+        )
+        charts.append(alt.layer(accuracy, rules).properties(width=width, height=120))
+    # SVG, not canvas: the change labels and the legend stay text that a reader can select and a test can find.
+    return alt.vconcat(*charts).properties(usermeta={"embedOptions": {"renderer": "svg"}})

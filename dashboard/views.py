@@ -1,7 +1,9 @@
 """Display tables for the dashboard: query results and selections turned into DataFrames.
 
 Pure functions (no Streamlit calls), so the figures shown can be checked without a browser.
-Numbers stay numbers in the frames; ``styled`` only decides how they are printed.
+Numbers stay numbers in the frames; ``styled`` only decides how they are printed. The History
+tab's two look-ups that ``controller.results.history`` does not answer (``regression_rules``,
+``newest_regression``) are here too, beside the frames they feed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
     from pandas.io.formats.style import Styler
+    from sqlalchemy.orm import Session
 
+    from controller.config.spec import RegressionSpec
+    from controller.results.history import HistoryPoint, Key
     from controller.results.queries import BoardRow, DeploymentRow, JobRow, Reading, RunRow
     from controller.results.selection import Candidate, Selection
 
@@ -26,6 +31,7 @@ FORMATS: dict[str, str] = {
     "p50 ms": "{:.4g}", "e2e p50 ms": "{:.4g}", "p90 ms": "{:.4g}", "p99 ms": "{:.4g}", "speed-up": "{:.2f}x",
     "accuracy": "{:.4f}", "drop": "{:+.4f}", "peak MB": "{:.0f}", "infer p50 ms": "{:.4g}", "farm infer ms": "{:.4g}",
     "total p50 ms": "{:.4g}", "items/s": "{:.4g}", "size MB": "{:.3g}", "cv": "{:.1%}",
+    "band low ms": "{:.4g}", "band high ms": "{:.4g}",
 }
 
 
@@ -121,7 +127,7 @@ def runs_frame(runs: Sequence[RunRow]) -> pd.DataFrame:
 
 def verdict_style(value: object) -> str:
     """CSS for a verdict or status cell: a regression or a failed run must catch the eye."""
-    if value in ("regression", "failed", "interrupted", "rolled-back", "DRIFT"):
+    if value in ("regression", "accuracy-regression", "failed", "interrupted", "rolled-back", "DRIFT"):
         return "background-color: #fde2e1; color: #8a1c14"
     if value in ("pass", "ok"):
         return "background-color: #e3f5e1; color: #1d5e1a"
@@ -237,3 +243,82 @@ def _engines(engines: object) -> str:
 def _scalar(value: object) -> object:
     # Arrow needs one type per column: anything nested becomes text.
     return value if value is None or isinstance(value, (str, int, float)) else str(value)
+
+
+# --- a benchmark's history -----------------------------------------------------------------------
+
+Benchmark = tuple[str, "Key"]  # (spec name, (model, board, engine, configuration label))
+LEVELS = ("spec", "model", "board", "engine", "configuration")
+REGRESSED = ("regression", "accuracy-regression")  # the verdicts the History tab opens on
+NOT_JUDGED = "not judged"  # a plain `edgefarm run`: part of the history, never judged
+
+
+def benchmark_options(known: Sequence[Benchmark], picked: Sequence[str]) -> list[str]:
+    """The values the next selector offers (LEVELS[len(picked)]), among the benchmarks that
+    match what is picked so far, in order; so every selector offers only what exists."""
+    flat = [(spec, *key) for spec, key in known]
+    level = len(picked)
+    return list(dict.fromkeys(f[level] for f in flat if tuple(f[:level]) == tuple(picked)))
+
+
+def regression_rules(session: Session, spec_name: str) -> RegressionSpec:
+    """The spec's regression rules as its newest run stored them: the history and band width
+    that nightly drew its bands with. A spec stored before the rules existed gets the defaults."""
+    from pydantic import ValidationError
+    from sqlalchemy import select
+
+    from controller.config.spec import RegressionSpec
+    from controller.results.store import Run
+
+    spec = session.scalars(select(Run.spec).where(Run.spec_name == spec_name).order_by(Run.id.desc()).limit(1)).first()
+    try:
+        return RegressionSpec.model_validate((spec or {}).get("regression") or {})
+    except ValidationError:  # an older EdgeFarm's keys: the band is still drawn, with today's defaults
+        return RegressionSpec()
+
+
+def newest_regression(session: Session) -> Benchmark | None:
+    """The benchmark whose regression nightly reported most recently (a confirmed latency or an
+    accuracy regression), or None: what the History tab shows first."""
+    from sqlalchemy import select
+
+    from controller.results.history import KINDS
+    from controller.results.store import Board, Job, Model, Run, Variant
+
+    row = session.execute(
+        select(Run.spec_name, Model.name, Board.name, Job.engine, Job.label)
+        .join(Run, Run.id == Job.run_id).join(Board, Board.id == Job.board_id)
+        .join(Variant, Variant.id == Job.variant_id).join(Model, Model.id == Variant.model_id)
+        .where(Job.purpose == "measure", Job.verdict.in_(REGRESSED), Run.status == "done", Run.kind.in_(KINDS))
+        .order_by(Run.id.desc(), Job.id).limit(1)
+    ).first()
+    return (row[0], (row[1], row[2], row[3], row[4])) if row else None
+
+
+HISTORY_POINT_COLUMNS = ("run", "kind", "started", "p50_ms", "band_low", "band_high", "verdict", "change",
+                         "accuracy", "metric", "engine_version", "job")
+
+
+def history_frame(points: Sequence[HistoryPoint]) -> pd.DataFrame:
+    """One row per run of a benchmark, oldest first, as ``charts.history_chart`` draws it: the p50
+    (the mean where a native tool printed no median, as the band is made of), the band it was judged
+    against (empty while there was no baseline), nightly's verdict and what changed since the run before."""
+    return _frame(({
+        "run": h.point.run_id, "kind": h.point.kind, "started": h.point.started, "p50_ms": h.point.figure,
+        "band_low": h.band.low if h.band else None, "band_high": h.band.high if h.band else None,
+        "verdict": h.point.verdict or NOT_JUDGED, "change": ", ".join(h.changed), "accuracy": h.point.accuracy,
+        "metric": h.point.metric, "engine_version": h.point.setup.engine_version, "job": h.point.job_id,
+    } for h in reversed(points)), HISTORY_POINT_COLUMNS)
+
+
+HISTORY_TABLE_COLUMNS = ("run", "kind", "when (UTC)", "p50 ms", "band low ms", "band high ms", "accuracy", "verdict",
+                         "what changed", "engine", "job")
+
+
+def history_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``history_frame`` for reading, newest first."""
+    return _frame(({
+        "run": r["run"], "kind": r["kind"], "when (UTC)": _seconds(r["started"]), "p50 ms": r["p50_ms"],
+        "band low ms": r["band_low"], "band high ms": r["band_high"], "accuracy": r["accuracy"],
+        "verdict": r["verdict"], "what changed": r["change"] or None, "engine": r["engine_version"], "job": r["job"],
+    } for r in reversed(frame.to_dict("records"))), HISTORY_TABLE_COLUMNS)

@@ -13,13 +13,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from controller.results import selection
 from controller.results.database import open_db
+from tests.dashboard.conftest import History
 from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,15 +34,15 @@ pytestmark = pytest.mark.skipif(
 
 
 
-@pytest.fixture
-def server(ppocr_db: str, tmp_path: Path):
+@contextmanager
+def serving(db_url: str, tmp_path: Path) -> Iterator[str]:
     """A `streamlit run` of the app on a free port; yields its URL, stops its process group."""
     port = free_port()
     log = (tmp_path / "streamlit.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "EDGEFARM_DB": ppocr_db}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env={**os.environ, "EDGEFARM_DB": db_url}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so the stop below reaches only what it started
     )
     url = f"http://127.0.0.1:{port}/"
@@ -64,6 +66,12 @@ def server(ppocr_db: str, tmp_path: Path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def server(ppocr_db: str, tmp_path: Path) -> Iterator[str]:
+    with serving(ppocr_db, tmp_path) as url:
+        yield url
 
 
 def table_rows(html: str) -> list[list[str]]:
@@ -170,6 +178,10 @@ class Chromium:
         self.call("Emulation.setDeviceMetricsOverride", width=self.size[0], height=self.size[1],
                   deviceScaleFactor=1, mobile=False)
         self.call("Page.navigate", url=url)
+        return self.wait(ready, timeout)
+
+    def wait(self, ready: Callable[[str], bool], timeout: float = 120) -> str:
+        """Poll the page until ``ready(html)``; returns its HTML at that point."""
         deadline = time.monotonic() + timeout
         html = ""
         while time.monotonic() < deadline:
@@ -178,6 +190,22 @@ class Chromium:
                 return html
             time.sleep(0.5)
         return html  # the caller's assertions say what is missing
+
+    def click(self, selector: str, text: str) -> None:
+        """A left click, as a mouse makes it, on the middle of the element matching ``selector``
+        whose text is ``text``: Streamlit's tabs answer pointer events, not a script's click()."""
+        import json
+
+        where = self.call("Runtime.evaluate", returnByValue=True, expression=f"""(() => {{
+            const found = [...document.querySelectorAll({json.dumps(selector)})]
+                .find(e => e.innerText.trim() === {json.dumps(text)});
+            if (!found) return null;
+            const box = found.getBoundingClientRect();
+            return [box.x + box.width / 2, box.y + box.height / 2];
+        }})()""")["result"].get("value")
+        assert where, f"no {selector} reading {text!r} on the page"
+        for event in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=event, x=where[0], y=where[1], button="left", clickCount=1)
 
     def screenshot(self, path: Path) -> None:
         import base64
@@ -231,3 +259,40 @@ def test_page_shows_the_selection_table(server: str, ppocr_db: str, tmp_path: Pa
         assert image.size == (1400, 2000)
     if os.environ.get("EDGEFARM_SCREENSHOT"):  # keep it for a human to look at
         shutil.copy(shot, os.environ["EDGEFARM_SCREENSHOT"])
+
+
+@pytest.mark.slow
+def test_history_tab_draws_the_band_and_marks_the_change(history_db: History, tmp_path: Path) -> None:
+    """The History tab opens on the benchmark nightly found regressed ("mlp", whose model file was
+    replaced by a slower one): its chart is drawn as SVG with the band, the verdicts and the change
+    named in the legend and on the chart."""
+    import re
+
+    def history_svg(html: str) -> str:
+        return next((svg for svg in re.findall(r"<svg.*?</svg>", html, re.S) if "model file changed" in svg), "")
+
+    def history_open(html: str) -> bool:
+        return re.search(r'aria-selected="true"[^>]*><div[^>]*><p>History</p>', html) is not None
+
+    shot = tmp_path / "history.png"
+    with serving(history_db.url, tmp_path) as url, Chromium(tmp_path / "profile") as browser:
+        browser.open(url, lambda html: 'id="boards"' in html)  # the script has run to its end
+        browser.click('[role="tab"]', "History")
+        dom = browser.wait(lambda html: history_open(html) and bool(history_svg(html)))
+        time.sleep(1)  # let Vega finish drawing before the picture is taken
+        browser.screenshot(shot)
+
+    assert history_open(dom), "the History tab did not open"
+    svg = history_svg(dom)
+    assert svg, "the History tab drew no chart naming the change"
+    assert 'data-testid="stException"' not in dom
+    labels = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert {"noise band", "regression", "not judged", "model file changed", "p50 latency (ms)"} <= set(labels), labels
+    marks = set(re.findall(r'class="mark-([a-z]+) role-mark', svg))
+    assert {"area", "line", "symbol", "rule", "text"} <= marks, marks  # band, p50, points, change: rule and label
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1400, 2000)
+    if os.environ.get("EDGEFARM_SCREENSHOT"):
+        shutil.copy(shot, Path(os.environ["EDGEFARM_SCREENSHOT"]).with_name("history.png"))
