@@ -179,9 +179,11 @@ def history_chart(df: pd.DataFrame, width: int = 720) -> alt.VConcatChart:
     """
     import altair as alt
 
-    data = df.assign(band=BAND, when=df["started"].dt.strftime("%Y-%m-%d %H:%M:%S UTC"),
+    # The database keeps naive UTC. Marked as UTC, the times reach the browser as the instants they
+    # are (a naive one is read in the browser's own zone), and a "utc" scale prints them in UTC.
+    data = df.assign(band=BAND, started=df["started"].dt.tz_localize("UTC"),
+                     when=df["started"].dt.strftime("%Y-%m-%d %H:%M:%S UTC"),
                      label=[c if len(c) <= LABEL_CHARS else c[:LABEL_CHARS - 3] + "..." for c in df["change"].fillna("")])
-    # The database keeps UTC; a "utc" scale prints it as such, not in the browser's own time zone.
     x = alt.X("started:T", title="run started (UTC)", scale=alt.Scale(type="utc"))
     # Only what this chart shows in the legend, each in its fixed colour (a verdict nightly may add later in amber).
     shown = set(data["verdict"]) | ({BAND} if data["band_low"].notna().any() else set())

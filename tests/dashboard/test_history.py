@@ -30,7 +30,7 @@ def measured(url: str, model: str) -> list[dict]:
     """The model's runs as the database has them, oldest first: its ``measure`` jobs that ran."""
     with open_db(url)() as db:
         rows = db.execute(
-            select(Job.run_id, Run.kind, Result.p50_ms, Job.verdict, Model.sha256)
+            select(Job.run_id, Run.kind, Run.started_at, Result.p50_ms, Job.verdict, Model.sha256)
             .join(Run, Run.id == Job.run_id).join(Result, Result.job_id == Job.id)
             .join(Variant, Variant.id == Job.variant_id).join(Model, Model.id == Variant.model_id)
             .where(Model.name == model, Job.purpose == "measure", Job.status == "ok", Run.status == "done")
@@ -74,6 +74,8 @@ def assert_history_shown(at, url: str, model: str) -> None:
     points = next(d for d in datasets if "band_low" in d.columns and len(d) == len(rows))
     assert points["run"].tolist() == [r["run_id"] for r in rows]
     assert points["kind"].tolist() == ["run", "nightly", "nightly", "nightly"]
+    # The database's naive UTC times reach the browser as UTC instants, whatever its own time zone.
+    assert points["started"].tolist() == [pd.Timestamp(r["started_at"], tz="UTC") for r in rows]
     assert points["p50_ms"].tolist() == pytest.approx([r["p50_ms"] for r in rows])
     assert points["verdict"].tolist() == [r["verdict"] or "not judged" for r in rows]
     bands = expected_bands(rows, RegressionSpec())  # the spec sets no regression rules: the defaults
