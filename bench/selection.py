@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import shutil
 import sqlite3
 import sys
 import time
@@ -129,10 +128,13 @@ def _rounds_time(db: Path) -> tuple[int, float]:
 
 def _select_speed(db: Path, grown: Path) -> None:
     """``edgefarm select`` on the run's database, then on a copy holding every job and result many times over
-    (as if the spec had run every night for months)."""
+    (as if the spec had run every night for months), then on that copy as an older EdgeFarm stored it (no
+    median intervals in the results: selection reads the raw samples of the candidates that need them)."""
     from controller.cli import main as edgefarm
 
-    shutil.copyfile(db, grown)
+    with sqlite3.connect(db) as source, sqlite3.connect(grown) as copy:
+        source.backup(copy)  # with what is still in the write-ahead log, which a file copy would miss
+    older = grown.with_name(grown.stem + "-older.db")
     with sqlite3.connect(grown) as con:
         jobs = [r[1] for r in con.execute("PRAGMA table_info(jobs)")]
         results = [r[1] for r in con.execute("PRAGMA table_info(results)")]
@@ -146,7 +148,13 @@ def _select_speed(db: Path, grown: Path) -> None:
             con.execute(f"INSERT INTO results ({', '.join(results)}) SELECT "
                         f"{', '.join(shift.get(c, c) for c in results)} FROM results WHERE id <= {max_result}")
         total = con.execute("SELECT count(*) FROM results").fetchone()[0]
-    for path, what in ((db, f"{count} results"), (grown, f"{total} results")):
+    with sqlite3.connect(grown) as source, sqlite3.connect(older) as copy:
+        source.backup(copy)
+        copy.execute("UPDATE results SET raw = json_remove(raw, '$.sampling')")
+    with contextlib.redirect_stdout(io.StringIO()):  # imports once, untimed: a user's command pays them anyway
+        edgefarm(["select", "--db", f"sqlite:///{db}", "--format", "json"])
+    for path, what in ((db, f"{count} results"), (grown, f"{total} results"),
+                       (older, f"{total} results without stored median intervals")):
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             edgefarm(["select", "--db", f"sqlite:///{path}", "--format", "json"])

@@ -209,10 +209,12 @@ def attach_sample_intervals(session: Session, candidates: list[Candidate]) -> No
     """The interval of each job's median, from its raw samples, for the candidates whose speed-up is a
     ratio of two jobs' medians (only in a group with a baseline, and not where rounds give it) and
     whose result does not say it already (one stored before the agent computed it)."""
-    from agent.measure import median_ci95
-
     wanted = {c.job_id: c for group in _groups(candidates).values() for c in _need_samples(group)
               if c.median_ci95 is None}
+    if not wanted:
+        return
+    from agent.measure import median_ci95
+
     for ids in _chunks(list(wanted)):
         for job_id, samples in session.execute(select(Result.job_id, Result.samples_ms)
                                                .where(Result.job_id.in_(ids))):
@@ -266,11 +268,11 @@ def speedup(baseline: Candidate | None, c: Candidate) -> tuple[float | None, lis
         return 1.0, [1.0, 1.0]
     logs = _paired_rounds(baseline, c)
     if logs is not None:
-        from scipy.stats import t
+        from scipy.special import stdtrit  # the t quantile; scipy.stats would double `select`'s start-up
 
         mean = sum(logs) / len(logs)
         sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
-        half = float(t.ppf(0.975, len(logs) - 1)) * sd / math.sqrt(len(logs))
+        half = float(stdtrit(len(logs) - 1, 0.975)) * sd / math.sqrt(len(logs))
         return math.exp(mean), [math.exp(mean - half), math.exp(mean + half)]
     b50, c50 = baseline.job_p50_ms or baseline.p50_ms, c.job_p50_ms or c.p50_ms
     if c50 <= 0:
