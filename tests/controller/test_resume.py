@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 def _stored(url: str) -> list[tuple[int, str, int | None]]:
     with open_db(url)() as db:
-        return [(j.id, j.status, j.result.id if j.result else None) for j in db.scalars(select(Job).order_by(Job.id))]
+        return [(j.id, j.status, j.result.id if j.result else None)
+                for j in db.scalars(select(Job).where(Job.purpose == "measure").order_by(Job.id))]
 
 
 def test_an_interrupted_run_is_finished_by_resume(tmp_path: Path, edgefarm_home: Path,
