@@ -38,7 +38,9 @@ Result (agent -> controller)::
       "engine": {"name", "version", "precision", "device"},   # precision really computed in
       "phases": {"load_ms": float, "first_inference_ms": float},
       "latency": {"samples_ms": [...], "p50", "p90", "p99", "mean", "std", "min", "max",
-                  "n", "cv", "percentile_method": "linear"},
+                  "n", "cv", "percentile_method": "linear", "elapsed_s": float,
+                  "stopped_by": "target" | "precision" | "max_seconds" | "slower",
+                  "median_ci95": [low, high], "precision": float},  # the CI's relative half-width
       "throughput": [{"batch": 1, "items_per_s": float, "p50_ms": float, "n": int}, ...],
       "memory": {"rss_before_load_mb": float, "peak_rss_mb": float},
       "accuracy": null | {"metric": "hmean", "value": float, "samples": int,
@@ -136,7 +138,8 @@ class MeasureSettings(_MeasureRequired, total=False):
     # Stop sampling once the 95% CI of the median is within +/- this fraction of it (None: at the
     # two minimums).
     precision: Optional[float]
-    # After min_iterations, a median above this stops the job there: no throughput, accuracy or e2e.
+    # At min_iterations and min_seconds, a median above this stops the job there: no throughput,
+    # accuracy or e2e.
     stop_above_ms: Optional[float]
     accuracy: bool  # default True: run the accuracy stage
     e2e: bool  # default True: time the runtime's whole pipeline when the job has images

@@ -200,10 +200,10 @@ class MeasureSpec(Strict):
         "postprocess) on a few evaluation image files, beside the engine's own p50")
     precision: float | None = Field(
         0.02, gt=0, lt=1, description="stop sampling once the 95% confidence interval of the median is within "
-        "+/- this fraction of it (after min_iterations and min_seconds; at the latest at max_seconds); "
+        "+/- this fraction of it (checked once min_iterations and min_seconds are reached; at the latest at max_seconds); "
         "null: stop as soon as min_iterations and min_seconds are both reached")
     slower_factor: float | None = Field(
-        3.0, gt=1, description="a configuration whose median, after min_iterations, is this many times the best "
+        3.0, gt=1, description="a configuration whose median, at min_iterations and min_seconds, is this many times the best "
         "one within the accuracy budget on the same board stops there, with no accuracy, throughput or e2e "
         "figures: it cannot be chosen (latency objective only; null: measure everything in full)")
 

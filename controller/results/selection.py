@@ -57,7 +57,8 @@ from typing import Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.results.store import Board, Job, Model, Result, Variant
+from controller.results.history import KINDS
+from controller.results.store import Board, Job, Model, Result, Run, Variant
 
 BASELINE_ENGINE = "onnxruntime"
 BASELINE_LABEL = "fp32"
@@ -164,6 +165,8 @@ def stored_candidates(session: Session, run_id: int | None = None) -> list[Candi
     )
     if run_id is not None:
         query = query.where(Job.run_id == run_id)
+    else:  # a bisect measures old engine releases in throwaway environments: never a choice
+        query = query.join(Run, Run.id == Job.run_id).where(Run.kind.in_(KINDS))
     rows = session.execute(query).all()
     newest_model = {row[0]: row[1] for row in rows}
     out = []
