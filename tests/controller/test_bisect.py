@@ -37,6 +37,7 @@ from controller.cli import main
 from controller.config.inventory import DEFAULT
 from controller.errors import UserError
 from controller.results.database import open_db
+from controller.results.selection import latest_candidates
 from controller.results.store import Run
 from controller.versions import wheels
 from controller.versions.benchmark import Configuration
@@ -182,6 +183,9 @@ def test_bisect_names_the_release_where_a_planted_slowdown_appears(
         runs = s.scalars(select(Run).order_by(Run.id)).all()
     assert [r.kind for r in runs] == ["run"] + ["bisect"] * 4 and {r.status for r in runs} == {"done"}
     assert sorted(r.id for r in runs[1:]) == sorted(s["run_id"] for s in steps.values())
+    with open_db(db)() as s:  # a bisect's figures (old releases, planted slowdowns) are never a choice
+        chosen = {(c.model, c.engine, c.variant): c.run_id for c in latest_candidates(s)}
+    assert chosen and set(chosen.values()) == {runs[0].id}, chosen
 
 
 
