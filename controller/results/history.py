@@ -9,8 +9,10 @@ the spec's measure settings (warm-up, counts, time limits) shape every sample: t
 the same file are two benchmarks.
 
 The baseline is the newest ``history`` good runs, a good run being one that ran (status ok) and
-that nightly did not judge a confirmed regression (``CONFIRMED``); so a regression never becomes
-the yardstick the next nights are measured with. One exception keeps a team from a red nightly
+that nightly did not judge a confirmed regression (``CONFIRMED``), so that a regression never
+becomes the yardstick the next nights are measured with, nor "noise": a night whose median its own
+re-runs did not reproduce was an outlier by that night's own measure, and one outlier among a
+few runs would widen the band for the nights after it, hiding a real slowdown. One exception keeps a team from a red nightly
 for ever after a change it decided to keep: when ``history`` runs in a row were each confirmed a
 regression, they become the level (``accepted``), and the baselines after them are made of them.
 
@@ -42,6 +44,8 @@ KINDS = ("run", "nightly")  # the runs a history is made of; a bisect's measure 
 
 # jobs.verdict values that keep a run out of later baselines: what nightly reported and confirmed.
 CONFIRMED = frozenset({"regression", "accuracy-regression", "failing"})
+# ... and those of a night whose slowdown its re-runs did not see, which is no yardstick either.
+OUT_OF_BASELINE = CONFIRMED | {"noise"}
 
 # The board facts that are part of a setup; the rest of a fingerprint (clock, temperature, host
 # name) changes from run to run on its own and explains nothing.
@@ -169,7 +173,7 @@ def accepted(history: Sequence[Point], n: int) -> set[int]:
 def baseline(history: Sequence[Point], n: int, width: float) -> Baseline:
     """The newest ``n`` good runs of ``history`` (newest first) and their band."""
     taken = accepted(history, n)
-    good = [p for p in history if p.ok and (p.verdict not in CONFIRMED or p.job_id in taken)][:n]
+    good = [p for p in history if p.ok and (p.verdict not in OUT_OF_BASELINE or p.job_id in taken)][:n]
     since = None
     if good and good[0].job_id in taken:  # the level moved: name the run where it first appeared
         row = [p for p in history if p.ok and p.job_id in taken]
@@ -259,12 +263,17 @@ def _board_facts(fingerprint: dict[str, Any] | None) -> dict[str, Any]:
 # -- queries --------------------------------------------------------------------------------------
 
 def histories(session: Session, spec_name: str, before_run: int | None = None, keys: Iterable[Key] | None = None,
-              failed: bool = False) -> dict[Key, list[Point]]:
-    """Every benchmark's history in ``spec_name``'s finished runs (those before ``before_run``), newest
-    first; only ``keys``, when given; the failed runs too, with ``failed``."""
-    where = [Run.spec_name == spec_name, Run.status == "done", Run.kind.in_(KINDS), Job.purpose == "measure"]
+              failed: bool = False, last_runs: int | None = None) -> dict[Key, list[Point]]:
+    """Every benchmark's history in ``spec_name``'s finished runs (those before ``before_run``; the
+    newest ``last_runs`` of them, when given), newest first; only ``keys``, when given; the failed
+    runs too, with ``failed``."""
+    runs = [Run.spec_name == spec_name, Run.status == "done", Run.kind.in_(KINDS)]
     if before_run is not None:
-        where.append(Run.id < before_run)
+        runs.append(Run.id < before_run)
+    where = [*runs, Job.purpose == "measure"]
+    if last_runs is not None:
+        newest = session.scalars(select(Run.id).where(*runs).order_by(Run.id.desc()).limit(last_runs)).all()
+        where.append(Run.id.in_(newest))
     if not failed:
         where.append(Job.status == "ok")
     wanted = set(keys) if keys is not None else None
@@ -299,7 +308,7 @@ def _points(session: Session, where: list[Any]) -> list[Point]:
         select(Job.id, Job.run_id, Job.engine, Job.label, Job.options, Job.chip, Job.fingerprint, Job.artifact,
                Job.status, Job.message, Job.verdict, Run.kind, Run.started_at, Run.edgefarm_version,
                Board.name.label("board"), Model.name.label("model"), Model.sha256.label("model_sha256"),
-               Variant.name.label("variant"), Variant.sha256.label("variant_sha256"), Variant.recipe,
+               Variant.id.label("variant_id"), Variant.name.label("variant"), Variant.sha256.label("variant_sha256"),
                Result.p50_ms, Result.mean_ms, Result.accuracy, Result.accuracy_metric, Result.engine_version)
         .join(Run, Run.id == Job.run_id).join(Board, Board.id == Job.board_id)
         .join(Variant, Variant.id == Job.variant_id).join(Model, Model.id == Variant.model_id)
@@ -307,12 +316,14 @@ def _points(session: Session, where: list[Any]) -> list[Point]:
         .where(*where)
         .order_by(Run.id.desc(), Job.id)
     ).all()
+    # Read once each, not once a job: a spec's measure settings per run, a variant's recipe per variant.
     measure = _measure_settings(session, {r.run_id for r in rows})
+    recipes = _recipes(session, {r.variant_id for r in rows})
     out = []
     for r in rows:
         artifact = r.artifact or {}
         setup = Setup(
-            model_sha256=r.model_sha256, variant=r.variant, variant_sha256=r.variant_sha256, recipe=r.recipe or {},
+            model_sha256=r.model_sha256, variant=r.variant, variant_sha256=r.variant_sha256, recipe=recipes.get(r.variant_id, {}),
             artifact_sha256=artifact.get("sha256"), converter=converter_versions(r.engine, artifact.get("conversion")),
             engine_version=r.engine_version, options=dict(r.options or {}), chip=r.chip,
             board=_board_facts(r.fingerprint), edgefarm_version=r.edgefarm_version, measure=measure.get(r.run_id, {}),
@@ -330,6 +341,13 @@ def _measure_settings(session: Session, run_ids: set[int]) -> dict[int, dict[str
         return {}
     return {run_id: dict((spec or {}).get("measure") or {})
             for run_id, spec in session.execute(select(Run.id, Run.spec).where(Run.id.in_(run_ids)))}
+
+
+def _recipes(session: Session, variant_ids: set[int]) -> dict[int, dict[str, Any]]:
+    if not variant_ids:
+        return {}
+    return {variant_id: dict(recipe or {})
+            for variant_id, recipe in session.execute(select(Variant.id, Variant.recipe).where(Variant.id.in_(variant_ids)))}
 
 
 def pooled_samples(session: Session, job_ids: Iterable[int]) -> dict[int, list[float]]:

@@ -57,8 +57,13 @@ NO_CHANGE = "no setup change (board or environment)"
 
 # A benchmark's verdict, from the worst finding down: what jobs.verdict keeps.
 # ("pending": a suspect waiting for its confirmations; never kept.)
-ORDER = ("failing", "regression", "accuracy-regression", "noise", "improvement", "unchanged", "no baseline",
+ORDER = ("failing", "accuracy-regression", "regression", "noise", "improvement", "unchanged", "no baseline",
          "never ran", "gone")
+
+# How many of the spec's runs before a night are read to judge it: the baseline needs few, but
+# a failure or a regression is followed back to where it began, and a benchmark that has not run
+# ok in this many runs is "never ran" again. Bounded, so a year of nightlies is not read each night.
+LOOKBACK = 100
 
 # What a confirmation of a slowdown measures: the latency alone (accuracy was judged on the night's own job).
 LATENCY_ONLY = {"accuracy": False, "e2e": False, "batch_sizes": []}
@@ -130,10 +135,11 @@ class Judged:
         if self.verdict == "failing":
             return f"Failing: {self.name}: {self.note}, {self.cause}{since}"
         if self.verdict == "accuracy-regression" and acc:
-            return f"Accuracy regression in {self.name}: {_accuracy(acc)}, {self.cause}{since}"
+            slower = (f"; also slower: {_latency(lat)}" if lat and lat.verdict == "regression" else
+                      f"; a slowdown of {lat.change or 0:+.1%} p50 not confirmed" if lat and lat.verdict == "noise" else "")
+            return f"Accuracy regression in {self.name}: {_accuracy(acc)}, {self.cause}{slower}{since}"
         if self.verdict == "regression" and lat:
-            extra = f"; accuracy {_accuracy(acc)}" if acc and acc.verdict == "regression" else ""
-            return f"Regression in {self.name}: {_latency(lat)}, {self.cause}{extra}{since}"
+            return f"Regression in {self.name}: {_latency(lat)}, {self.cause}{since}"
         if self.verdict == "noise":
             reruns = ", ".join(r.shown() for r in self.reruns) or "none"
             what = _latency(lat) if lat and lat.change is not None else self.note
@@ -270,7 +276,7 @@ def judge_run(session: Session, run: Run, rules: RegressionSpec, final: bool = T
     and those measured in the previous run but not in this one ("gone")."""
     night = run_points(session, run.id)
     reruns = repeats_of(session, run.id)
-    history = histories(session, run.spec_name, before_run=run.id, failed=True)
+    history = histories(session, run.spec_name, before_run=run.id, failed=True, last_runs=LOOKBACK)
     wanted: set[int] = set()
     for p in night:
         wanted.add(p.job_id)

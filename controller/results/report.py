@@ -34,9 +34,10 @@ class Night:
 def write_markdown(path: Path, night: Night, selection_md: str) -> None:
     bad = [j for j in night.judged if j.bad]
     verdict = "NOTHING RAN" if night.nothing_ran else "REGRESSION" if bad else "pass"
-    counts = [f"{len(bad)} regressed"] + [f"{len(night.having(v))} {label}" for v, label in _REMARKS]
-    counts.append(f"{len(night.having('unchanged'))} unchanged")
-    lines = [f"# EdgeFarm nightly: run {night.run_id}", "", f"**Verdict: {verdict}** — {', '.join(counts)}.", ""]
+    counts = [(len(bad), "regressed"), *((len(night.having(v)), label) for v, label in _REMARKS),
+              (len(night.having("unchanged")), "unchanged"), (len(night.having("gone")), "not measured tonight")]
+    shown = ", ".join(f"{n} {label}" for n, label in counts if n) or "nothing measured"
+    lines = [f"# EdgeFarm nightly: run {night.run_id}", "", f"**Verdict: {verdict}** — {shown}.", ""]
     if night.nothing_ran:
         lines += [f"**No job could run**, so nothing was measured or judged: {night.nothing_ran}.", ""]
     elif night.skipped:
@@ -67,7 +68,9 @@ _REMARKS = (("noise", "noise, not confirmed"), ("improvement", "improvements"), 
 
 
 def _confirmed_by(j: Judged) -> str:
-    if not j.reruns:
+    """The re-runs that confirmed a reported slowdown or failure."""
+    suspect = j.finding("latency") or j.finding("status")
+    if not j.reruns or suspect is None or suspect.verdict not in ("regression", "failing"):
         return ""
     return f" (measured again: {', '.join(r.shown() for r in j.reruns)})"
 

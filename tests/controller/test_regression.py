@@ -66,10 +66,14 @@ def test_fewer_than_two_runs_of_history_is_no_baseline_never_judged() -> None:
         assert f"{len(runs)} run" in j.note and "2 needed" in j.note
 
 
-def test_the_baseline_is_the_newest_good_runs_and_skips_confirmed_regressions() -> None:
+def test_the_baseline_is_the_newest_good_runs_and_skips_confirmed_regressions_and_noise() -> None:
     points, _ = history(10, 10, 10, 13, 10, 10, 10, 10, verdicts=(None, None, None, "regression"))
     base = baseline(points, 5, 3.0)
     assert [p.run_id for p in base.points] == [8, 7, 6, 5, 3]  # run 4 was a confirmed regression
+    # A night whose slowdown did not reproduce is no yardstick: it would widen the band for the nights after.
+    noisy, _ = history(10, 10.1, 9.9, 16, 10, verdicts=(None, None, None, "noise", "unchanged"))
+    base = baseline(noisy, 5, 3.0)
+    assert [p.run_id for p in base.points] == [5, 3, 2, 1] and base.band is not None and base.band.high < 10.5
     failed = [point(9, None, status="failed"), *points]
     assert [p.run_id for p in baseline(failed, 5, 3.0).points] == [8, 7, 6, 5, 3]  # a failed run is no baseline
 
@@ -195,6 +199,15 @@ def test_accuracy_drops_against_the_newest_good_run_across_model_versions() -> N
                         "model file changed")
     within = judge(replace(tonight, accuracy=0.925), points, {**s, tonight.job_id: t}, [], RULES)
     assert within.verdict == "unchanged"
+    # Slower as well (and confirmed): the accuracy is named first, the slowdown with it.
+    slower, t2 = night(4, 12.0, accuracy=0.9, setup=replace(SETUP, model_sha256="m2", variant_sha256="v2"))
+    both = judge(slower, points, {**s, slower.job_id: t2}, [], RULES.model_copy(update={"confirm": 0}))
+    assert both.verdict == "accuracy-regression"
+    assert both.line().endswith("model file changed; also slower: +20.0% p50 (10 -> 12 ms)")
+    quiet = replace(point(4, 10.0), job_id=41)
+    noise = judge(slower, points, {**s, slower.job_id: t2, 41: samples(10.0, seed=41)}, [quiet], RULES)
+    assert noise.verdict == "accuracy-regression" and noise.finding("latency").verdict == "noise"  # type: ignore[union-attr]
+    assert noise.line().endswith("model file changed; a slowdown of +20.0% p50 not confirmed")
 
 
 def test_a_job_failing_where_it_ran_before_is_confirmed_then_reported() -> None:
