@@ -150,7 +150,7 @@ class Judged:
             return f"Improvement in {self.name}: {'; '.join(better)}, {self.cause}"
         if self.verdict == "unchanged" and lat and lat.band:
             return (f"Unchanged: {self.name}: p50 {lat.after:.3g} ms (band {lat.band.low:.3g} - "
-                    f"{lat.band.high:.3g} ms){_cause_if_any(self)}")
+                    f"{lat.band.high:.3g} ms){_cause_if_any(self)}" + (f"; {self.note}" if self.note else ""))
         return f"{self.verdict.capitalize()}: {self.name}: {self.note}"
 
 

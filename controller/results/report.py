@@ -48,6 +48,9 @@ def write_markdown(path: Path, night: Night, selection_md: str) -> None:
         for cause in sorted({j.cause for j in bad}):
             lines += [f"### {cause}", ""]
             lines += [f"- {j.line()}{_confirmed_by(j)}" for j in bad if j.cause == cause] + [""]
+    accepted = [j for j in night.having("unchanged") if j.note]  # a regression kept long enough is the level now
+    if accepted:
+        lines += ["## New levels", ""] + [f"- {j.line()}" for j in accepted] + [""]
     for v, label in (*_REMARKS, ("gone", "not measured tonight"), ("never ran", "never ran")):
         rows = night.having(v)
         if rows:

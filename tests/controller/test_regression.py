@@ -242,6 +242,7 @@ def test_a_regression_confirmed_history_runs_in_a_row_becomes_the_level() -> Non
     tonight, t = night(7, 12.05)
     j = judge(tonight, points, {**s, tonight.job_id: t}, [], rules)
     assert j.verdict == "unchanged" and "the level since run 4 is now the baseline" in j.note
+    assert j.line().endswith("; the level since run 4 is now the baseline (a regression confirmed 3 runs in a row)")
     # The night after: still that level, and said no more.
     later = [replace(tonight, verdict="unchanged"), *points]
     j8 = judge(point(8, 12.0), later, {**s, 70: t, 80: samples(12.0, seed=8)}, [], rules)
