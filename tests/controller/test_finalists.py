@@ -4,7 +4,6 @@ real runs of one spec on the local board that agree within their intervals."""
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any, cast
@@ -45,13 +44,16 @@ def test_the_throughput_objective_and_zero_rounds_ask_for_nothing() -> None:
 def _spec(tmp_path: Path) -> Path:
     """The orientation classifier, fp32 and fp16, on ONNX Runtime and on OpenVINO (computing in f32
     either way): every configuration within the budget is a finalist, since which ones land within
-    a few percent of the best in a single job is itself noise on a busy machine."""
+    a few percent of the best in a single job is itself noise on a busy machine. One thread each:
+    on a machine whose other processes come and go, a ratio of two multi-threaded engines moves with
+    how many cores they leave free (a change of conditions between the runs, not noise within one)."""
     path = small_ppocr_spec(tmp_path, name="finalists", batch_sizes=[1], e2e=False, precision=None,
                             slower_factor=None)
     spec = yaml.safe_load(path.read_text())
     spec["models"] = [m for m in spec["models"] if m["name"] == "ppocr-cls"]
     spec["variants"] = ["fp32", "fp16"]
-    spec["engines"] = ["onnxruntime", {"name": "openvino", "options": {"precision": "fp32"}}]
+    spec["engines"] = [{"name": "onnxruntime", "options": {"threads": 1}},
+                       {"name": "openvino", "options": {"precision": "fp32", "threads": 1}}]
     spec["selection"] = {"budget": 0.05, "finalist_margin": 100.0, "rounds": ROUNDS}
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -61,8 +63,8 @@ def _without_the_agents_intervals(db: Path) -> None:
     """A result stored before the agent wrote its median's interval, in a run without rounds: selection
     computes the interval from the raw samples, the same as the agent did."""
     old = db.with_name("old.db")
-    shutil.copyfile(db, old)
-    with sqlite3.connect(old) as con:
+    with sqlite3.connect(db) as source, sqlite3.connect(old) as con:
+        source.backup(con)  # with what is still in the write-ahead log, which a file copy would miss
         con.execute("UPDATE results SET raw = json_remove(raw, '$.sampling')")
         con.execute("DELETE FROM results WHERE job_id IN (SELECT id FROM jobs WHERE purpose = 'round')")
         con.execute("DELETE FROM jobs WHERE purpose = 'round'")
@@ -82,7 +84,7 @@ def _rounds(url: str) -> list[Job]:
 
 
 @pytest.mark.slow
-def test_two_runs_pick_the_same_configuration_each_inside_the_others_interval(
+def test_two_runs_pick_the_same_configuration_and_their_intervals_overlap(
         tmp_path: Path, edgefarm_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = _spec(tmp_path)
     picked = []
@@ -113,6 +115,9 @@ def test_two_runs_pick_the_same_configuration_each_inside_the_others_interval(
     _without_the_agents_intervals(tmp_path / "run1.db")
     first, second = picked
     assert (first["engine"], first["variant"]) == (second["engine"], second["variant"])
-    for one, other in ((first, second), (second, first)):
-        low, high = other["speedup_ci95"]
-        assert low <= one["speedup_vs_baseline"] <= high, (first, second)
+    # The two runs agree: their intervals overlap. Not "each speed-up inside the other's interval":
+    # two runs' estimates differ by sqrt(2) of one's standard error, so with exact 95% intervals of
+    # five rounds that holds only about 81% of the time on a perfectly steady board (simulated with
+    # independent normal rounds), and overlapping intervals 99.5% of the time.
+    (low1, high1), (low2, high2) = first["speedup_ci95"], second["speedup_ci95"]
+    assert low1 <= high2 and low2 <= high1, (first, second)
