@@ -104,10 +104,11 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
             db.commit()
             outcome.run_id = run.id
         outcome.resumed = sum(1 for p in plan if p.stored)
-        plan = [p for p in plan if not p.stored]
-        progress.boards({b: sum(1 for p in plan if p.board == b) for b in probes})
+        to_measure = [p for p in plan if not p.stored]
+        progress.boards({b: sum(1 for p in to_measure if p.board == b) for b in probes})
         limits = {b.name: b.concurrency for b in boards}
-        _measure(sessions, spec, [(p, {}) for p in plan], actors, limits, outcome, progress, EarlyStop(spec))
+        _measure(sessions, spec, [(p, {}) for p in to_measure], actors, limits, outcome, progress, EarlyStop(spec))
+        # The whole plan: a resumed run's finalists include the jobs stored before the interruption.
         _repeat(sessions, spec, plan, actors, limits, [*_finalists(spec), *follow_ups], outcome, progress)
         status = "done"
     except UserError:

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from controller.config.spec import Spec
 from controller.results.selection import Candidate, stored_candidates, within_budget
-from controller.results.store import Result
+from controller.results.store import Job, Result
 from controller.run.planning import Planned
 from controller.run.repeats import FollowUp, Repeat
 
@@ -58,6 +58,9 @@ def finalist_rounds(spec: Spec) -> FollowUp:
         if asked or spec.selection.rounds == 0 or spec.selection.objective != "latency":
             return []
         asked = True
+        if db.scalar(select(Job.id).where(Job.run_id == run_id, Job.purpose == "round").limit(1)):
+            return []  # a resumed run that got to its rounds before the interruption keeps those
+
         return interleaved(finalists(db, run_id, plan, spec), spec.selection.rounds, round_measure(spec))
 
     return follow_up
