@@ -19,7 +19,11 @@ regression, they become the level (``accepted``), and the baselines after them a
 The noise band is how far a run's median strays from run to run on its own: the baseline runs'
 medians give a centre (their median) and a half-width, the larger of ``band`` standard deviations
 of those medians and the farthest any of them lies from the centre, so a band never claims a
-steadiness its own runs did not show.
+steadiness its own runs did not show. Nor one they cannot show: two or three runs may agree to a
+tenth of a percent by chance, and a band that narrow would call the next few percent of ordinary
+drift a change. So the standard deviation is estimated as if ``PRIOR_RUNS`` more runs had strayed
+by ``PRIOR_SPREAD`` of the centre, what runs minutes apart on a quiet machine do (a board whose
+runs stray more shows it, and its own spread takes over as its runs add up).
 
 Pure functions of plain dataclasses, apart from the queries (``histories``, ``benchmark_history``,
 ``benchmarks``, ``pooled_samples``), which select columns explicitly and load no raw samples: a
@@ -142,13 +146,22 @@ class HistoryPoint:
     changed: tuple[str, ...] = field(default_factory=tuple)
 
 
+# Run-to-run spread assumed before a baseline shows its own: a standard deviation of 3% of the
+# centre, weighted as two runs' worth of evidence (medians of runs minutes apart on a quiet
+# two-core machine strayed by about 4%; the issue's quiet machine by 9% between two nightlies).
+PRIOR_SPREAD = 0.03
+PRIOR_RUNS = 2
+
+
 def noise_band(medians: Sequence[float], width: float) -> Band | None:
     """The band of a baseline's run medians: their median +/- the larger of ``width`` standard
-    deviations and the farthest of them from it. None for fewer than two medians."""
+    deviations (pooled with the prior, ``PRIOR_SPREAD`` over ``PRIOR_RUNS`` runs) and the farthest
+    of them from it. None for fewer than two medians."""
     if len(medians) < 2:
         return None
     center = statistics.median(medians)
-    spread = statistics.stdev(medians)
+    dof = len(medians) - 1
+    spread = ((statistics.variance(medians) * dof + (PRIOR_SPREAD * center) ** 2 * PRIOR_RUNS) / (dof + PRIOR_RUNS)) ** 0.5
     farthest = max(abs(m - center) for m in medians)
     return Band(center, max(width * spread, farthest))
 

@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 
 from controller.config.spec import RegressionSpec
-from controller.results.history import Band, Point, Setup, accepted, baseline, noise_band, what_changed
+from controller.results.history import (
+    PRIOR_RUNS,
+    PRIOR_SPREAD,
+    Band,
+    Point,
+    Setup,
+    accepted,
+    baseline,
+    noise_band,
+    what_changed,
+)
 from controller.results.regression import NO_CHANGE, judge, latency_rule
 
 RULES = RegressionSpec(latency_threshold=0.05, p_value=0.01, accuracy_threshold=0.01, history=5, band=3.0, confirm=2)
@@ -46,15 +56,25 @@ def night(run: int, p50: float, seed: int = 99, **kw: object) -> tuple[Point, li
 # -- the band --------------------------------------------------------------------------------------
 
 def test_the_band_is_the_wider_of_three_deviations_and_the_farthest_run() -> None:
-    medians = [10.0, 10.2, 9.9, 10.1, 10.0]
+    medians = [10.0, 10.6, 9.4, 10.3, 9.8]
     band = noise_band(medians, 3.0)
     assert band is not None and band.center == 10.0
-    assert band.half_width == pytest.approx(3 * float(np.std(medians, ddof=1)))
+    # The runs' variance, pooled with the prior's: 3% of the centre, worth two runs.
+    pooled = (float(np.var(medians, ddof=1)) * 4 + PRIOR_RUNS * (PRIOR_SPREAD * 10.0) ** 2) / (4 + PRIOR_RUNS)
+    assert band.half_width == pytest.approx(3 * pooled ** 0.5)
     # One far run and a narrow factor: the band still reaches that run.
     wide = noise_band([10.0, 10.0, 10.0, 11.0], 0.5)
     assert wide is not None and wide.center == 10.0 and wide.half_width == pytest.approx(1.0)
     assert wide.contains(11.0) and not wide.contains(11.01)
     assert noise_band([10.0], 3.0) is None
+
+
+def test_two_runs_that_agree_by_chance_do_not_make_a_hair_thin_band() -> None:
+    band = noise_band([5.25, 5.24], 3.0)
+    assert band is not None and 0.06 < band.half_width / band.center < 0.08  # not 0.6%
+    # Many runs as steady as that: their own spread takes over, down to about 3 x 3% x sqrt(2 / 11).
+    steady = noise_band([5.25, 5.24, 5.25, 5.245, 5.25, 5.24, 5.25, 5.245, 5.25, 5.24, 5.25, 5.245], 3.0)
+    assert steady is not None and steady.half_width / steady.center < 0.04
 
 
 def test_fewer_than_two_runs_of_history_is_no_baseline_never_judged() -> None:
@@ -73,7 +93,7 @@ def test_the_baseline_is_the_newest_good_runs_and_skips_confirmed_regressions_an
     # A night whose slowdown did not reproduce is no yardstick: it would widen the band for the nights after.
     noisy, _ = history(10, 10.1, 9.9, 16, 10, verdicts=(None, None, None, "noise", "unchanged"))
     base = baseline(noisy, 5, 3.0)
-    assert [p.run_id for p in base.points] == [5, 3, 2, 1] and base.band is not None and base.band.high < 10.5
+    assert [p.run_id for p in base.points] == [5, 3, 2, 1] and base.band is not None and base.band.high < 11
     failed = [point(9, None, status="failed"), *points]
     assert [p.run_id for p in baseline(failed, 5, 3.0).points] == [8, 7, 6, 5, 3]  # a failed run is no baseline
 
@@ -93,9 +113,9 @@ def test_steady_nights_within_the_band_are_unchanged() -> None:
 
 
 def test_significant_but_under_the_threshold_is_unchanged() -> None:
-    # A board so steady that its band is hair-thin: 3% slower is outside it and significant, but small.
+    # A narrow band (one deviation): 3% slower is outside it and significant, but small.
     points, s = history(10.0, 10.0, 10.01, 10.0, 9.99)
-    base = baseline(points, 5, 3.0)
+    base = baseline(points, 5, 1.0)
     pooled = [x for p in base.points for x in s[p.job_id]]
     lat = latency_rule(10.3, samples(10.3, seed=7, spread=0.005), base, pooled, RULES)
     assert lat.p_value is not None and lat.p_value < 1e-6 and lat.band is not None and not lat.band.contains(10.3)
