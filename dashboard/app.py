@@ -82,6 +82,9 @@ def banner(runs: list[queries.RunRow]) -> None:
             st.error(f"Last {when}: **regression**. See its report under Runs.")
         elif nightly.verdict == "pass":
             st.success(f"Last {when}: pass.")
+        elif nightly.verdict == "nothing ran":  # every board unreachable, failing its check or quarantined
+            why = (nightly.summary or {}).get("nothing_ran") or "no board could run a job"
+            st.error(f"Last {when}: **nothing ran**: {why}")
         else:
             st.info(f"Last {when}: {nightly.status}, no verdict yet.")
     newest = runs[0]

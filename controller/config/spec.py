@@ -241,7 +241,8 @@ class RegressionSpec(Strict):
     history: int = Field(5, ge=2, description="the baseline of a benchmark: its last N good runs")
     band: float = Field(
         3.0, gt=0, description="the noise band: the baseline's median +/- this many run-to-run standard "
-        "deviations of its runs' medians (never narrower than the spread of those runs)")
+        "deviations of its runs' medians (pooled with a prior of 3% drift worth two runs, and never narrower "
+        "than the spread of those runs)")
     confirm: int = Field(
         2, ge=0, description="re-runs of a suspected regression in the same night; it is reported only if "
         "every re-run reproduces it")

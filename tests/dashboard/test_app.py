@@ -395,3 +395,20 @@ def test_deployments_tab_shows_what_runs_where_and_every_change(monkeypatch: pyt
     history = frame_with(at.dataframe, "action")
     assert len(history) == 5 and history.iloc[0]["action"] == "rollback"  # newest first
     assert "outputs differ" in " ".join(history["reason"].dropna())
+
+
+def test_a_night_where_nothing_ran_is_an_error_with_its_reason(monkeypatch: pytest.MonkeyPatch, failures_db: str,
+                                                                tmp_path: Path) -> None:
+    """The row nightly writes when every board was skipped (tests/controller/test_nightly.py checks
+    that it writes it): the banner says so in red, with the boards' reasons, never "no verdict yet"."""
+    copy = tmp_path / "nothing-ran.db"
+    shutil.copy(failures_db.removeprefix("sqlite:///"), copy)
+    url = f"sqlite:///{copy}"
+    why = "board rk3399-a: unreachable: [Errno 113] No route to host"
+    with open_db(url)() as db:
+        db.add(Run(spec_name="digits-failures", spec_sha256="0" * 64, spec={}, kind="nightly", status="done",
+                   verdict="nothing ran", summary={"nothing_ran": why}))
+        db.commit()
+    at = start(monkeypatch, url)
+    errors = [e.value for e in at.error]
+    assert any("nothing ran" in e and why in e for e in errors), errors
