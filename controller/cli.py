@@ -399,7 +399,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller.config.inventory import load_inventory
     from controller.results.database import check_db
     from controller.run.execute import execute
-    from controller.run.nothing_ran import why_nothing_ran
 
     resuming = args.resume and not (args.spec or args.model)
     # The database first, making nothing: a wrong URL is one line now, not after the variants are built.
@@ -408,7 +407,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     inventory, source = load_inventory(args.inventory)
     outcome = execute(loaded, inventory, source, args.db, args.ray_address, resume=args.resume)
     _finish(args.db, outcome, [m.name for m in loaded.spec.models], loaded.spec.selection)
-    if why := why_nothing_ran(outcome):  # a cron job must not read an empty run as a measured one
+    if why := outcome.nothing_ran():  # a cron job must not read an empty run as a measured one
         print(f"edgefarm: run {outcome.run_id}: {why}", file=sys.stderr)
         return EXIT_NOTHING_RAN
     return EXIT_OK

@@ -52,6 +52,18 @@ class RunOutcome:
     resumed: int = 0  # jobs a resumed run found already stored
     repeats: int = 0  # confirmations and finalists' rounds measured after the run's own jobs
 
+    def nothing_ran(self) -> str | None:
+        """Why no job could run, in one line; None when one did (or all were stored before).
+        ``run`` and ``nightly`` exit non-zero on it: a cron job reads exit 0 as "measured and fine",
+        while a job that ran and failed is a stored result, not this."""
+        if self.ok + self.failed + self.resumed > 0:
+            return None
+        if not self.skipped:
+            return ("no job could run: no board was given one "
+                    "(the inventory allows none of the spec's engines on its boards)")
+        boards = "; ".join(f"board {name} skipped: {why}" for name, why in sorted(self.skipped.items()))
+        return f"no job could run: {boards}"
+
 
 def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_url: str | None,
             ray_address: str | None = None, kind: str = "run", resume: int | None = None,

@@ -28,7 +28,6 @@ def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     from controller.results.store import Run
     from controller.run.confirm import confirmations
     from controller.run.execute import execute
-    from controller.run.nothing_ran import why_nothing_ran
 
     try:
         report_dir.mkdir(parents=True, exist_ok=True)  # fail early, before an hour of measuring
@@ -37,7 +36,7 @@ def nightly(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     rules = loaded.spec.regression
     outcome = execute(loaded, inventory, inventory_source, db_url, ray_address, kind="nightly",
                       follow_ups=[confirmations(rules)])
-    empty = why_nothing_ran(outcome)
+    empty = outcome.nothing_ran()
     with open_db(db_url)() as db:
         run = db.get(Run, outcome.run_id)
         assert run is not None  # execute() made it
