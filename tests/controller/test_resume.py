@@ -64,8 +64,12 @@ def test_an_interrupted_run_is_finished_by_resume(tmp_path: Path, edgefarm_home:
         assert row in after
     with open_db(url)() as db:
         run = db.get(Run, run_id)
-        assert run.status == "done" and db.query(Result).count() == len(after)
+        own = db.query(Result).join(Job).filter(Job.purpose == "measure").count()
+        assert run.status == "done" and own == len(after)
         assert run.summary["ok"] == len(after) and run.summary["resumed"] == len(done_before)
+        # Selection's rounds follow the whole run: the baseline, stored before the kill, is among them.
+        repeated = set(db.scalars(select(Job.repeat_of).where(Job.run_id == run_id, Job.purpose == "round")))
+        assert repeated and repeated & {job_id for job_id, _, _ in done_before}, (repeated, done_before)
 
     # A finished run has nothing to resume; an unknown one is a one-line error.
     assert main(["run", "--resume", str(run_id), "--db", url]) == 2

@@ -50,7 +50,9 @@ def expected_bands(rows: list[dict], rules: RegressionSpec) -> list[tuple[float,
             bands.append(None)
             continue
         center = statistics.median(good)
-        half = max(rules.band * statistics.stdev(good), max(abs(m - center) for m in good))
+        # The run-to-run variance, pooled with the rule's prior: 3% of the centre, worth two runs.
+        pooled = (statistics.variance(good) * (len(good) - 1) + 2 * (0.03 * center) ** 2) / (len(good) - 1 + 2)
+        half = max(rules.band * pooled ** 0.5, max(abs(m - center) for m in good))
         bands.append((max(0.0, center - half), center + half))  # a band ends at no time at all
     return bands
 
