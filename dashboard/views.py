@@ -134,17 +134,22 @@ def verdict_style(value: object) -> str:
     return ""
 
 
-JOB_COLUMNS = ("job", "model", "board", "chip", "engine", "variant", "precision", "status", "p50 ms", "p90 ms",
+JOB_COLUMNS = ("job", "purpose", "model", "board", "chip", "engine", "variant", "precision", "status", "p50 ms", "p90 ms",
                "p99 ms", "n", "cv", "peak MB", "metric", "accuracy", "stage", "message")
 
 
 def jobs_frame(jobs: Sequence[JobRow]) -> pd.DataFrame:
     return _frame(({
-        "job": j.job_id, "model": j.model, "board": j.board, "chip": j.chip, "engine": j.engine,
-        "variant": j.label, "precision": j.precision, "status": j.status, "p50 ms": j.p50_ms,
+        "job": j.job_id, "purpose": _purpose(j), "model": j.model, "board": j.board, "chip": j.chip,
+        "engine": j.engine, "variant": j.label, "precision": j.precision, "status": j.status, "p50 ms": j.p50_ms,
         "p90 ms": j.p90_ms, "p99 ms": j.p99_ms, "n": j.n, "cv": j.cv, "peak MB": j.peak_rss_mb,
         "metric": j.accuracy_metric, "accuracy": j.accuracy, "stage": j.stage, "message": j.message,
     } for j in jobs), JOB_COLUMNS)
+
+
+def _purpose(j: JobRow) -> str:
+    """``measure``, or what a repeat is and the job it repeats: ``round of 12``, ``confirm of 7``."""
+    return j.purpose if j.repeat_of is None else f"{j.purpose} of {j.repeat_of}"
 
 
 FAILED_COLUMNS = ("job", "model", "board", "engine", "variant", "stage", "message", "stderr, last line")

@@ -56,6 +56,8 @@ class JobRow:
     stage: str | None
     message: str | None
     stderr_tail: str | None
+    purpose: str = "measure"  # or confirm / round: a repeat of job ``repeat_of``
+    repeat_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def run_jobs(session: Session, run_id: int) -> list[JobRow]:
             Job.id, Job.run_id, Model.name.label("model"), Board.name.label("board"), Job.chip,
             Job.engine, Job.label, Variant.name.label("variant"), Job.status, Job.stage, Job.message,
             Job.stderr_tail, Result.precision, Result.p50_ms, Result.p90_ms, Result.p99_ms, Result.n,
-            Result.cv, Result.peak_rss_mb, Result.accuracy_metric, Result.accuracy,
+            Result.cv, Result.peak_rss_mb, Result.accuracy_metric, Result.accuracy, Job.purpose, Job.repeat_of,
         )
         .join(Board, Board.id == Job.board_id)
         .join(Variant, Variant.id == Job.variant_id)
@@ -116,7 +118,7 @@ def run_jobs(session: Session, run_id: int) -> list[JobRow]:
             label=r.label, variant=r.variant, status=r.status, precision=r.precision, p50_ms=r.p50_ms,
             p90_ms=r.p90_ms, p99_ms=r.p99_ms, n=r.n, cv=r.cv, peak_rss_mb=r.peak_rss_mb,
             accuracy_metric=r.accuracy_metric, accuracy=r.accuracy, stage=r.stage, message=r.message,
-            stderr_tail=r.stderr_tail,
+            stderr_tail=r.stderr_tail, purpose=r.purpose, repeat_of=r.repeat_of,
         )
         for r in rows
     ]

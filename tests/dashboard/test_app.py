@@ -236,7 +236,7 @@ def test_runs_list_shows_every_run_and_its_jobs(monkeypatch: pytest.MonkeyPatch,
         jobs = dict(session.execute(
             select(Job.status, func.count()).where(Job.run_id == newest, Job.purpose == "measure").group_by(Job.status)
         ).all())
-        listed_jobs = session.scalar(select(func.count()).select_from(Job).where(Job.run_id == newest))
+        listed_jobs = session.execute(select(Job.id, Job.purpose, Job.repeat_of).where(Job.run_id == newest)).all()
         failed = session.execute(select(Job.id, Job.stage, Job.message).where(
             Job.run_id == newest, Job.status == "failed")).all()
     assert sorted(runs["run"]) == sorted(r.id for r in db_runs)
@@ -245,7 +245,9 @@ def test_runs_list_shows_every_run_and_its_jobs(monkeypatch: pytest.MonkeyPatch,
     assert (row["jobs ok"], row["jobs failed"], row["jobs"]) == (
         jobs.get("ok", 0), jobs.get("failed", 0), sum(jobs.values()))
     job_rows = frame_with(at.dataframe, "p99 ms")
-    assert len(job_rows) == listed_jobs
+    assert len(job_rows) == len(listed_jobs)
+    assert dict(zip(job_rows["job"], job_rows["purpose"])) == {  # a round says so, and names the job it repeats
+        i: purpose if of is None else f"{purpose} of {of}" for i, purpose, of in listed_jobs}
     if failed:
         listed = frame_with(at.table, "stage")
         assert [tuple(r) for r in listed[["job", "stage", "message"]].values] == [tuple(f) for f in failed]
