@@ -249,17 +249,25 @@ def _baseline(group: Sequence[Candidate]) -> Candidate | None:
     return next((c for c in group if c.is_baseline()), None)
 
 
+BUDGET_SLACK = 1e-12  # a drop of exactly the budget is within it, whatever the float rounding
+
+
+def accuracy_reference(configs: Iterable[tuple[str, str, float | None]]) -> float | None:
+    """The accuracy drops are measured from, among (engine, label, accuracy) of one model on one
+    chip or board: ONNX Runtime's fp32, else the best fp32 figure of any engine, else None."""
+    found = [(engine, label, accuracy) for engine, label, accuracy in configs if accuracy is not None]
+    baseline = next((a for e, lbl, a in found if e == BASELINE_ENGINE and lbl == BASELINE_LABEL), None)
+    return baseline if baseline is not None else max(
+        (a for _, lbl, a in found if lbl == BASELINE_LABEL), default=None)
+
+
 def within_budget(group: Sequence[Candidate], budget: float) -> list[Candidate]:
-    """Set each candidate's accuracy drop against the group's reference (the baseline's accuracy, else
-    the best fp32 figure of any engine); the candidates within ``budget``."""
-    baseline = _baseline(group)
-    fp32 = [c for c in group if c.variant == BASELINE_LABEL and c.accuracy is not None]
-    reference = baseline.accuracy if baseline and baseline.accuracy is not None else (
-        max(c.accuracy for c in fp32) if fp32 else None  # type: ignore[type-var]
-    )
+    """Set each candidate's accuracy drop against the group's reference (``accuracy_reference``);
+    the candidates within ``budget``."""
+    reference = accuracy_reference((c.engine, c.variant, c.accuracy) for c in group)
     for c in group:
         c.accuracy_drop = None if reference is None or c.accuracy is None else reference - c.accuracy
-    return [c for c in group if c.accuracy_drop is not None and c.accuracy_drop <= budget + 1e-12]
+    return [c for c in group if c.accuracy_drop is not None and c.accuracy_drop <= budget + BUDGET_SLACK]
 
 
 def speedup(baseline: Candidate | None, c: Candidate) -> tuple[float | None, list[float] | None]:

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.config.spec import Spec
-from controller.results.selection import BASELINE_ENGINE, BASELINE_LABEL
+from controller.results.selection import BUDGET_SLACK, accuracy_reference
 from controller.results.store import Job
 from controller.run.planning import Planned
-
-# Selection's own tolerance on the budget, so a drop of exactly the budget counts here as there.
-BUDGET_SLACK = 1e-12
 
 
 @dataclass(frozen=True)
@@ -64,19 +61,9 @@ class EarlyStop:
     def best_ms(self, board: str, model: str) -> float | None:
         """The lowest p50 within the accuracy budget of ``model`` on ``board`` so far, if any."""
         seen = self.measured.get((board, model), [])
-        reference = accuracy_reference(seen)
+        reference = accuracy_reference((m.engine, m.label, m.accuracy) for m in seen)
         if reference is None:
             return None
         within = [m.p50_ms for m in seen
                   if m.accuracy is not None and reference - m.accuracy <= self.budget + BUDGET_SLACK]
         return min(within, default=None)
-
-
-def accuracy_reference(seen: list[Measured]) -> float | None:
-    """ONNX Runtime's fp32 accuracy, else the best fp32 accuracy of any engine, else None."""
-    baseline = next((m.accuracy for m in seen if m.engine == BASELINE_ENGINE and m.label == BASELINE_LABEL
-                     and m.accuracy is not None), None)
-    if baseline is not None:
-        return baseline
-    fp32 = [m.accuracy for m in seen if m.label == BASELINE_LABEL and m.accuracy is not None]
-    return max(fp32, default=None)
