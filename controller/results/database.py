@@ -375,8 +375,12 @@ def _state(engine: Engine, label: str) -> tuple[str | None, bool, list[str]]:
     from sqlalchemy import inspect
 
     with _connect(engine, label) as conn:
-        revision = MigrationContext.configure(conn).get_current_revision()
+        # Tables first, revision second: the two reads are separate statements, and another process
+        # may make the database between them. Its upgrade commits tables and revision together, so
+        # in this order a reader sees nothing, or the whole schema, or (tables missed, revision at
+        # head) a made database, but never tables without a revision (an "old" database).
         names = set(inspect(conn).get_table_names())
+        revision = MigrationContext.configure(conn).get_current_revision()
     ours = names & set(Base.metadata.tables)
     return revision, bool(ours), sorted(names - ours - {"alembic_version"})
 

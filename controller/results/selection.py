@@ -21,12 +21,14 @@ comes out too narrow; a log scale because ratios multiply, and a 2x speed-up and
 should be equally far from 1.)
 
 Otherwise (no rounds, or a configuration that was not a finalist) the speed-up is the ratio of the
-two jobs' medians, and its interval comes from each job's raw samples: the distribution-free 95%
-interval of each median (order statistics, ``agent.measure.median_ci95``), read as a standard error
-on the log scale and added in quadrature for the ratio. Deterministic and quick (no resampling),
-it says how well each median is known within its job; it misses drift between the two jobs,
-measured minutes apart, which is what the rounds are for. A result without raw samples (a native
-tool's summary) has no interval.
+two p50s as the table shows them: the baseline's is its rounds' geometric mean where it has rounds
+(its job may have met a noisy minute: against that, every configuration left out of the rounds
+would look faster than the finalists measured against the rounds), the configuration's its job's
+median. Its interval adds the two standard errors on the log scale in quadrature: a job's from the
+distribution-free 95% interval of its median (order statistics, ``agent.measure.median_ci95``),
+the rounds' from their spread. Deterministic and quick (no resampling); a job's part says how well
+its median is known within the job and misses drift between jobs measured minutes apart, which is
+what the rounds are for. A result without raw samples (a native tool's summary) has no interval.
 
 Ties (latency objective): the configurations within budget whose speed-up intervals overlap the
 fastest one's cannot be told apart from it, unless an interval lies wholly below another of theirs
@@ -97,8 +99,7 @@ class Candidate:
     rounds: int | None = None  # how many interleaved rounds p50 and p90 come from (None: the job alone)
     tied_with: list[str] = field(default_factory=list)  # "engine variant" of those the pick could not be told from
     # What the interval is computed from; not in the table or the JSON.
-    job_p50_ms: float | None = None  # the run's own job's median (p50_ms is the rounds' where there are rounds)
-    median_ci95: tuple[float, float] | None = None  # of job_p50_ms, from the job's raw samples
+    median_ci95: tuple[float, float] | None = None  # of its job's median, from the job's raw samples
     round_p50_ms: list[float | None] = field(default_factory=list)  # each round's median in order; None: it failed
 
     def best_throughput(self, ceiling_ms: float | None) -> tuple[int, float] | None:
@@ -116,7 +117,7 @@ class Candidate:
 
 
 # Internal fields: what the interval is computed from, never shown.
-_EVIDENCE = ("job_p50_ms", "median_ci95", "round_p50_ms")
+_EVIDENCE = ("median_ci95", "round_p50_ms")
 
 
 @dataclass
@@ -175,7 +176,7 @@ def stored_candidates(session: Session, run_id: int | None = None) -> list[Candi
         if newest_model[model] == sha:
             c = Candidate(model, chip, board, engine, label, variant, precision, options, version, p50, p90, rss,
                           size, metric, accuracy, run, job_id, throughput=throughput or [], e2e_p50_ms=e2e_p50,
-                          job_p50_ms=p50, median_ci95=(ci_low, ci_high) if ci_low and ci_high else None)
+                          median_ci95=(ci_low, ci_high) if ci_low and ci_high else None)
             if artifact:  # the engine loaded a converted file: that is what gets deployed
                 c.size_bytes = artifact.get("size_bytes", c.size_bytes)
             out.append(c)
@@ -209,9 +210,9 @@ def attach_rounds(session: Session, candidates: list[Candidate]) -> None:
 
 
 def attach_sample_intervals(session: Session, candidates: list[Candidate]) -> None:
-    """The interval of each job's median, from its raw samples, for the candidates whose speed-up is a
-    ratio of two jobs' medians (only in a group with a baseline, and not where rounds give it) and
-    whose result does not say it already (one stored before the agent computed it)."""
+    """The interval of each job's median, from its raw samples, for the candidates whose speed-up is
+    not paired in rounds and for their baseline (only in a group with a baseline), where the result
+    does not say it already (one stored before the agent computed it)."""
     wanted = {c.job_id: c for group in _groups(candidates).values() for c in _need_samples(group)
               if c.median_ci95 is None}
     if not wanted:
@@ -285,14 +286,30 @@ def speedup(baseline: Candidate | None, c: Candidate) -> tuple[float | None, lis
         sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
         half = float(stdtrit(len(logs) - 1, 0.975)) * sd / math.sqrt(len(logs))
         return math.exp(mean), [math.exp(mean - half), math.exp(mean + half)]
-    b50, c50 = baseline.job_p50_ms or baseline.p50_ms, c.job_p50_ms or c.p50_ms
-    if c50 <= 0:
-        return None, None
-    ratio = b50 / c50
-    if baseline.median_ci95 is None or c.median_ci95 is None:
+    # Each side's best estimate: a baseline caught in a noisy minute during its job is known better
+    # by its rounds, and a ratio against its job's median would rank the configurations that were
+    # not finalists above the finalists measured against the rounds.
+    ratio = baseline.p50_ms / c.p50_ms
+    se_b, se_c = _estimate_log_se(baseline), _estimate_log_se(c)
+    if se_b is None or se_c is None:
         return ratio, None
-    half = Z95 * math.hypot(_log_se(baseline.median_ci95), _log_se(c.median_ci95))
+    half = Z95 * math.hypot(se_b, se_c)
     return ratio, [ratio * math.exp(-half), ratio * math.exp(half)]
+
+
+def _estimate_log_se(c: Candidate) -> float | None:
+    """The standard error of log(``c.p50_ms``) on the normal scale: from the spread of its rounds
+    where p50 is their geometric mean (a t-interval's half-width over Z95, so few rounds count as
+    the wider interval they give), else from its job's median interval; None without either."""
+    ok = [x for x in c.round_p50_ms if x]
+    if c.rounds and len(ok) >= 2:
+        from scipy.special import stdtrit
+
+        logs = [math.log(x) for x in ok]
+        mean = sum(logs) / len(logs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+        return float(stdtrit(len(logs) - 1, 0.975)) * sd / math.sqrt(len(logs)) / Z95
+    return None if c.median_ci95 is None else _log_se(c.median_ci95)
 
 
 def _paired_rounds(baseline: Candidate, c: Candidate) -> list[float] | None:

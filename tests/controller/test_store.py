@@ -46,6 +46,35 @@ def test_a_database_from_an_older_version_gains_the_new_columns_and_keeps_its_ro
         assert {"purpose", "repeat_of", "verdict"} <= {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
 
 
+def test_a_database_made_by_another_process_between_two_reads_is_found_made(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the test below can only hit by chance, made certain: another process makes the
+    database right after opening read one thing (tables or revision) and before it reads the other.
+    Opening must see a made database, not "tables without a revision" (an old one)."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.engine.reflection import Inspector
+
+    url = f"sqlite:///{tmp_path / 'between.db'}"
+    made: list[bool] = []
+
+    def then_made_elsewhere(read):  # type: ignore[no-untyped-def]
+        def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+            result = read(*args, **kwargs)
+            if not made:
+                made.append(True)
+                upgrade_db(url)  # the other process, committing tables and revision at once
+            return result
+        return wrapped
+
+    monkeypatch.setattr(Inspector, "get_table_names", then_made_elsewhere(Inspector.get_table_names))
+    monkeypatch.setattr(MigrationContext, "get_current_revision",
+                        then_made_elsewhere(MigrationContext.get_current_revision))
+    open_db(url)
+    assert made == [True]
+    with sqlite3.connect(tmp_path / "between.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+
+
 def _open_when_released(url: str, barrier: "multiprocessing.synchronize.Barrier",
                         errors: "multiprocessing.Queue[str | None]") -> None:
     barrier.wait()
