@@ -216,7 +216,7 @@ class EngineReport(TypedDict):
 class ResultRecord(TypedDict, total=False):
     """A job's result. ``protocol``, ``job_id``, ``status`` and ``failure`` are always there; an
     ``ok`` result has the measurement blocks; the controller's session adds ``attempts``,
-    ``notes`` and ``started_at``."""
+    ``notes``, ``started_at`` and ``ended_at``."""
 
     protocol: int
     job_id: str
@@ -236,6 +236,9 @@ class ResultRecord(TypedDict, total=False):
     attempts: int
     notes: List[str]
     started_at: float  # seconds since the epoch, when the job started on its board
+    # Seconds since the epoch, when the board was done with the job (its retries included), before
+    # the result waits for the driver to store it: a board's jobs end before its next one starts.
+    ended_at: float
 
 
 def new_result(job_id: str) -> ResultRecord:

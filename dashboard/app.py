@@ -169,9 +169,27 @@ def runs_section(session: Session, runs: list[queries.RunRow]) -> None:
     else:
         st.markdown(f"No failed jobs in run #{run.id}.")
     st.dataframe(views.styled(views.jobs_frame(jobs)), hide_index=True)
+    timeline_section(session, run)
     if run.summary:
         with st.expander(f"Summary of run #{run.id}" + (" (nightly report)" if run.kind == "nightly" else "")):
             st.json(run.summary)
+
+
+def timeline_section(session: Session, run: queries.RunRow) -> None:
+    """The run as a Gantt chart of its boards: which board did what when, and where one sat idle."""
+    rows = queries.run_timeline(session, run.id)
+    frame = views.timeline_frame(rows)
+    st.markdown(f"**Timeline of run #{run.id}**")
+    never = len(rows) - len(frame)
+    if frame.empty:
+        st.info(f"No job of run #{run.id} reached a board" + (" yet." if run.status == "running" else "."))
+        return
+    st.caption("A row per board, a bar per job from when its board took it to when the board was done with it "
+               "(the wait for its result to be stored is not part of it), in UTC. Colour: what the job was for "
+               "(a measurement, a finalist's round, nightly's confirmation), red where it failed. Hover over a bar "
+               "for its model, engine, variant and duration."
+               + (f" Not drawn: {never} jobs that never reached a board (or have not yet)." if never else ""))
+    st.altair_chart(charts.job_timeline(frame))
 
 
 def main() -> None:

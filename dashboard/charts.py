@@ -155,6 +155,37 @@ def deployment_timeline(df: pd.DataFrame, width: int = 720) -> alt.Chart:
     ).properties(width=width, height=40 + 36 * rows)
 
 
+# A job's bar: its purpose (a measurement, a finalist's round, nightly's confirmation), red where it failed.
+TIMELINE_COLOR = {"domain": ["measure", "round", "confirm", "failed"],
+                  "range": ["#1f77b4", "#9467bd", "#17becf", "#c62828"]}
+
+
+def job_timeline(df: pd.DataFrame, width: int = 720) -> alt.Chart:
+    """A Gantt chart of one run: a row per board, a bar per job from when its board took it to when
+    the board was done with it, coloured by ``bar``. ``df``: ``views.timeline_frame``."""
+    import altair as alt
+    import pandas as pd
+
+    # Naive UTC from the database, marked as UTC so that the browser draws the instants they are
+    # (as history_chart does); the tooltip's text says them in UTC whatever the browser's zone.
+    started, ended = (pd.to_datetime(df[c]).dt.tz_localize("UTC") for c in ("started", "ended"))
+    data = df.assign(started=started, ended=ended, start=started.dt.strftime("%H:%M:%S UTC"),
+                     end=ended.dt.strftime("%H:%M:%S UTC"))
+    shown = set(data["bar"])
+    colors = dict(zip(TIMELINE_COLOR["domain"], TIMELINE_COLOR["range"]))
+    domain = [b for b in colors if b in shown] + sorted(shown - set(colors))  # a purpose added later: grey
+    boards = sorted(set(data["board"]))
+    return alt.Chart(data).mark_bar(stroke="white", strokeWidth=0.5).encode(
+        x=alt.X("started:T", title="time (UTC)", scale=alt.Scale(type="utc")),
+        x2="ended:T",
+        y=alt.Y("board:N", sort=boards, title=None),
+        color=alt.Color("bar:N", scale=alt.Scale(domain=domain, range=[colors.get(b, "#9e9e9e") for b in domain]),
+                        legend=alt.Legend(title=None, orient="top")),
+        tooltip=["job:Q", "board:N", "model:N", "engine:N", "variant:N", "purpose:N", "status:N", "stage:N",
+                 "start:N", "end:N", alt.Tooltip("seconds:Q", format=".3~f", title="duration (s)")],
+    ).properties(width=width, height=40 + 36 * max(1, len(boards)), usermeta={"embedOptions": {"renderer": "svg"}})
+
+
 # What nightly judged each point (``jobs.verdict``) and the band's shade on one colour scale, so that
 # one legend says what every mark is. A point without a verdict (no baseline yet, or a plain run
 # that nightly never judged) is pale inside its outline; the shape says whether it was a nightly.

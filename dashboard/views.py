@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from controller.config.spec import RegressionSpec
     from controller.results.history import HistoryPoint, Key
-    from controller.results.queries import BoardRow, DeploymentRow, JobRow, Reading, RunRow
+    from controller.results.queries import BoardRow, DeploymentRow, JobRow, Reading, RunRow, TimelineRow
     from controller.results.selection import Candidate, Selection
 
 BEST = "best within budget"
@@ -147,9 +147,25 @@ def jobs_frame(jobs: Sequence[JobRow]) -> pd.DataFrame:
     } for j in jobs), JOB_COLUMNS)
 
 
-def _purpose(j: JobRow) -> str:
+def _purpose(j: JobRow | TimelineRow) -> str:
     """``measure``, or what a repeat is and the job it repeats: ``round of 12``, ``confirm of 7``."""
     return j.purpose if j.repeat_of is None else f"{j.purpose} of {j.repeat_of}"
+
+
+TIMELINE_COLUMNS = ("job", "board", "model", "engine", "variant", "purpose", "status", "stage", "bar", "started",
+                    "ended", "seconds")
+
+
+def timeline_frame(rows: Sequence[TimelineRow]) -> pd.DataFrame:
+    """The jobs of a run that reached a board, one row each, as ``charts.job_timeline`` draws them:
+    ``bar`` is what the bar's colour says (``failed``, else the job's purpose: measure, round,
+    confirm), ``seconds`` how long the board had the job."""
+    return _frame(({
+        "job": r.job_id, "board": r.board, "model": r.model, "engine": r.engine, "variant": r.label,
+        "purpose": _purpose(r), "status": r.status, "stage": r.stage,
+        "bar": "failed" if r.status == "failed" else r.purpose, "started": r.started, "ended": r.ended,
+        "seconds": (r.ended - r.started).total_seconds(),
+    } for r in rows if r.started is not None and r.ended is not None), TIMELINE_COLUMNS)
 
 
 FAILED_COLUMNS = ("job", "model", "board", "engine", "variant", "stage", "message", "stderr, last line")

@@ -166,6 +166,7 @@ class BoardSession:
             failure["message"] = f"board lost during the job on all {attempt} attempts; last: {failure.get('message')}"
         result["attempts"] = attempt
         result["started_at"] = started_at
+        result["ended_at"] = time.time()  # the board is done with it: the wait to be stored is not part of it
         result.setdefault("notes", []).extend(notes)
         return result
 

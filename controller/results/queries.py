@@ -124,6 +124,47 @@ def run_jobs(session: Session, run_id: int) -> list[JobRow]:
     ]
 
 
+@dataclass(frozen=True)
+class TimelineRow:
+    """When one job of a run had its board: from ``started`` (it was the board's) to ``ended`` (the
+    board was done with it), both naive UTC; None for a job that never reached a board, or is pending."""
+
+    job_id: int
+    board: str
+    model: str
+    engine: str
+    label: str  # the configuration's name, e.g. fp32 or fp32@bf16
+    variant: str  # the artifact variant
+    purpose: str  # measure, or a repeat of job ``repeat_of``: round / confirm
+    repeat_of: int | None
+    status: str
+    stage: str | None  # where a failed job failed
+    started: datetime | None
+    ended: datetime | None
+
+
+def run_timeline(session: Session, run_id: int) -> list[TimelineRow]:
+    """Every job of a run, repeats included, in the order the boards took them (then by id; the ones
+    that never started last): what a Gantt chart of the run's boards draws."""
+    rows = session.execute(
+        select(Job.id, Board.name.label("board"), Model.name.label("model"), Job.engine, Job.label,
+               Variant.name.label("variant"), Job.purpose, Job.repeat_of, Job.status, Job.stage,
+               Job.started_at, Job.finished_at)
+        .join(Board, Board.id == Job.board_id)
+        .join(Variant, Variant.id == Job.variant_id)
+        .join(Model, Model.id == Variant.model_id)
+        .where(Job.run_id == run_id)
+        # The never-started last on every database: SQLite sorts NULLs first, PostgreSQL last.
+        .order_by(Job.started_at.is_(None), Job.started_at, Job.id)
+    )
+    return [
+        TimelineRow(job_id=r.id, board=r.board, model=r.model, engine=r.engine, label=r.label, variant=r.variant,
+                    purpose=r.purpose, repeat_of=r.repeat_of, status=r.status, stage=r.stage,
+                    started=r.started_at, ended=r.finished_at if r.started_at is not None else None)
+        for r in rows
+    ]
+
+
 def latency_samples(session: Session, job_id: int) -> list[float]:
     """The raw warm latency samples (ms, in measurement order) of a job's result; [] if none."""
     samples = session.execute(select(Result.samples_ms).where(Result.job_id == job_id)).scalar_one_or_none()

@@ -193,7 +193,10 @@ def job_result(db: Session, job: Job, result: ResultRecord) -> None:
     job.attempts = result.get("attempts", 1)
     if "started_at" in result:  # when it started on its board (a job that never reached one has none)
         job.started_at = datetime.fromtimestamp(result["started_at"], timezone.utc).replace(tzinfo=None)
-    job.finished_at = now()
+    # When the board was done with it, not when the driver got round to storing it (queued behind
+    # other boards' results, it would overlap the board's next job); now() for one that never reached a board.
+    ended = result.get("ended_at")
+    job.finished_at = datetime.fromtimestamp(ended, timezone.utc).replace(tzinfo=None) if ended is not None else now()
     if result.get("status") != "ok":
         failure = result.get("failure") or {}
         job.status = "failed"

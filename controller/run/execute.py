@@ -289,6 +289,8 @@ def _with_session_figures(refused: ResultRecord, result: ResultRecord) -> Result
         refused["attempts"] = result["attempts"]
     if "started_at" in result:
         refused["started_at"] = result["started_at"]
+    if "ended_at" in result:
+        refused["ended_at"] = result["ended_at"]
     return refused
 
 

@@ -414,3 +414,28 @@ def test_a_night_where_nothing_ran_is_an_error_with_its_reason(monkeypatch: pyte
     at = start(monkeypatch, url)
     errors = [e.value for e in at.error]
     assert any("nothing ran" in e and why in e for e in errors), errors
+
+
+def test_the_runs_timeline_draws_a_bar_per_job_on_its_board(monkeypatch: pytest.MonkeyPatch, failures_db: str) -> None:
+    import pandas as pd
+
+    at = start(monkeypatch, failures_db)
+    with open_db(failures_db)() as session:
+        run_id = session.scalars(select(func.max(Run.id))).one()
+        jobs = session.execute(
+            select(Job.id, Board.name, Job.engine, Job.label, Job.status, Job.started_at, Job.finished_at)
+            .join(Board, Board.id == Job.board_id).where(Job.run_id == run_id).order_by(Job.started_at)).all()
+    assert {j.status for j in jobs} == {"ok", "failed"} and all(j.started_at for j in jobs)
+    assert any(m.value == f"**Timeline of run #{run_id}**" for m in at.markdown)
+    gantt = [c for c in at.get("vega_lite_chart") if "x2" in json.loads(c.proto.spec).get("encoding", {})]
+    assert len(gantt) == 1, "no timeline chart on the page"
+    spec = json.loads(gantt[0].proto.spec)
+    assert (spec["encoding"]["y"]["field"], spec["encoding"]["y"]["sort"]) == ("board", ["local"])
+    (bars,) = chart_data(gantt[0])
+    assert bars["job"].tolist() == [j.id for j in jobs]
+    assert list(zip(bars["board"], bars["engine"], bars["variant"], bars["status"])) == [
+        (j.name, j.engine, j.label, j.status) for j in jobs]
+    assert bars["started"].tolist() == [pd.Timestamp(j.started_at, tz="UTC") for j in jobs]
+    assert bars["ended"].tolist() == [pd.Timestamp(j.finished_at, tz="UTC") for j in jobs]
+    assert bars["bar"].tolist() == ["failed" if j.status == "failed" else "measure" for j in jobs]
+    assert bars["seconds"].tolist() == pytest.approx([(j.finished_at - j.started_at).total_seconds() for j in jobs])
