@@ -108,8 +108,9 @@ REFERENCE_PREFIX = "reference:"
 
 # Where a job failed: the board's conditions, the sha256 check, loading, measuring, scoring, the
 # agent itself, reaching the board, converting the model for its engine, the result record the
-# board sent back (malformed). One list for both sides.
-Stage = Literal["board", "verify", "load", "measure", "accuracy", "agent", "transport", "convert", "result"]
+# board sent back (malformed), the board's host (its Ray node lost, or the job's files not brought
+# to it). One list for both sides.
+Stage = Literal["board", "verify", "load", "measure", "accuracy", "agent", "transport", "convert", "result", "host"]
 FAILURE_STAGES: Tuple[str, ...] = get_args(Stage)
 
 

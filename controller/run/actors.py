@@ -7,13 +7,13 @@ reaches its board: the driver alone writes the database (``controller.results.re
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
-from agent.protocol import JobRecord, ProbeRecord, ResultRecord
-from controller.boards.health import Golden, engine_for
+from agent.protocol import JobRecord, ProbeRecord, ResultRecord, failed
+from controller.boards.health import engine_for
 from controller.config.inventory import BoardSpec
 from controller.errors import one_line
+from controller.run.depot import FetchError, FileRef, HostFiles
 
 
 def actor_class() -> Any:
@@ -24,26 +24,42 @@ def actor_class() -> Any:
     # num_cpus=0: an actor mostly waits on its board; it must not take a compile task's core.
     @ray.remote(num_cpus=0)
     class BoardActor:
-        def __init__(self, board: BoardSpec, bundle: Path) -> None:
-            self.session = BoardSession(board, bundle)
+        def __init__(self, board: BoardSpec, bundle: FileRef, depot: Any) -> None:
+            # The driver's files are pulled to this host as they are needed (controller.run.depot).
+            self.files = HostFiles(depot, ray.get_runtime_context().get_node_id())
+            self.board, self.bundle = board, bundle
+            self._session: BoardSession | None = None
+
+        @property
+        def session(self) -> BoardSession:
+            # Made on first use, not in __init__: pulling the agent bundle may fail, and a failure
+            # in start() is the board's, recorded as unreachable, where one in __init__ kills the actor.
+            if self._session is None:
+                self._session = BoardSession(self.board, self.files.local(self.bundle))
+            return self._session
 
         def start(self) -> ProbeRecord:
             return self.session.start()
 
-        def health(self, golden: dict[str, tuple[Path, str]], engine: str | None) -> str | None:
-            return self.session.health_check(golden, engine)
+        def health(self, golden: dict[str, FileRef], engine: str | None) -> str | None:
+            return self.session.health_check(self.files.local_all(golden), engine)
 
-        def run_job(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float) -> ResultRecord:
-            return self.session.run_job(job, files, timeout)
+        def run_job(self, job: JobRecord, files: dict[str, FileRef], timeout: float) -> ResultRecord:
+            try:
+                local = self.files.local_all(files)
+            except FetchError as exc:  # the job's failure, stored like any other
+                return failed(job["job_id"], "host", one_line(exc))
+            return self.session.run_job(job, local, timeout)
 
         def close(self) -> None:
-            self.session.close()
+            if self._session is not None:
+                self._session.close()
 
     return BoardActor
 
 
 def start_boards(boards: list[BoardSpec], actors: dict[str, Any],
-                 gold: Golden) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+                 golden: dict[str, FileRef]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Probe every board and run its health check: (the probes of boards fit to measure, and why
     each other board is not).
 
@@ -61,7 +77,7 @@ def start_boards(boards: list[BoardSpec], actors: dict[str, Any],
         except Exception as exc:  # noqa: BLE001 - whatever the actor raised, the board is recorded and the run goes on
             problems[name] = f"unreachable: {one_line(exc)}"
     by_name = {b.name: b for b in boards}
-    checks = {name: actors[name].health.remote(gold.files(), engine_for(probe, by_name[name].engines))
+    checks = {name: actors[name].health.remote(golden, engine_for(probe, by_name[name].engines))
               for name, probe in probes.items()}
     for name, future in checks.items():
         try:

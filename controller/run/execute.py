@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
-from agent.protocol import ResultRecord, failed
+from agent.protocol import ResultRecord, failed, sha256_file
 from controller.boards.chip_check import contradiction
 from controller.boards.health import golden, record
 from controller.build.cache import Cache
@@ -35,6 +35,7 @@ from controller.run.actors import actor_class, close_boards, start_boards
 from controller.run.adaptive import EarlyStop
 from controller.run.checks import check_datasets, check_resumable
 from controller.run.cluster import ensure_ray
+from controller.run.depot import Depot, FileRef
 from controller.run.planning import Planned, attach_conversions, conversions, job_files, job_payload, plan_board
 from controller.run.progress import RunProgress
 from controller.run.repeats import FollowUp, Repeat
@@ -94,17 +95,20 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     probes: dict[str, dict[str, Any]] = {}
     status = "interrupted"
     sessions: Any = None
+    depot: Depot | None = None
     try:
         with progress.stage("compile variants and render data", total=None) as step:
             builds = build_all(loaded, cache, prepared, user_data, on_step=step)  # a dataset that fails in full stops here
         sessions = open_db(db_url)
         bundle = build_agent_bundle(workspace() / "agent")
+        depot = Depot()  # the driver's files, for board hosts that share no disk with it
         with sessions() as db:
             outcome.skipped.update(recording.quarantined(db, boards))
         actor_cls = actor_class()
-        actors.update({b.name: actor_cls.options(max_concurrency=b.concurrency).remote(b, bundle)
+        actors.update({b.name: actor_cls.options(max_concurrency=b.concurrency).remote(
+            b, depot.ship(bundle, sha256_file(str(bundle))), depot.actor)
                        for b in boards if b.name not in outcome.skipped})
-        probes.update(_start(sessions, boards, actors, outcome, cache))
+        probes.update(_start(sessions, boards, actors, outcome, depot.ship_all(golden(cache).files())))
 
         plan = [p for b in boards if b.name in probes for p in plan_board(b, probes[b.name], builds, spec)]
         with progress.stage("convert for engines", total=None) as step:
@@ -119,9 +123,10 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         to_measure = [p for p in plan if not p.stored]
         progress.boards({b: sum(1 for p in to_measure if p.board == b) for b in probes})
         limits = {b.name: b.concurrency for b in boards}
-        _measure(sessions, spec, [(p, {}) for p in to_measure], actors, limits, outcome, progress, EarlyStop(spec))
+        _measure(sessions, spec, [(p, {}) for p in to_measure], actors, depot, limits, outcome, progress,
+                 EarlyStop(spec))
         # The whole plan: a resumed run's finalists include the jobs stored before the interruption.
-        _repeat(sessions, spec, plan, actors, limits, [*_finalists(spec), *follow_ups], outcome, progress)
+        _repeat(sessions, spec, plan, actors, depot, limits, [*_finalists(spec), *follow_ups], outcome, progress)
         status = "done"
     except UserError:
         status = "failed"  # none is raised once the rows are written; were one, its measured jobs stay
@@ -129,6 +134,8 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     finally:
         progress.close()
         close_boards(actors, probes)
+        if depot is not None:
+            depot.close()
         if outcome.run_id:
             with sessions() as db:
                 recording.finish_run(db, outcome.run_id, status, outcome.skipped, outcome.resumed)
@@ -143,9 +150,9 @@ def _datasets(builds: list[ModelBuild]) -> dict[str, Any]:
 
 
 def _start(sessions: Any, boards: list[BoardSpec], actors: dict[str, Any], outcome: RunOutcome,
-           cache: Cache) -> dict[str, dict[str, Any]]:
+           golden_files: dict[str, FileRef]) -> dict[str, dict[str, Any]]:
     """Probe and health-check every board; record each one's state (and quarantine) in the database."""
-    probes, problems = start_boards(boards, actors, golden(cache))
+    probes, problems = start_boards(boards, actors, golden_files)
     by_name = {b.name: b for b in boards}
     for name, probe in probes.items():
         if why := contradiction(by_name[name].chip, probe.get("fingerprint")):
@@ -167,7 +174,7 @@ def _convert(spec: Spec, plan: list[Planned], builds: list[ModelBuild], cache: C
 
 
 def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]]], actors: dict[str, Any],
-             limits: dict[str, int], outcome: RunOutcome, progress: RunProgress,
+             depot: Depot, limits: dict[str, int], outcome: RunOutcome, progress: RunProgress,
              early: EarlyStop | None = None) -> None:
     """Send each job (with its measure overrides) to its board's actor and store each result as it
     arrives. A board is sent its next job only when it has room (its ``concurrency``), so that each
@@ -184,7 +191,8 @@ def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]
             p, overrides = queues[board].popleft()
             payload = job_payload(p, spec)
             payload["measure"].update({**(early.measure_for(p) if early else {}), **overrides})  # type: ignore[typeddict-item]
-            futures[actors[p.board].run_job.remote(payload, job_files(p), spec.measure.job_timeout)] = p
+            files = depot.ship_all(job_files(p))
+            futures[actors[p.board].run_job.remote(payload, files, spec.measure.job_timeout)] = p
             busy[board] += 1
 
     with sessions() as db:
@@ -217,7 +225,7 @@ def _finalists(spec: Spec) -> list[FollowUp]:
     return [finalist_rounds(spec)] if spec.selection.rounds > 0 else []
 
 
-def _repeat(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, Any], limits: dict[str, int],
+def _repeat(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, Any], depot: Depot, limits: dict[str, int],
             follow_ups: Sequence[FollowUp], outcome: RunOutcome, progress: RunProgress) -> None:
     """Measure again what the follow-ups ask for, batch after batch, until none asks for more."""
     while follow_ups:
@@ -233,7 +241,7 @@ def _repeat(sessions: Any, spec: Spec, plan: list[Planned], actors: dict[str, An
         for p, _ in jobs:
             counts[p.board] = counts.get(p.board, 0) + 1
         progress.boards(counts, what="repeats (" + ", ".join(sorted({r.purpose for r in repeats})) + ")")
-        _measure(sessions, spec, jobs, actors, limits, outcome, progress)
+        _measure(sessions, spec, jobs, actors, depot, limits, outcome, progress)
 
 
 def _stored(db: Any, p: Planned, result: ResultRecord, outcome: RunOutcome, progress: RunProgress) -> Job:
