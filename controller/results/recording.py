@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Protocol, Sequence
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from agent.protocol import ResultRecord
@@ -66,7 +67,8 @@ def resumed_run(db: Session, run_id: int, spec: Spec) -> Run:
     if _digest_now(run) != spec.digest():
         raise UserError(f"--resume {run_id}: run {run_id} was made from another spec ({run.spec_name}); "
                         "resume it with the spec it was started with")
-    if run.status == "done":
+    if run.status == "done" and not db.scalar(select(Job.id).where(
+            Job.run_id == run_id, Job.purpose == "measure", Job.status == "failed", Job.stage == "host").limit(1)):
         raise UserError(f"--resume {run_id}: run {run_id} finished; there is nothing to resume")
     run.status = "running"
     return run
@@ -136,7 +138,8 @@ def add_jobs(db: Session, run_id: int, plan: Sequence[PlannedJob], resuming: boo
         board = board_rows[p.board]
         if p.key() in existing:
             job = existing[p.key()]
-            p.row_id, p.stored = job.id, job.status in ("ok", "failed")
+            # A job failed because its board's host was lost is run again: the board never measured it.
+            p.row_id, p.stored = job.id, job.status == "ok" or (job.status == "failed" and job.stage != "host")
             if not p.stored:  # it runs now, on the board as it is now
                 job.chip, job.fingerprint = board.chip, board.fingerprint
             continue
@@ -210,6 +213,7 @@ def job_result(db: Session, job: Job, result: ResultRecord) -> None:
     assert lat is not None and engine is not None, "an ok result without latency or engine"
     acc = result.get("accuracy") or {}
     job.status = "ok"
+    job.stage = job.message = job.stderr_tail = None  # a resumed job's earlier failure is over
     db.add(Result(
         # A native tool may not say its version or precision: "unknown", never a guess.
         job_id=job.id, engine_version=engine["version"] or "unknown",

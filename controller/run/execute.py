@@ -211,11 +211,22 @@ def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]
             try:
                 result = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - the actor itself died: still a stored failure
-                result = failed(f"job-{p.row_id}", "transport", one_line(exc))
+                result = _actor_lost(p, exc)
             job = _stored(db, p, result, outcome, progress)
             if early:
                 early.observe(p, job)
             send(p.board)
+
+
+def _actor_lost(p: Planned, exc: Exception) -> ResultRecord:
+    """A job whose board actor died under it, or before it: stage ``host`` when the actor (or the
+    Ray node it lived on, the board's host) is gone, so that ``--resume`` runs it again once the
+    host is back; anything else the actor raised is the transport's."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    if isinstance(exc, (RayActorError, ActorUnavailableError)):
+        return failed(f"job-{p.row_id}", "host", f"the board's host was lost: {one_line(exc)}")
+    return failed(f"job-{p.row_id}", "transport", one_line(exc))
 
 
 def _finalists(spec: Spec) -> list[FollowUp]:
