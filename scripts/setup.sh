@@ -12,7 +12,9 @@ VENV=${VENV:-.venv}
 # openssh-server, iproute2: SSH test boards, each a real sshd in its own network namespace.
 # nftables: random packet loss on a test board's link where the kernel has no tc netem.
 # adb: the real adb server the ADB transport talks to.
-DEBS=(fonts-dejavu-core chromium postgresql openssh-server iproute2 nftables adb)
+# docker.io, docker-compose, debootstrap: the container engine, compose and the Debian base image
+# for docker/ and its test (tests/docker).
+DEBS=(fonts-dejavu-core chromium postgresql openssh-server iproute2 nftables adb docker.io docker-compose debootstrap)
 
 missing=()
 for pkg in "${DEBS[@]}"; do
@@ -23,6 +25,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Docker's engine, when none answers (these machines have no init system to start it): with the
+# host's firewall and IP forwarding left as they are, so the test boards' network namespaces see
+# no rules of Docker's; the images build on the host's network instead (docker/compose.yaml).
+if command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  log=${TMPDIR:-/tmp}/edgefarm-dockerd.log
+  echo "setup: starting dockerd (its log: $log)"
+  $SUDO nohup dockerd --iptables=false --ip-forward=false >"$log" 2>&1 </dev/null &
+  for _ in $(seq 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || echo "setup: dockerd did not start (see $log): tests/docker will be skipped" >&2
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
