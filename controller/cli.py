@@ -12,6 +12,8 @@
     edgefarm deploy BUNDLE --board B         install it on boards: verify, switch, smoke-test, roll back on failure
     edgefarm deployments                     what runs where, and drift from what the database says
     edgefarm predict --board B IMAGE         run a board's current bundle on an image
+    edgefarm worker --address HEAD:PORT --host NAME   join a farm's Ray cluster as the host of NAME's boards
+    edgefarm cluster                         the Ray cluster's nodes, their hosts and CPUs, and the boards each serves
 
 A user's mistake (a bad spec, a missing model, a flag's value out of range, a database URL that
 points nowhere) is one line on stderr and exit status 2; docs/cli.md lists every command, its flags
@@ -125,6 +127,40 @@ def _address(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or host name (e.g. 127.0.0.1, "
                                          "0.0.0.0 for every interface, or this machine's name)")
     return text
+
+
+def _head(text: str) -> str:
+    """``HOST:PORT`` of a Ray head."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, a Ray head's address such as 10.0.0.5:6379")
+    try:
+        _address(host.strip("[]"))
+        _port(port)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, a Ray head's address such as 10.0.0.5:6379 "
+                                         f"({exc})") from None
+    return text
+
+
+def _host(text: str) -> str:
+    from controller.config.inventory import check_host
+
+    try:
+        return check_host(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _resources(text: str) -> dict[str, float]:
+    import json
+
+    from controller.run.worker import check_resources
+
+    try:
+        return check_resources(json.loads(text))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _version_range(text: str) -> tuple[str, str]:
@@ -294,6 +330,23 @@ def _parser() -> Parser:
     predict.add_argument("--json", action="store_true", help="print the JSON result")
     predict.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
     _db_flag(predict)
+
+    worker = parser.command(sub, "worker", help="join a farm's Ray cluster as a board host, in the foreground",
+                            epilog="exit status: 0 left the cluster on Ctrl-C or SIGTERM, 1 the Ray node stopped by "
+                                   "itself (the head went away), 2 a mistake in the input or a head that does not "
+                                   "answer or refuses the node. docs/cluster.md says how to set up a lab.")
+    worker.add_argument("--address", required=True, type=_head, metavar="HEAD_HOST:PORT",
+                        help="the Ray head's address, as `ray start --head` printed it (port 6379 by default)")
+    worker.add_argument("--host", required=True, type=_host, metavar="NAME",
+                        help="the host this machine is: the inventory's boards with `host: NAME` run here")
+    worker.add_argument("--resources", type=_resources, default={}, metavar="JSON",
+                        help="what this node offers, e.g. '{\"CPU\": 4, \"GPU\": 1}' (default: what Ray finds)")
+    worker.add_argument("--inventory", type=_path, help="inventory YAML: the boards this host serves are probed")
+
+    cluster = parser.command(sub, "cluster", help="the Ray cluster's nodes, their hosts and CPUs, the boards each serves")
+    cluster.add_argument("--ray-address", help="the cluster's head (default: a private local Ray, as a run without it)")
+    cluster.add_argument("--inventory", type=_path, help="inventory YAML (default: the local board)")
+    cluster.add_argument("--format", choices=["table", "json"], default="table")
 
     db = parser.command(sub, "db", help="the database's schema: upgrade it in place, or print its revision")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="{upgrade,current}")
@@ -588,9 +641,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return predict_command(args)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from controller.run.worker import serve
+
+    return serve(args.address, args.host, args.resources, args.inventory)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from controller.config.inventory import load_inventory
+    from controller.run.cluster import ensure_ray, nodes, render
+
+    inventory, _ = load_inventory(args.inventory)
+    ensure_ray(args.ray_address)
+    print(render(nodes(inventory), args.format))
+    return EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "boards": cmd_boards, "select": cmd_select, "variants": cmd_variants, "nightly": cmd_nightly,
             "bisect": cmd_bisect, "dashboard": cmd_dashboard, "db": cmd_db, "bundle": cmd_bundle, "deploy": cmd_deploy,
-            "deployments": cmd_deployments, "predict": cmd_predict}
+            "deployments": cmd_deployments, "predict": cmd_predict, "worker": cmd_worker, "cluster": cmd_cluster}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,6 +74,19 @@ class NativeTool(Strict):
         return tool
 
 
+# A board host's name travels as a Ray node label's value (controller.run.hosts), whose rule this
+# is: at most 63 letters, digits, '.', '_' or '-', a letter or digit at both ends.
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+HOST_RULE = "1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
+
+
+def check_host(host: str) -> str:
+    """``host`` if it is a board host's name, else ``ValueError`` saying the rule."""
+    if not _HOST.match(host):
+        raise ValueError(f"a host name is {HOST_RULE}, e.g. lab-2")
+    return host
+
+
 class BoardSpec(Strict):
     """One board of the inventory (a labgrid resource): its chip, how to reach it, how to measure on it."""
 
@@ -82,6 +95,8 @@ class BoardSpec(Strict):
     chip: str = Field("auto", min_length=1, max_length=128,
                       description="chip name used to group results; 'auto' = the CPU the agent reports")
     transport: str = Field("local", description="a registered transport: local, ssh, adb")
+    host: str | None = Field(None, description="the board host that reaches this board: the machine where "
+                                                "`edgefarm worker --host NAME` runs; default: the controller's own")
     ssh: SshSettings | None = Field(None, description="how to reach the board, for transport ssh")
     adb: AdbSettings | None = Field(None, description="how to reach the board, for transport adb")
     python: str | None = Field(None, min_length=1, description="interpreter that runs the agent; default: the controller's own")
@@ -114,6 +129,11 @@ class BoardSpec(Strict):
         if not chip.strip() or not chip.isprintable():
             raise ValueError("a chip name is printable text on one line, e.g. 'rk3588' or 'auto'")
         return chip
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, host: str | None) -> str | None:
+        return None if host is None else check_host(host)
 
     @field_validator("transport")
     @classmethod

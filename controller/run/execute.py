@@ -36,6 +36,7 @@ from controller.run.adaptive import EarlyStop
 from controller.run.checks import check_datasets, check_resumable
 from controller.run.cluster import ensure_ray
 from controller.run.depot import Depot, FileRef
+from controller.run.hosts import placement, unserved
 from controller.run.planning import Planned, attach_conversions, conversions, job_files, job_payload, plan_board
 from controller.run.progress import RunProgress
 from controller.run.repeats import FollowUp, Repeat
@@ -104,8 +105,9 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         depot = Depot()  # the driver's files, for board hosts that share no disk with it
         with sessions() as db:
             outcome.skipped.update(recording.quarantined(db, boards))
+        outcome.skipped.update(unserved(b for b in boards if b.name not in outcome.skipped))
         actor_cls = actor_class()
-        actors.update({b.name: actor_cls.options(max_concurrency=b.concurrency).remote(
+        actors.update({b.name: actor_cls.options(max_concurrency=b.concurrency, **placement(b)).remote(
             b, depot.ship(bundle, sha256_file(str(bundle))), depot.actor)
                        for b in boards if b.name not in outcome.skipped})
         probes.update(_start(sessions, boards, actors, outcome, depot.ship_all(golden(cache).files())))

@@ -1,0 +1,73 @@
+"""Board hosts: which Ray node each board's actor runs on.
+
+A board is reached from one machine: the phone on its USB port, the Jetson on its lab network.
+The inventory says which (``host: NAME``); ``edgefarm worker --host NAME`` on that machine starts
+a Ray node that advertises NAME, and the board's actor is placed on that node and nowhere else.
+A board that names no host runs on the controller's own node (the driver's), never on a worker:
+its transport (a local board, an SSH address only the controller's network routes) was written
+for the controller's machine.
+
+How a node advertises its host: a Ray node label, ``edgefarm-host=NAME`` (``ray start --labels``),
+and the actor asks for it with ``label_selector``. Not a custom resource
+(``--resources '{"edgefarm-host:NAME": 1000}'`` with each actor asking a fraction), because a host
+is what a node *is*, not an amount it has: a label matches exactly, with no quantity to choose,
+to run out of, or to be taken by anything else that asks for a fraction of it; and
+``ray.nodes()`` shows it as the node's label, which ``edgefarm cluster`` prints as it is. Both
+were tried on the Ray this project pins (2.60): ``ray start --labels`` is accepted (hidden from
+``--help`` while Ray calls labels new) and ``label_selector`` places the actor on the labelled
+node, or leaves it pending when no node matches; hence the check below, before any actor is made.
+
+The driver's node is pinned with a hard ``NodeAffinitySchedulingStrategy`` on its node id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from controller.config.inventory import BoardSpec
+
+# The node label a board host's node carries. Ray reserves keys under ray.io/; this one is ours.
+LABEL = "edgefarm-host"
+
+
+def no_worker(host: str) -> str:
+    """Why a run skips the boards of ``host``."""
+    return f"host {host} has no worker in the cluster"
+
+
+def node_labels(host: str) -> list[str]:
+    """The ``ray start`` flags by which a node advertises ``host`` (checked with ``check_host``)."""
+    return ["--labels", f"{LABEL}={host}"]
+
+
+def placement(board: BoardSpec) -> dict[str, Any]:
+    """The actor options that put ``board``'s actor on its host's node, or on the driver's node."""
+    if board.host is not None:
+        return {"label_selector": {LABEL: board.host}}
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
+
+
+def live_hosts() -> dict[str, list[str]]:
+    """Host name -> the ids of the live Ray nodes that advertise it."""
+    import ray
+
+    hosts: dict[str, list[str]] = {}
+    for node in ray.nodes():
+        host = (node.get("Labels") or {}).get(LABEL)
+        if node.get("Alive") and host:
+            hosts.setdefault(host, []).append(node["NodeID"])
+    return hosts
+
+
+def unserved(boards: Iterable[BoardSpec]) -> dict[str, str]:
+    """Board name -> why it is skipped, for each board whose host no live node advertises (its
+    actor would wait for such a node for ever)."""
+    boards = [b for b in boards if b.host is not None]
+    if not boards:
+        return {}
+    hosts = live_hosts()
+    return {b.name: no_worker(b.host) for b in boards if b.host is not None and b.host not in hosts}
