@@ -11,6 +11,8 @@
 # share those layers (the slow ones) and are built once.
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE} AS python
+# Marks every image and build stage made from these files (the test clears its own left-overs by it).
+LABEL io.edgefarm.image=edgefarm
 
 # Python 3 with venv: the Python image has its own; a plain Debian base gets Debian's (3.11).
 # libgomp1: the OpenMP runtime some engines' wheels expect from the system.

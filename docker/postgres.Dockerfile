@@ -7,6 +7,7 @@
 # database EdgeFarm uses; the password comes from $POSTGRES_PASSWORD at run time, never the image.
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
+LABEL io.edgefarm.image=postgres
 
 RUN set -eu; \
     apt-get update; \
