@@ -179,7 +179,8 @@ def test_filters_narrow_the_table(monkeypatch: pytest.MonkeyPatch, ppocr_db: str
 def test_charts_show_every_measured_configuration(monkeypatch: pytest.MonkeyPatch, ppocr_db: str) -> None:
     at = start(monkeypatch, ppocr_db)
     charts = at.get("vega_lite_chart")
-    assert len(charts) == 5  # latency bars, accuracy, latency vs accuracy, throughput, distribution
+    # latency bars, accuracy, latency vs accuracy, throughput, distribution, and the picked run's timeline
+    assert len(charts) == 6
     with open_db(ppocr_db)() as session:
         cands = selection.latest_candidates(session)
     spec = json.loads(charts[0].proto.spec)
