@@ -211,8 +211,8 @@ class RayNode:
         """The line of Ray's output that says what went wrong, on one line, with a hint where one is known."""
         lines = [line for line in self.output if line.strip()]
         errors = [line for line in lines if "Error" in line or "error" in line]
-        why = " ".join((errors or lines or ["(no output)"])[-1].split())[:400]
-        if "Authentication" in why or "auth" in why.lower():
-            why += ("; the cluster uses token authentication: set RAY_AUTH_MODE=token and its token "
-                    "(RAY_AUTH_TOKEN, or ~/.ray/auth_token copied from the head)")
-        return why
+        if any("InvalidAuthToken" in line or "AuthenticationError" in line for line in lines):
+            # Ray's own words run to several sentences; what to do fits in one.
+            return ("the head refused its token (Ray: InvalidAuthToken); the cluster uses token authentication: "
+                    "set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token copied from the head)")
+        return " ".join((errors or lines or ["(no output)"])[-1].split())[:400]

@@ -185,6 +185,39 @@ def test_cluster_lists_nodes_hosts_and_boards(cluster: Cluster) -> None:
     assert "host nowhere has no worker in the cluster: a run skips its boards far" in table
 
 
+# Many actors, so that a placement left to Ray's own choice would put some of them elsewhere.
+PLACED = """
+import json, sys
+import ray
+from controller.config.inventory import BoardSpec
+from controller.run.hosts import placement
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+
+@ray.remote(num_cpus=0)
+class Where:
+    def node(self):
+        return ray.get_runtime_context().get_node_id()
+
+boards = [BoardSpec(name=f"b{i}", host=sys.argv[2] if i % 2 else None) for i in range(16)]
+actors = [Where.options(**placement(b)).remote() for b in boards]
+print(json.dumps([[b.host, ray.get(a.node.remote(), timeout=120)] for b, a in zip(boards, actors)]))
+"""
+
+
+@pytest.mark.slow
+def test_an_actor_is_placed_on_its_hosts_node_and_a_hostless_one_on_the_controllers(cluster: Cluster) -> None:
+    nodes = [n for n in cluster.nodes()["nodes"] if n["alive"]]
+    worker = next(n["node_id"] for n in nodes if n["host"] == "lab2")
+    controller = next(n["node_id"] for n in nodes if n["controller"])
+    proc = subprocess.run([sys.executable, "-c", PLACED, cluster.address, "lab2"], capture_output=True, text=True,
+                          timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    placed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [node for host, node in placed if host] == [worker] * 8
+    assert [node for host, node in placed if not host] == [controller] * 8
+
+
 @pytest.mark.slow
 def test_each_board_runs_on_its_hosts_node(cluster: Cluster, tmp_path: Path) -> None:
     spec = small_ppocr_spec(tmp_path, name="hosts")
@@ -253,3 +286,16 @@ def test_worker_leaves_the_cluster_on_ctrl_c(cluster: Cluster, tmp_path: Path) -
     assert not after[ids[0]]["alive"]
     assert sorted(n["host"] or "" for n in after.values() if n["alive"]) == ["", "lab2"]
     assert cluster.nodes()["hosts_without_worker"]["lab3"] == ["later"]
+
+
+@pytest.mark.slow
+def test_worker_refused_by_the_head_says_why_in_one_line(cluster: Cluster) -> None:
+    env = {k: v for k, v in ENV.items() if k != "RAY_AUTH_MODE"}  # the head asks for its token
+    proc = subprocess.run([*CLI, "worker", "--address", cluster.address, "--host", "lab4"], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"edgefarm: error: --address {cluster.address}: the Ray node could not join: the head refused its token "
+        "(Ray: InvalidAuthToken); the cluster uses token authentication: set RAY_AUTH_MODE=token and its token "
+        "(RAY_AUTH_TOKEN, or ~/.ray/auth_token copied from the head)"]
+    assert not any(n["host"] == "lab4" for n in cluster.nodes()["nodes"])
