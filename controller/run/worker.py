@@ -184,6 +184,10 @@ class RayNode:
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        if threading.current_thread() is threading.main_thread():
+            # A second Ctrl-C must not cut the leaving short and leave the node's processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
