@@ -30,6 +30,10 @@ the rounds' from their spread. Deterministic and quick (no resampling); a job's 
 its median is known within the job and misses drift between jobs measured minutes apart, which is
 what the rounds are for. A result without raw samples (a native tool's summary) has no interval.
 
+Where the finalists were measured in rounds, only they (and the baseline) of that run can be chosen
+or tied: the run's other configurations were more than the margin slower than the best at their
+jobs, and an unpaired ratio must not outrank a paired one because the board drifted between them.
+
 Ties (latency objective): the configurations within budget whose speed-up intervals overlap the
 fastest one's cannot be told apart from it, unless an interval lies wholly below another of theirs
 (below the baseline's, which is exactly 1, say: shown to be slower than a configuration that is
@@ -370,12 +374,26 @@ def select_best(candidates: list[Candidate], budget: float, objective: str = "la
             eligible = [c for c in eligible if c.items_per_s is not None]
             best = max(eligible, key=lambda c: c.items_per_s) if eligible else None  # type: ignore[arg-type,return-value]
         else:
-            best = _pick(sorted(eligible, key=_faster_first))
+            best = _pick(sorted(_contenders(baseline, eligible), key=_faster_first))
         nearest = [] if best else sorted(
             group, key=lambda c: (c.accuracy_drop is None, c.accuracy_drop or 0.0, c.p50_ms)
         )[:3]
         out.append(Selection(model, chip, budget, best, nearest))
     return out
+
+
+def _contenders(baseline: Candidate | None, eligible: list[Candidate]) -> list[Candidate]:
+    """Who may be chosen or tied (latency objective). Where the baseline's run measured finalists
+    in rounds, the configurations of that run left out of the rounds may not: at the run's own jobs
+    they were more than ``selection.finalist_margin`` slower than the best, and a ratio from jobs
+    measured minutes apart (against a board that drifted, or met a busy minute) must not outrank
+    the ratios paired in rounds. Configurations from other runs have no rounds to lose to."""
+    if baseline is None:
+        return eligible
+    paired = {id(c) for c in eligible if c is not baseline and _paired_rounds(baseline, c) is not None}
+    if not paired:
+        return eligible
+    return [c for c in eligible if c is baseline or id(c) in paired or c.run_id != baseline.run_id]
 
 
 def _pick(ranked: list[Candidate]) -> Candidate | None:

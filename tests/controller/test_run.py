@@ -95,7 +95,10 @@ def test_select_json_is_one_row_per_model_and_chip(ppocr_db: str, capsys: pytest
         mine = [c for c in candidates if c.model == row["model"]]
         base = next(c for c in mine if c.engine == "onnxruntime" and c.variant == "fp32")
         eligible = [c for c in mine if base.accuracy - c.accuracy <= 0.01]
-        fastest = max(eligible, key=lambda c: c.speedup_vs_baseline)
+        # Where finalists were measured in rounds, the run's other configurations cannot win or tie.
+        rounded = [c for c in eligible if c.rounds and c is not base]
+        contenders = [c for c in eligible if c.rounds or c is base] if rounded else eligible
+        fastest = max(contenders, key=lambda c: c.speedup_vs_baseline)
         # The fastest, or what the tie-break chose among those it could not be told from.
         assert (row["engine"], row["variant"]) == (fastest.engine, fastest.variant) or (
             f"{fastest.engine} {fastest.variant}" in row["tied_with"])

@@ -121,6 +121,25 @@ def test_a_configuration_left_out_of_the_rounds_is_compared_with_the_baselines_r
     assert low < left_out.speedup_vs_baseline < high < finalist.speedup_ci95[0]
 
 
+def test_a_configuration_left_out_of_the_rounds_neither_wins_nor_ties_against_the_finalists() -> None:
+    # The board got busier after the run's own jobs: its rounds are twice as slow as its jobs. The
+    # finalist's paired speed-up is 1.9; a configuration left out of the rounds (its job was more
+    # than the margin slower than the finalist's) looks 2.2x against the baseline's slow rounds.
+    base_rounds, fin_rounds = [90.0, 110.0, 100.0, 95.0, 105.0], [47.0, 58.0, 53.0, 50.0, 55.0]
+    base = _timed("onnxruntime", "fp32", 100.0, rounds=base_rounds, median_ci95=(98.0, 102.0))
+    finalist = _timed("openvino", "fp16", 36.0, peak=300.0, rounds=fin_rounds, median_ci95=(35.5, 36.5))
+    left_out = _timed("ncnn", "fp16", 45.8, peak=100.0, median_ci95=(44.0, 47.0))  # less memory: it would win a tie
+    for c in (base, finalist):
+        c.rounds, c.p50_ms = 5, math.exp(np.mean(np.log(c.round_p50_ms)))
+    (sel,) = select_best([base, finalist, left_out], 0.01)
+    assert left_out.speedup_vs_baseline > finalist.speedup_vs_baseline  # unpaired, against the slow rounds
+    assert sel.best is finalist and sel.best.tied_with == []
+    # Measured in another run, it has no rounds to lose to: it competes on its ratio.
+    other_run = _timed("ncnn", "fp16", 45.8, peak=100.0, median_ci95=(44.0, 47.0), run_id=2)
+    (sel,) = select_best([base, finalist, other_run], 0.01)
+    assert sel.best is other_run
+
+
 def test_without_rounds_the_interval_comes_from_each_jobs_samples() -> None:
     from agent.measure import median_ci95
 
