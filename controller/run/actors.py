@@ -58,6 +58,11 @@ def actor_class() -> Any:
     return BoardActor
 
 
+# Placing a board's actor, pulling the agent to its host and probing the board (PROBE_TIMEOUT per
+# interpreter) fit well within this.
+START_TIMEOUT_S = 900.0
+
+
 def start_boards(boards: list[BoardSpec], actors: dict[str, Any],
                  golden: dict[str, FileRef]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Probe every board and run its health check: (the probes of boards fit to measure, and why
@@ -71,7 +76,14 @@ def start_boards(boards: list[BoardSpec], actors: dict[str, Any],
     started = {name: actor.start.remote() for name, actor in actors.items()}
     probes: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
+    # One deadline for all: an actor whose host's node left between the check and its placement
+    # is never placed, and its start would never answer.
+    _, silent = ray.wait(list(started.values()), num_returns=len(started), timeout=START_TIMEOUT_S)
     for name, future in started.items():
+        if future in silent:
+            problems[name] = (f"unreachable: its actor did not start within {START_TIMEOUT_S:.0f} s "
+                              "(the Ray node of its host gone, or the cluster out of room)")
+            continue
         try:
             probes[name] = ray.get(future)
         except Exception as exc:  # noqa: BLE001 - whatever the actor raised, the board is recorded and the run goes on

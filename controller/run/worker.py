@@ -28,6 +28,7 @@ from controller.config.inventory import BoardSpec
 from controller.errors import UserError, one_line
 from controller.run.cluster import check_head
 from controller.run.hosts import node_labels
+from controller.workspace import workspace
 
 # How long `ray start` may take to join (it waits for the head's GCS); how long it may take to
 # drain and stop once told to (Ray drains for up to 30 s).
@@ -158,7 +159,10 @@ class RayNode:
     def join(self) -> str | None:
         """Start the node and wait until it is up; its IP address as Ray saw it."""
         # Ray reports usage to its makers unless told not to; EdgeFarm sends nothing anywhere.
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED=os.environ.get("RAY_USAGE_STATS_ENABLED", "0"))
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED=os.environ.get("RAY_USAGE_STATS_ENABLED", "0"),
+                   # The host's cache of the driver's files (controller.run.depot), where this command
+                   # was started: Ray starts the node's actors in a folder of its own.
+                   EDGEFARM_HOME=str(workspace()))
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=env, start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()
