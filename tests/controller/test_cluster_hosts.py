@@ -27,6 +27,7 @@ from controller.config.inventory import load_inventory
 from controller.errors import ConfigError
 from controller.results.database import open_db
 from controller.results.store import Job, Run
+from controller.run.worker import LEAVE_TIMEOUT_S
 from tests.conftest import small_ppocr_spec
 from tests.net import free_port
 
@@ -277,7 +278,9 @@ def test_worker_leaves_the_cluster_on_ctrl_c(cluster: Cluster, tmp_path: Path) -
         session = _ray_node_session(worker)
         assert any("raylet" in line for line in _processes_in_session(session))
         worker.send_signal(signal.SIGINT)  # what Ctrl-C in its terminal sends
-        assert worker.wait(timeout=90) == 0, log.read_text()[-3000:]
+        # Ray's own stop of the node may take its time on a busy machine; the worker waits for it up
+        # to LEAVE_TIMEOUT_S, then ends what is left.
+        assert worker.wait(timeout=LEAVE_TIMEOUT_S + 60) == 0, log.read_text()[-3000:]
     finally:
         _stop(worker)
     assert log.read_text().splitlines()[-1] == f"edgefarm worker: left the Ray cluster at {cluster.address} (host lab3)"
