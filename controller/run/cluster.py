@@ -10,7 +10,7 @@ from typing import Any
 
 from controller.config.inventory import Inventory
 from controller.errors import UserError, one_line
-from controller.run.hosts import LABEL, no_worker
+from controller.run.hosts import LABEL, live_hosts, no_worker
 
 
 def ensure_ray(address: str | None) -> None:
@@ -58,7 +58,6 @@ def nodes(inventory: Inventory) -> dict[str, Any]:
 
     here = ray.get_runtime_context().get_node_id()
     rows: list[dict[str, Any]] = []
-    served: set[str] = set()
     # The live nodes first, the controller's first among them.
     for node in sorted(ray.nodes(), key=lambda n: (not n.get("Alive"), n["NodeID"] != here,
                                                    n.get("NodeManagerAddress", ""), n["NodeID"])):
@@ -67,11 +66,10 @@ def nodes(inventory: Inventory) -> dict[str, Any]:
         controller = node["NodeID"] == here
         boards = [b.name for b in inventory.boards
                   if alive and ((host is not None and b.host == host) or (controller and b.host is None))]
-        if alive and host:
-            served.add(host)
         rows.append({"node_id": node["NodeID"], "address": node.get("NodeManagerAddress"), "alive": alive,
                      "host": host, "controller": controller, "cpus": node.get("Resources", {}).get("CPU", 0),
                      "boards": boards})
+    served = live_hosts()
     unserved: dict[str, list[str]] = {}
     for board in inventory.boards:
         if board.host is not None and board.host not in served:

@@ -13,6 +13,7 @@ without touching anything else.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -144,6 +145,19 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def stop_session(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """End ``proc``, which leads a session of its own: SIGTERM to it (``ray start --block`` then
+    drains its node and stops the node's processes), up to ``timeout`` seconds for it to end, then
+    SIGKILL to whatever is left of its process group. Nothing outside that group is touched."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 class RayNode:
     """The child ``ray start --block`` process that is this machine's node in the cluster."""
 
@@ -192,18 +206,7 @@ class RayNode:
             # A second Ctrl-C must not cut the leaving short and leave the node's processes behind.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=LEAVE_TIMEOUT_S)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        stop_session(proc, LEAVE_TIMEOUT_S)
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

@@ -10,7 +10,6 @@ files, which the placement does not depend on (tests/controller/test_depot.py mo
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,14 +26,10 @@ from controller.config.inventory import load_inventory
 from controller.errors import ConfigError
 from controller.results.database import open_db
 from controller.results.store import Job, Run
-from controller.run.worker import LEAVE_TIMEOUT_S
+from controller.run.worker import LEAVE_TIMEOUT_S, stop_session
 from tests.conftest import small_ppocr_spec
 from tests.net import free_port
-
-CLI = [sys.executable, "-m", "controller.cli"]
-# `ray start --head` turns token authentication on; its clients must ask for it. On one machine
-# they all read the token from ~/.ray/auth_token.
-ENV = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+from tests.raycluster import CLI, ENV, ray_head, start_worker
 
 INVENTORY = {"boards": [
     {"name": "here"},                    # no host: the controller's node
@@ -94,34 +89,9 @@ class Cluster:
         return json.loads(proc.stdout)
 
 
-def _stop(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
-    """End a process started in a session of its own, and everything in its process group."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def _worker(address: str, host: str, home: Path, inventory: Path, log: Path) -> subprocess.Popen[Any]:
-    """``edgefarm worker`` started as a service would start it, once it says it serves its boards."""
-    with log.open("w") as out:
-        proc = subprocess.Popen([*CLI, "worker", "--address", address, "--host", host, "--resources", '{"CPU": 1}',
-                                 "--inventory", str(inventory)], env=dict(ENV, EDGEFARM_HOME=str(home)),
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while "edgefarm worker: serving" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(f"edgefarm worker did not start: {log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    return proc
+    return start_worker([*CLI, "worker", "--address", address, "--host", host, "--resources", '{"CPU": 1}',
+                         "--inventory", str(inventory)], home, log)
 
 
 def _ray_node_session(worker: subprocess.Popen[Any]) -> int:
@@ -143,27 +113,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, edgefarm_home: Path) -> It
     inventory = tmp / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(INVENTORY))
     worker_home = tmp / "worker-home"
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-         "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-        env=dict(ENV, EDGEFARM_HOME=str(edgefarm_home)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    worker = None
-    try:
-        deadline = time.monotonic() + 120
-        while subprocess.run([*CLI, "cluster", "--ray-address", address], env=ENV, capture_output=True,
-                             timeout=300).returncode != 0:  # the head takes a few seconds to open its port
-            assert time.monotonic() < deadline and head.poll() is None, "the Ray head did not start"
-            time.sleep(2)
+    with ray_head("127.0.0.1", edgefarm_home) as address:
         worker = _worker(address, "lab2", worker_home, inventory, tmp / "worker.log")
-        yield Cluster(address, edgefarm_home, worker_home, inventory)
-    finally:
-        if worker is not None:
-            _stop(worker)
-        _stop(head)
+        try:
+            yield Cluster(address, edgefarm_home, worker_home, inventory)
+        finally:
+            stop_session(worker, 60)
 
 
 @pytest.mark.slow
@@ -282,7 +237,7 @@ def test_worker_leaves_the_cluster_on_ctrl_c(cluster: Cluster, tmp_path: Path) -
         # to LEAVE_TIMEOUT_S, then ends what is left.
         assert worker.wait(timeout=LEAVE_TIMEOUT_S + 60) == 0, log.read_text()[-3000:]
     finally:
-        _stop(worker)
+        stop_session(worker, 60)
     assert log.read_text().splitlines()[-1] == f"edgefarm worker: left the Ray cluster at {cluster.address} (host lab3)"
     assert _processes_in_session(session) == []  # its Ray node's processes went with it
     after = {n["node_id"]: n for n in cluster.nodes()["nodes"]}  # the head still answers

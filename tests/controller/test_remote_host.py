@@ -11,10 +11,8 @@ node at the same time. Whatever the remote board's jobs need reaches the host th
 
 from __future__ import annotations
 
-import os
-import signal
+import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,12 +28,10 @@ from controller.errors import UserError
 from controller.results.database import open_db
 from controller.results.store import Job
 from tests.conftest import ROOT, small_ppocr_spec
-from tests.net import free_port
 from tests.netns import BoardNet, board_net, route_verdict
+from tests.raycluster import CLI, ENV, ray_head, start_worker
 from tests.sshboard import SshBoard, netns_refusal, ssh_board
 
-CLI = [sys.executable, "-m", "controller.cli"]
-ENV = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")  # `ray start --head` asks for its token
 BOARD_PYTHON = ROOT / ".venv-board" / "bin" / "python"
 HOST = "labw"
 
@@ -56,20 +52,12 @@ class Lab:
 
     def start_worker(self) -> None:
         """``edgefarm worker`` in the host's network namespace, in a mount namespace of its own."""
-        log = self.worker_home / "worker.log"
         hide = 'mount -t tmpfs edgefarm-hidden "$0" && exec "$@"'
-        with log.open("w") as out:
-            self.worker = subprocess.Popen(
-                ["ip", "netns", "exec", self.host_net.namespace, "unshare", "--mount", "--propagation", "private",
-                 "sh", "-c", hide, str(self.hidden), *CLI, "worker", "--address", self.address, "--host", HOST,
-                 "--inventory", str(self.inventory), "--resources", '{"CPU": 1}'],
-                cwd=ROOT, env=dict(ENV, EDGEFARM_HOME=str(self.worker_home)), stdout=out, stderr=subprocess.STDOUT,
-                text=True, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while "edgefarm worker: serving" not in log.read_text():
-            if self.worker.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"edgefarm worker did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        self.worker = start_worker(
+            ["ip", "netns", "exec", self.host_net.namespace, "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", hide, str(self.hidden), *CLI, "worker", "--address", self.address, "--host", HOST,
+             "--inventory", str(self.inventory), "--resources", '{"CPU": 1}'],
+            self.worker_home, self.worker_home / "worker.log")
 
     def kill_host(self) -> None:
         """Every process of the board host dies at once: its worker, Ray node and the board's actor."""
@@ -88,43 +76,28 @@ def lab(tmp_path_factory: pytest.TempPathFactory, edgefarm_home: Path) -> Iterat
         pytest.skip(why)
     assert BOARD_PYTHON.is_file(), "scripts/setup.sh makes .venv-board (Python 3.10) for the test boards"
     worker_home = Path(tempfile.mkdtemp(prefix="edgefarm-hostw-"))  # outside pytest's folder, which is hidden
-    with board_net("hostw", 55, "10.231") as host_net, ssh_board("hostwb", 56) as board:
-        # The board's link moves into the host's namespace: from here on only the host reaches it.
-        _sh("ip", "link", "set", board.host_veth, "netns", host_net.namespace)
-        gateway = board.host.rsplit(".", 1)[0] + ".1"
-        _sh("ip", "netns", "exec", host_net.namespace, "ip", "addr", "add", f"{gateway}/24", "dev", board.host_veth)
-        _sh("ip", "netns", "exec", host_net.namespace, "ip", "link", "set", board.host_veth, "up")
-        inventory = worker_home / "inventory.yaml"
-        inventory.write_text(yaml.safe_dump({"boards": [
-            {"name": "here"},
-            {**board.inventory_entry(host=HOST, python=str(BOARD_PYTHON), workdir=str(worker_home / "board")),
-             "name": "remote"},
-        ]}))
-        port = free_port()
-        address = f"{host_net.host_ip}:{port}"
-        head = subprocess.Popen(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address",
-             host_net.host_ip, "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
-             "--disable-usage-stats"],
-            env=dict(ENV, EDGEFARM_HOME=str(edgefarm_home)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        found = Lab(address, host_net, board, tmp_path_factory.getbasetemp(), worker_home, inventory)
-        try:
-            deadline = time.monotonic() + 120
-            while subprocess.run([*CLI, "cluster", "--ray-address", address], env=ENV, capture_output=True,
-                                 timeout=300).returncode != 0:
-                assert time.monotonic() < deadline and head.poll() is None, "the Ray head did not start"
-                time.sleep(2)
-            found.start_worker()
-            yield found
-        finally:
-            found.kill_host()
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait()
+    try:
+        with board_net("hostw", 55, "10.231") as host_net, ssh_board("hostwb", 56) as board:
+            # The board's link moves into the host's namespace: from here on only the host reaches it.
+            _sh("ip", "link", "set", board.host_veth, "netns", host_net.namespace)
+            gateway = board.host.rsplit(".", 1)[0] + ".1"
+            _sh("ip", "netns", "exec", host_net.namespace, "ip", "addr", "add", f"{gateway}/24", "dev", board.host_veth)
+            _sh("ip", "netns", "exec", host_net.namespace, "ip", "link", "set", board.host_veth, "up")
+            inventory = worker_home / "inventory.yaml"
+            inventory.write_text(yaml.safe_dump({"boards": [
+                {"name": "here"},
+                {**board.inventory_entry(host=HOST, python=str(BOARD_PYTHON), workdir=str(worker_home / "board")),
+                 "name": "remote"},
+            ]}))
+            with ray_head(host_net.host_ip, edgefarm_home) as address:
+                found = Lab(address, host_net, board, tmp_path_factory.getbasetemp(), worker_home, inventory)
+                try:
+                    found.start_worker()
+                    yield found
+                finally:
+                    found.kill_host()
+    finally:
+        shutil.rmtree(worker_home, ignore_errors=True)
 
 
 def _spec(tmp: Path, name: str, **measure: object) -> Path:
