@@ -199,7 +199,10 @@ def test_stolen_cpu_is_flagged_confirmed_and_named_no_setup_change(quiet: Nights
     assert code == 0
     assert verdicts(nights.url)[-1]["ppocr-det"] in ("unchanged", "noise", "improvement")
     row = next(line for line in (report_dir / "report.md").read_text().splitlines() if line.startswith(f"| {DET} |"))
-    assert row.split(" | ")[7] == "3, 2, 1"
+    # The quiet nights, newest first, but for one whose own re-runs did not reproduce its median
+    # ("noise", which a loaded machine can give a quiet night): an outlier is no yardstick either.
+    quiet_nights = [str(run) for run in (3, 2, 1) if verdicts(nights.url)[run - 1]["ppocr-det"] != "noise"]
+    assert len(quiet_nights) >= 2 and row.split(" | ")[7] == ", ".join(quiet_nights)
 
 
 def test_an_engine_setting_that_slows_it_is_flagged_with_the_option_named(quiet: Nights, tmp_path: Path) -> None:
