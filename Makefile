@@ -22,3 +22,4 @@ bench: setup
 	.venv/bin/python bench/selection.py
 	.venv/bin/python bench/tool_agreement.py
 	.venv/bin/python bench/bundle_e2e.py
+	.venv/bin/python bench/makespan.py

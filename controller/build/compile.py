@@ -8,6 +8,7 @@ compile is recorded (its jobs become failed rows), it does not stop the run.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -136,20 +137,26 @@ class _Tasks:
         else:
             self.pending[submit()] = (what, kind, key, suffix, done)
 
+    def take(self, ref: Any) -> None:
+        """Store the artifact of ``ref``, one of ``pending`` that Ray says is ready."""
+        import ray
+
+        what, kind, key, suffix, done = self.pending.pop(ref)
+        try:
+            data, meta = ray.get(ref)
+        except Exception as exc:  # recorded on its variant or job, and never cached
+            done(Artifact(Path(), "", 0, {"error": one_line(exc)}))
+            self.on_step(f"{what}: failed")
+        else:
+            done(_artifact(self.cache.store(kind, key, suffix, data, meta), meta))
+            self.on_step(f"{what}: {'failed' if 'error' in meta else 'done'}")
+
     def wait(self) -> None:
         import ray
 
         while self.pending:
             ready, _ = ray.wait(list(self.pending), num_returns=1)
-            what, kind, key, suffix, done = self.pending.pop(ready[0])
-            try:
-                data, meta = ray.get(ready[0])
-            except Exception as exc:  # recorded on its variant or job, and never cached
-                done(Artifact(Path(), "", 0, {"error": one_line(exc)}))
-                self.on_step(f"{what}: failed")
-            else:
-                done(_artifact(self.cache.store(kind, key, suffix, data, meta), meta))
-                self.on_step(f"{what}: {'failed' if 'error' in meta else 'done'}")
+            self.take(ready[0])
 
 
 def build_all(loaded: LoadedSpec, cache: Cache, prepared: dict[str, Prepared], user_data: dict[str, TaskData] | None = None,
@@ -288,11 +295,19 @@ class ConvertRequest:
 
 
 def _task_convert(engine: str, variant: str, precision: str, target: str, model: bytes, fp32: bytes,
-                  calibration: bytes | None, options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+                  calibration: bytes | None, options: dict[str, Any], tools: dict[str, str]) -> tuple[bytes, dict[str, Any]]:
+    """One conversion, on whichever node Ray chose; ``tools``: the converter's tool versions on the
+    driver, which the artifact is cached under."""
     from controller.convert import ConvertInput, converter_for
 
     converter = converter_for(engine)
     assert converter is not None
+    here = converter.tool_versions()
+    if here != tools:  # another host's tools would make another artifact than the cache key says
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()  # raised, not returned: a failure is never cached
+        raise RuntimeError(f"the converter's tools on Ray node {node[:12]} are {here}, not the controller's {tools}")
     with tempfile.TemporaryDirectory(prefix="edgefarm-convert-") as tmp:
         d = Path(tmp)
         (d / "model.onnx").write_bytes(model)
@@ -300,35 +315,41 @@ def _task_convert(engine: str, variant: str, precision: str, target: str, model:
         if calibration is not None:
             (d / "calibration.npz").write_bytes(calibration)
         out = d / ("out" + converter.suffix)
+        start = time.monotonic()
         meta = converter.convert(ConvertInput(
             variant, precision, d / "model.onnx", d / "fp32.onnx",
             d / "calibration.npz" if calibration is not None else None, target, options), out)
-        return out.read_bytes(), meta
+        # How long converting took (kept with the cached artifact): what bench/makespan.py draws on.
+        return out.read_bytes(), {**meta, "seconds": round(time.monotonic() - start, 3)}
 
 
-def convert_all(spec: Any, builds: list[ModelBuild], requests: set[ConvertRequest], cache: Cache,
-                on_step: Callable[[str], None] = lambda _msg: None) -> dict[ConvertRequest, Artifact]:
-    """Every requested conversion, cached by content; a failed one is an Artifact with an error."""
+def start_conversions(spec: Any, builds: list[ModelBuild], requests: set[ConvertRequest], cache: Cache,
+                      landed: Callable[[ConvertRequest, Artifact], None], on_step: Callable[[str], None] = lambda _msg: None,
+                      task_options: dict[str, Any] | None = None) -> _Tasks:
+    """Start every requested conversion, cached by content. ``landed(request, artifact)`` is called
+    for each as it is done: here for a cache hit, else from the returned tasks' ``take`` (or
+    ``wait``). A failed conversion is an Artifact with an error, never raised. ``task_options``:
+    Ray's options for the conversion tasks (where they may run)."""
     import ray
 
     from controller.convert import converter_for
 
     by_name = {b.spec.name: b for b in builds}
-    task = ray.remote(max_calls=1)(_task_convert)
+    task = ray.remote(max_calls=1)(_task_convert).options(**(task_options or {}))
     tasks = _Tasks(cache, on_step)
-    out: dict[ConvertRequest, Artifact] = {}
     for r in sorted(requests, key=lambda r: (r.model, r.variant, r.engine, r.target)):
         build = by_name[r.model]
         converter = converter_for(r.engine)
         variant, fp32 = build.variants.get(r.variant), build.variants.get("fp32")
         if converter is None or variant is None or fp32 is None:
+            landed(r, Artifact(Path(), "", 0, {"error": "nothing to convert"}))
             continue
         variant_pass = get_pass(r.variant)
         calib = build.calibration if variant_pass.calibrated else None
         try:
             tools = converter.tool_versions()
         except Exception as exc:  # a missing tool fails these jobs, with the reason
-            out[r] = Artifact(Path(), "", 0, {"error": one_line(exc)})
+            landed(r, Artifact(Path(), "", 0, {"error": one_line(exc)}))
             continue
         options = _pass_options(r.variant, spec, build.spec)  # an engine that quantizes itself follows the spec
         key = key_of(kind="conversion", engine=r.engine, v=converter.version, target=r.target, tools=tools,
@@ -338,11 +359,10 @@ def convert_all(spec: Any, builds: list[ModelBuild], requests: set[ConvertReques
             f"{r.model} {r.variant} -> {r.engine} ({r.target})", "conversions", key, converter.suffix,
             lambda: task.remote(
                 r.engine, r.variant, variant_pass.precision, r.target, variant.path.read_bytes(),
-                fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options),
-            partial(out.__setitem__, r),
+                fp32.path.read_bytes(), calib.path.read_bytes() if calib else None, options, tools),
+            partial(landed, r),
         )
-    tasks.wait()
-    return out
+    return tasks
 
 
 def _variant_key(name: str, input_sha: str, calib_sha: str | None, budget: float | None, options: dict[str, Any],

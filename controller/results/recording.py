@@ -160,11 +160,24 @@ def add_jobs(db: Session, run_id: int, plan: Sequence[PlannedJob], resuming: boo
             )
         job = Job(run_id=run_id, board_id=board.id, chip=board.chip, fingerprint=board.fingerprint,
                   variant_id=variant_rows[key].id, engine=p.engine, options=p.options, label=p.label,
-                  artifact={"sha256": p.artifact.sha256, "size_bytes": p.artifact.size, "target": p.target,
-                            "conversion": p.artifact.meta} if p.artifact else None)
+                  artifact=_artifact(p.artifact, p.target))
         db.add(job)
         db.flush()
         p.row_id = job.id
+
+
+def job_artifact(db: Session, job_id: int, artifact: Artifact, target: str) -> None:
+    """What a conversion made for a job, once it is made (a run's jobs are written before their
+    conversions land, so that jobs that need none start at once)."""
+    job = db.get(Job, job_id)
+    assert job is not None, f"no job {job_id}"
+    job.artifact = _artifact(artifact, target)
+
+
+def _artifact(artifact: Artifact | None, target: str) -> dict[str, Any] | None:
+    if artifact is None:
+        return None
+    return {"sha256": artifact.sha256, "size_bytes": artifact.size, "target": target, "conversion": artifact.meta}
 
 
 def add_repeats(db: Session, run_id: int, repeats: Sequence[tuple[int, str]]) -> list[int]:

@@ -11,12 +11,17 @@ rows, once the boards are probed and the jobs planned; from then on only boards 
 board's failure is stored data, not an error of the run. So a run is never half-written: there
 is no ``failed`` run to clean up after a typo, because there is no run row before the last check.
 The run's ``started_at`` is when its measuring began, after its variants were compiled.
+
+Conversions for engines that do not read ONNX are made while the boards measure
+(``Conversions``): a job starts as soon as its own conversion has landed, on nodes where no
+local board measures, or, where there is no such node, before the local boards' first job
+(``controller.run.schedule`` has the rules). A conversion's failure is its jobs' stored failure.
 """
 
 from __future__ import annotations
 
 import sys
-from collections import deque
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -24,7 +29,7 @@ from agent.protocol import ResultRecord, failed, sha256_file
 from controller.boards.chip_check import contradiction
 from controller.boards.health import golden, record
 from controller.build.cache import Cache
-from controller.build.compile import ModelBuild, build_all, convert_all, prepare_sources
+from controller.build.compile import Artifact, ConvertRequest, ModelBuild, build_all, prepare_sources, start_conversions
 from controller.config.inventory import BoardSpec, Inventory
 from controller.config.spec import LoadedSpec, Spec
 from controller.errors import UserError, one_line
@@ -36,10 +41,11 @@ from controller.run.adaptive import EarlyStop
 from controller.run.checks import check_datasets, check_resumable
 from controller.run.cluster import ensure_ray
 from controller.run.depot import Depot, FileRef
-from controller.run.hosts import placement, unserved
-from controller.run.planning import Planned, attach_conversions, conversions, job_files, job_payload, plan_board
+from controller.run.hosts import conversion_placement, placement, unserved
+from controller.run.planning import Planned, attach_conversion, conversions, job_files, job_payload, plan_board
 from controller.run.progress import RunProgress
 from controller.run.repeats import FollowUp, Repeat
+from controller.run.schedule import Schedule
 from controller.workspace import cache_dir, workspace
 
 __all__ = ["FollowUp", "Repeat", "RunOutcome", "ensure_ray", "execute"]
@@ -76,8 +82,9 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
     The user's input is checked first, cheapest first, and nothing is written until all of it
     passed: the run to resume, the spec's boards in the inventory, every model, the first sample
     of every dataset (no Ray yet), then the variants compiled and the whole datasets rendered.
-    Then the boards are probed (their rows say what was found), the jobs planned and converted,
-    and only then the run's row and its jobs' rows are written, in one transaction.
+    Then the boards are probed (their rows say what was found) and the jobs planned, and only then
+    the run's row and its jobs' rows are written, in one transaction; the conversions follow, while
+    the boards measure.
     """
     from controller.boards.agent_bundle import build_agent_bundle
 
@@ -113,8 +120,6 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         probes.update(_start(sessions, boards, actors, outcome, depot.ship_all(golden(cache).files())))
 
         plan = [p for b in boards if b.name in probes for p in plan_board(b, probes[b.name], builds, spec)]
-        with progress.stage("convert for engines", total=None) as step:
-            _convert(spec, plan, builds, cache, step)
         with sessions() as db:  # the run and its jobs: one transaction, after every check
             run: Run = (recording.resumed_run(db, resume, spec) if resume is not None
                         else recording.new_run(db, spec, str(loaded.base), kind, _datasets(builds)))
@@ -122,11 +127,12 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
             db.commit()
             outcome.run_id = run.id
         outcome.resumed = sum(1 for p in plan if p.stored)
-        to_measure = [p for p in plan if not p.stored]
-        progress.boards({b: sum(1 for p in to_measure if p.board == b) for b in probes})
         limits = {b.name: b.concurrency for b in boards}
-        _measure(sessions, spec, [(p, {}) for p in to_measure], actors, depot, limits, outcome, progress,
-                 EarlyStop(spec))
+        with Conversions(spec, plan, builds, cache, [b for b in boards if b.name in probes], progress) as converting:
+            to_measure = [p for p in plan if not p.stored]
+            progress.boards({b: sum(1 for p in to_measure if p.board == b) for b in probes})
+            _measure(sessions, spec, [(p, {}) for p in to_measure], actors, depot, limits, outcome, progress,
+                     EarlyStop(spec), converting)
         # The whole plan: a resumed run's finalists include the jobs stored before the interruption.
         _repeat(sessions, spec, plan, actors, depot, limits, [*_finalists(spec), *follow_ups], outcome, progress)
         status = "done"
@@ -170,46 +176,94 @@ def _start(sessions: Any, boards: list[BoardSpec], actors: dict[str, Any], outco
     return probes
 
 
-def _convert(spec: Spec, plan: list[Planned], builds: list[ModelBuild], cache: Cache, on_step: Any) -> None:
-    wanted = conversions(plan)
-    attach_conversions(wanted, convert_all(spec, builds, set(wanted), cache, on_step))
+class Conversions:
+    """The run's conversions, made while the boards measure: each job that needs one waits for it
+    alone (``controller.run.schedule``). Every conversion of the plan is made, a resumed run's
+    stored jobs' too, since their finalists' rounds load the same artifact."""
+
+    def __init__(self, spec: Spec, plan: list[Planned], builds: list[ModelBuild], cache: Cache,
+                 boards: list[BoardSpec], progress: RunProgress) -> None:
+        self.spec, self.builds, self.cache, self.progress = spec, builds, cache, progress
+        self.wanted = conversions(plan)
+        self.request = {id(p): r for r, jobs in self.wanted.items() for p in jobs}
+        self.options, self.held = conversion_placement(boards)
+        self.landed: list[tuple[ConvertRequest, Artifact]] = []  # done, not yet given to their jobs
+        self.stage = ExitStack()
+
+    def __enter__(self) -> Conversions:
+        step = self.stage.enter_context(self.progress.stage("convert for engines", total=None))
+        self.tasks = start_conversions(self.spec, self.builds, set(self.wanted), self.cache,
+                                       lambda r, a: self.landed.append((r, a)), step, self.options)
+        if not self.tasks.pending:
+            self.stage.close()  # all in the cache, or nothing to convert
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stage.close()
+
+    def waits_for(self, p: Planned) -> ConvertRequest | None:
+        return self.request.get(id(p))
+
+    def take(self, ref: Any) -> None:
+        self.tasks.take(ref)
+        if not self.tasks.pending:
+            self.stage.close()  # the stage's summary line, while the boards go on
+
+    def land(self, db: Any, schedule: Schedule[Any]) -> None:
+        """Give what has been converted to the jobs waiting for it, in their rows too."""
+        while self.landed:
+            request, artifact = self.landed.pop(0)
+            jobs = self.wanted[request]
+            attach_conversion(jobs, artifact)
+            for p in jobs:
+                if p.artifact is not None:
+                    recording.job_artifact(db, p.row_id, p.artifact, p.target)
+            db.commit()
+            schedule.landed(request)
 
 
 def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]]], actors: dict[str, Any],
              depot: Depot, limits: dict[str, int], outcome: RunOutcome, progress: RunProgress,
-             early: EarlyStop | None = None) -> None:
+             early: EarlyStop | None = None, converting: Conversions | None = None) -> None:
     """Send each job (with its measure overrides) to its board's actor and store each result as it
     arrives. A board is sent its next job only when it has room (its ``concurrency``), so that each
     job's settings can follow what the board has measured so far (``early``), and a board's jobs
-    run in the order given (a finalists' rounds interleave A B C A B C)."""
+    run in the order given (a finalists' rounds interleave A B C A B C), each one as soon as its
+    conversion, if it needs one, has landed (``converting``)."""
     import ray
 
-    queues: dict[str, deque[tuple[Planned, dict[str, Any]]]] = {}
+    overrides = {id(p): o for p, o in jobs}
+    schedule: Schedule[Planned] = Schedule(
+        [p for p, _ in jobs], lambda p: p.board, converting.waits_for if converting else lambda p: None,
+        limits, converting.wanted if converting else (), converting.held if converting else ())
     futures: dict[Any, Planned] = {}
-    busy: dict[str, int] = {}
-
-    def send(board: str) -> None:
-        while queues[board] and busy[board] < limits.get(board, 1):
-            p, overrides = queues[board].popleft()
-            payload = job_payload(p, spec)
-            payload["measure"].update({**(early.measure_for(p) if early else {}), **overrides})  # type: ignore[typeddict-item]
-            files = depot.ship_all(job_files(p))
-            futures[actors[p.board].run_job.remote(payload, files, spec.measure.job_timeout)] = p
-            busy[board] += 1
-
     with sessions() as db:
-        for p, overrides in jobs:
-            if p.failure:
-                _stored(db, p, failed(f"job-{p.row_id}", *p.failure), outcome, progress)
+        while True:
+            if converting:
+                converting.land(db, schedule)
+            sent = schedule.ready()
+            for p in sent:
+                if p.failure:
+                    _stored(db, p, failed(f"job-{p.row_id}", *p.failure), outcome, progress)
+                    schedule.finished(p)
+                    continue
+                payload = job_payload(p, spec)
+                payload["measure"].update({**(early.measure_for(p) if early else {}), **overrides[id(p)]})  # type: ignore[typeddict-item]
+                files = depot.ship_all(job_files(p))
+                futures[actors[p.board].run_job.remote(payload, files, spec.measure.job_timeout)] = p
+            pending = [*futures, *(converting.tasks.pending if converting else ())]
+            if not pending:
+                if not schedule:
+                    return
+                # Jobs failed at once freed their boards: send the next ones.
+                assert sent, "jobs wait for a conversion that was never started"
                 continue
-            queues.setdefault(p.board, deque()).append((p, overrides))
-            busy.setdefault(p.board, 0)
-        for board in queues:
-            send(board)
-        while futures:
-            ready, _ = ray.wait(list(futures), num_returns=1)
+            ready, _ = ray.wait(pending, num_returns=1)
+            if ready[0] not in futures:
+                converting.take(ready[0])  # type: ignore[union-attr]
+                continue
             p = futures.pop(ready[0])
-            busy[p.board] -= 1
+            schedule.finished(p)
             try:
                 result = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - the actor itself died: still a stored failure
@@ -217,7 +271,6 @@ def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]
             job = _stored(db, p, result, outcome, progress)
             if early:
                 early.observe(p, job)
-            send(p.board)
 
 
 def _actor_lost(p: Planned, exc: Exception) -> ResultRecord:

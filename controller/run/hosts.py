@@ -18,6 +18,11 @@ were tried on the Ray this project pins (2.60): ``ray start --labels`` is accept
 node, or leaves it pending when no node matches; hence the check below, before any actor is made.
 
 The driver's node is pinned with a hard ``NodeAffinitySchedulingStrategy`` on its node id.
+
+Conversions (``conversion_placement``) run on the nodes with CPUs where no board measures on the
+node's own CPUs (a local board: its transport's ``measures_on_host``), selected by Ray's own
+``ray.io/node-id`` label; where every node with CPUs has such a board, they run where Ray puts
+them and those boards start measuring only once every conversion is done.
 """
 
 from __future__ import annotations
@@ -49,6 +54,24 @@ def placement(board: BoardSpec) -> dict[str, Any]:
 
     here = ray.get_runtime_context().get_node_id()
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
+
+
+def conversion_placement(boards: Iterable[BoardSpec]) -> tuple[dict[str, Any], set[str]]:
+    """Ray's options for the run's conversion tasks, and the boards held until every conversion
+    is done (none, when the conversions have nodes of their own)."""
+    import ray
+
+    from controller.plugins import TRANSPORTS
+
+    here = ray.get_runtime_context().get_node_id()
+    hosts = live_hosts()
+    on_host = [b for b in boards if TRANSPORTS.get(b.transport).measures_on_host]
+    busy = {node for b in on_host for node in (hosts.get(b.host, []) if b.host is not None else [here])}
+    quiet = sorted(n["NodeID"] for n in ray.nodes()
+                   if n.get("Alive") and (n.get("Resources") or {}).get("CPU", 0) > 0 and n["NodeID"] not in busy)
+    if quiet:
+        return {"label_selector": {"ray.io/node-id": f"in({','.join(quiet)})"}}, set()
+    return {}, {b.name for b in on_host}
 
 
 def live_hosts() -> dict[str, list[str]]:

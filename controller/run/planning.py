@@ -110,16 +110,14 @@ def conversions(plan: list[Planned]) -> dict[ConvertRequest, list[Planned]]:
     return wanted
 
 
-def attach_conversions(wanted: dict[ConvertRequest, list[Planned]], done: dict[ConvertRequest, Artifact]) -> None:
-    """Give each job its converted model, or the reason it has none."""
-    for request, jobs in wanted.items():
-        artifact = done.get(request)
-        for p in jobs:
-            if artifact is None or artifact.size == 0:
-                why = artifact.meta.get("error") if artifact else "nothing to convert"
-                p.failure = ("convert", f"{p.engine} conversion ({p.target}) of {p.variant} failed: {why}")
-            else:
-                p.artifact = artifact
+def attach_conversion(jobs: list[Planned], artifact: Artifact) -> None:
+    """Give the jobs waiting for a conversion its output, or the reason it has none."""
+    for p in jobs:
+        if artifact.size == 0:
+            why = artifact.meta.get("error") or "nothing to convert"
+            p.failure = ("convert", f"{p.engine} conversion ({p.target}) of {p.variant} failed: {why}")
+        else:
+            p.artifact = artifact
 
 
 def job_payload(p: Planned, spec: Spec) -> JobRecord:

@@ -8,7 +8,7 @@ from controller.build.compile import Artifact, ConvertRequest, ModelBuild
 from controller.build.source import ModelInput, Prepared
 from controller.config.inventory import BoardSpec
 from controller.config.spec import Spec
-from controller.run.planning import attach_conversions, conversions, job_files, job_payload, plan_board, thread_sweep
+from controller.run.planning import attach_conversion, conversions, job_files, job_payload, plan_board, thread_sweep
 
 
 def _spec(**keys: object) -> Spec:
@@ -77,11 +77,11 @@ def test_an_engine_with_its_own_format_waits_for_its_conversion() -> None:
     wanted = conversions(plan)
     assert list(wanted) == [ConvertRequest("m", "fp32", "ncnn", "cpu")]
     converted = Artifact(Path("/cache/m.tar"), "c" * 64, 5, {})
-    attach_conversions(wanted, {})
-    (ncnn,) = wanted[ConvertRequest("m", "fp32", "ncnn", "cpu")]
-    assert ncnn.failure == ("convert", "ncnn conversion (cpu) of fp32 failed: nothing to convert")
+    (ncnn,) = jobs = wanted[ConvertRequest("m", "fp32", "ncnn", "cpu")]
+    attach_conversion(jobs, Artifact(Path(), "", 0, {"error": "ncnn2int8 not found"}))
+    assert ncnn.failure == ("convert", "ncnn conversion (cpu) of fp32 failed: ncnn2int8 not found")
     ncnn.failure = None
-    attach_conversions(wanted, {ConvertRequest("m", "fp32", "ncnn", "cpu"): converted})
+    attach_conversion(jobs, converted)
     assert ncnn.artifact == converted and job_files(ncnn)["model"] == (converted.path, converted.sha256)
     ncnn.row_id = 7
     payload = job_payload(ncnn, spec)

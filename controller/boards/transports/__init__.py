@@ -62,6 +62,9 @@ class Transport(ABC):
 
     # Where the agent lives on the board when the inventory names no workdir.
     default_workdir = "~/.edgefarm"
+    # Whether the board's jobs run on the CPUs of the machine that reaches it (the local board),
+    # so that work on that machine, a conversion say, would slow what the board measures.
+    measures_on_host = False
 
     def __init__(self, board: BoardSpec) -> None:
         self.board = board

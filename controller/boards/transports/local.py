@@ -21,6 +21,8 @@ _ERRORS: ErrorTable = (
 
 @register("local")
 class LocalTransport(Transport):
+    measures_on_host = True
+
     @property
     def default_workdir(self) -> str:  # type: ignore[override]
         return os.path.join(os.environ.get("EDGEFARM_HOME", ".edgefarm"), "boards")
