@@ -8,6 +8,7 @@ its jobs may go); when a job started is the board's own clock, the same machine'
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,14 +40,15 @@ def test_the_ssh_board_measures_while_conversions_run_and_the_local_board_waits_
         "models": [{"name": "digits", "path": str(tmp_path / "digits.onnx"), "dataset": {"kind": "seeded", "samples": 32}}],
         "variants": ["fp32", "fp16", "int8"],
         "engines": ["onnxruntime", *CONVERTED],
-        "measure": {"warmup": 2, "min_iterations": 32, "min_seconds": 0.1, "max_seconds": 5, "batch_sizes": [1],
+        "measure": {"warmup": 2, "min_iterations": 64, "min_seconds": 0.1, "max_seconds": 5, "batch_sizes": [1],
                     "throughput_seconds": 0.1, "precision": None, "e2e": False, "slower_factor": None},
         "selection": {"rounds": 0},
     }))
     url = f"sqlite:///{tmp_path / 'edgefarm.db'}"
     with ssh_board("pipessh", 93) as board:
         inventory = tmp_path / "inventory.yaml"
-        inventory.write_text(yaml.safe_dump({"boards": [{"name": "local"}, board.inventory_entry()]}))
+        inventory.write_text(yaml.safe_dump({"boards": [
+            {"name": "local"}, board.inventory_entry(python=sys.executable, workdir=str(tmp_path / "board"))]}))
         assert main(["run", str(spec), "--inventory", str(inventory), "--db", url]) == 0
     sidecars = list((tmp_path / "home" / "cache" / "conversions").glob("*.json"))
     assert len(sidecars) == 3 * len(CONVERTED)  # both boards are x86: one conversion each, shared
@@ -57,7 +59,7 @@ def test_the_ssh_board_measures_while_conversions_run_and_the_local_board_waits_
         starts = {board: sorted(j.started_at for j in jobs if j.board.name == board) for board in ("local", "pipessh")}
         # Each converted job's row names what its conversion made, written when it landed.
         assert all(j.artifact and j.artifact["conversion"]["seconds"] > 0 for j in jobs if j.engine in CONVERTED)
-    assert len(starts["local"]) == len(starts["pipessh"]) == 3 * (1 + len(CONVERTED))
+    assert len(starts["local"]) == len(starts["pipessh"]) >= 3 * (1 + len(CONVERTED))  # (and OpenVINO's own default)
     # The SSH board measures on its own cores: its first job did not wait for the conversions.
     assert starts["pipessh"][0] < max(landed), (starts["pipessh"][0], sorted(landed))
     # The local board measures on the cores converting: it began once the last conversion had landed.
