@@ -21,7 +21,6 @@ local board measures, or, where there is no such node, before the local boards' 
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -29,7 +28,7 @@ from agent.protocol import ResultRecord, failed, sha256_file
 from controller.boards.chip_check import contradiction
 from controller.boards.health import golden, record
 from controller.build.cache import Cache
-from controller.build.compile import Artifact, ConvertRequest, ModelBuild, build_all, prepare_sources, start_conversions
+from controller.build.compile import ModelBuild, build_all, prepare_sources
 from controller.config.inventory import BoardSpec, Inventory
 from controller.config.spec import LoadedSpec, Spec
 from controller.errors import UserError, one_line
@@ -40,9 +39,10 @@ from controller.run.actors import actor_class, close_boards, start_boards
 from controller.run.adaptive import EarlyStop
 from controller.run.checks import check_datasets, check_resumable
 from controller.run.cluster import ensure_ray
+from controller.run.converting import Conversions
 from controller.run.depot import Depot, FileRef
-from controller.run.hosts import conversion_placement, placement, unserved
-from controller.run.planning import Planned, attach_conversion, conversions, job_files, job_payload, plan_board
+from controller.run.hosts import LateHosts, no_worker, placement, unserved
+from controller.run.planning import Planned, job_files, job_payload, plan_board
 from controller.run.progress import RunProgress
 from controller.run.repeats import FollowUp, Repeat
 from controller.run.schedule import Schedule
@@ -113,11 +113,13 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         with sessions() as db:
             outcome.skipped.update(recording.quarantined(db, boards))
         outcome.skipped.update(unserved(b for b in boards if b.name not in outcome.skipped))
-        actor_cls = actor_class()
-        actors.update({b.name: actor_cls.options(max_concurrency=b.concurrency, **placement(b)).remote(
-            b, depot.ship(bundle, sha256_file(str(bundle))), depot.actor)
-                       for b in boards if b.name not in outcome.skipped})
-        probes.update(_start(sessions, boards, actors, outcome, depot.ship_all(golden(cache).files())))
+        actor_cls, bundle_ref, golden_files = actor_class(), depot.ship(bundle, sha256_file(str(bundle))), depot.ship_all(golden(cache).files())
+
+        def make_actor(b: BoardSpec) -> Any:
+            return actor_cls.options(max_concurrency=b.concurrency, **placement(b)).remote(b, bundle_ref, depot.actor)
+
+        actors.update({b.name: make_actor(b) for b in boards if b.name not in outcome.skipped})
+        probes.update(_start(sessions, boards, actors, outcome, golden_files))
 
         plan = [p for b in boards if b.name in probes for p in plan_board(b, probes[b.name], builds, spec)]
         with sessions() as db:  # the run and its jobs: one transaction, after every check
@@ -128,11 +130,32 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
             outcome.run_id = run.id
         outcome.resumed = sum(1 for p in plan if p.stored)
         limits = {b.name: b.concurrency for b in boards}
-        with Conversions(spec, plan, builds, cache, [b for b in boards if b.name in probes], progress) as converting:
+
+        def join(joined: list[BoardSpec]) -> list[Planned]:
+            """Start the boards of hosts that joined the running run, and plan and write their jobs."""
+            for b in joined:
+                outcome.skipped.pop(b.name, None)
+            new_actors = {b.name: make_actor(b) for b in joined}
+            actors.update(new_actors)
+            probes.update(_start(sessions, joined, new_actors, outcome, golden_files))
+            more = [p for b in joined if b.name in probes for p in plan_board(b, probes[b.name], builds, spec)]
+            with sessions() as db:
+                recording.add_jobs(db, outcome.run_id, more, resuming=resume is not None)
+                db.commit()
+            plan.extend(more)  # the finalists' rounds are drawn from the whole plan
+            outcome.resumed += sum(1 for p in more if p.stored)
+            progress.boards({b.name: sum(1 for p in more if p.board == b.name and not p.stored) for b in joined
+                             if b.name in probes})
+            return [p for p in more if not p.stored]
+
+        with Conversions(spec, builds, cache, progress) as converting:
+            converting.start(plan, [b for b in boards if b.name in probes])
             to_measure = [p for p in plan if not p.stored]
             progress.boards({b: sum(1 for p in to_measure if p.board == b) for b in probes})
+            late = LateHosts([b for b in boards if b.host is not None and outcome.skipped.get(b.name) == no_worker(b.host)],
+                             join)
             _measure(sessions, spec, [(p, {}) for p in to_measure], actors, depot, limits, outcome, progress,
-                     EarlyStop(spec), converting)
+                     EarlyStop(spec), converting, late)
         # The whole plan: a resumed run's finalists include the jobs stored before the interruption.
         _repeat(sessions, spec, plan, actors, depot, limits, [*_finalists(spec), *follow_ups], outcome, progress)
         status = "done"
@@ -176,60 +199,15 @@ def _start(sessions: Any, boards: list[BoardSpec], actors: dict[str, Any], outco
     return probes
 
 
-class Conversions:
-    """The run's conversions, made while the boards measure: each job that needs one waits for it
-    alone (``controller.run.schedule``). Every conversion of the plan is made, a resumed run's
-    stored jobs' too, since their finalists' rounds load the same artifact."""
-
-    def __init__(self, spec: Spec, plan: list[Planned], builds: list[ModelBuild], cache: Cache,
-                 boards: list[BoardSpec], progress: RunProgress) -> None:
-        self.spec, self.builds, self.cache, self.progress = spec, builds, cache, progress
-        self.wanted = conversions(plan)
-        self.request = {id(p): r for r, jobs in self.wanted.items() for p in jobs}
-        self.options, self.held = conversion_placement(boards)
-        self.landed: list[tuple[ConvertRequest, Artifact]] = []  # done, not yet given to their jobs
-        self.stage = ExitStack()
-
-    def __enter__(self) -> Conversions:
-        step = self.stage.enter_context(self.progress.stage("convert for engines", total=None))
-        self.tasks = start_conversions(self.spec, self.builds, set(self.wanted), self.cache,
-                                       lambda r, a: self.landed.append((r, a)), step, self.options)
-        if not self.tasks.pending:
-            self.stage.close()  # all in the cache, or nothing to convert
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stage.close()
-
-    def waits_for(self, p: Planned) -> ConvertRequest | None:
-        return self.request.get(id(p))
-
-    def take(self, ref: Any) -> None:
-        self.tasks.take(ref)
-        if not self.tasks.pending:
-            self.stage.close()  # the stage's summary line, while the boards go on
-
-    def land(self, db: Any, schedule: Schedule[Any]) -> None:
-        """Give what has been converted to the jobs waiting for it, in their rows too."""
-        while self.landed:
-            request, artifact = self.landed.pop(0)
-            jobs = self.wanted[request]
-            attach_conversion(jobs, artifact)
-            for p in jobs:
-                if p.artifact is not None:
-                    recording.job_artifact(db, p.row_id, p.artifact, p.target)
-            db.commit()
-            schedule.landed(request)
-
-
 def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]]], actors: dict[str, Any],
              depot: Depot, limits: dict[str, int], outcome: RunOutcome, progress: RunProgress,
-             early: EarlyStop | None = None, converting: Conversions | None = None) -> None:
+             early: EarlyStop | None = None, converting: Conversions | None = None, late: LateHosts | None = None) -> None:
     """Send each job (with its measure overrides) to its board's actor and store each result as it
     arrives. A board is sent its next job only when it has room (its ``concurrency``), so that each
     job's settings can follow what the board has measured so far (``early``), and a board's jobs
     run in the order given (a finalists' rounds interleave A B C A B C), each one as soon as its
-    conversion, if it needs one, has landed (``converting``)."""
+    conversion, if it needs one, has landed (``converting``). While jobs are under way, boards
+    whose host joins the cluster are given theirs too (``late``)."""
     import ray
 
     overrides = {id(p): o for p, o in jobs}
@@ -239,6 +217,11 @@ def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]
     futures: dict[Any, Planned] = {}
     with sessions() as db:
         while True:
+            boards, joined = late.joined() if late and converting else ([], [])
+            if boards:
+                overrides.update({id(p): {} for p in joined})
+                schedule.add(joined, converting.start(joined, boards))  # type: ignore[union-attr]
+                schedule.held |= converting.held  # type: ignore[union-attr]
             if converting:
                 converting.land(db, schedule)
             sent = schedule.ready()
@@ -251,14 +234,16 @@ def _measure(sessions: Any, spec: Spec, jobs: list[tuple[Planned, dict[str, Any]
                 payload["measure"].update({**(early.measure_for(p) if early else {}), **overrides[id(p)]})  # type: ignore[typeddict-item]
                 files = depot.ship_all(job_files(p))
                 futures[actors[p.board].run_job.remote(payload, files, spec.measure.job_timeout)] = p
-            pending = [*futures, *(converting.tasks.pending if converting else ())]
+            pending = [*futures, *(converting.pending() if converting else ())]
             if not pending:
                 if not schedule:
                     return
                 # Jobs failed at once freed their boards: send the next ones.
                 assert sent, "jobs wait for a conversion that was never started"
                 continue
-            ready, _ = ray.wait(pending, num_returns=1)
+            ready, _ = ray.wait(pending, num_returns=1, timeout=late.wait_s() if late else None)
+            if not ready:
+                continue  # time to look for hosts that joined
             if ready[0] not in futures:
                 converting.take(ready[0])  # type: ignore[union-attr]
                 continue

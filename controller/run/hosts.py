@@ -27,12 +27,17 @@ them and those boards start measuring only once every conversion is done.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from controller.config.inventory import BoardSpec
 
 # The node label a board host's node carries. Ray reserves keys under ray.io/; this one is ours.
 LABEL = "edgefarm-host"
+# How often a running run looks for the hosts of the boards it skipped for want of a worker.
+LATE_CHECK_S = 10.0
+
+J = TypeVar("J")
 
 
 def no_worker(host: str) -> str:
@@ -94,3 +99,29 @@ def unserved(boards: Iterable[BoardSpec]) -> dict[str, str]:
         return {}
     hosts = live_hosts()
     return {b.name: no_worker(b.host) for b in boards if b.host is not None and b.host not in hosts}
+
+
+class LateHosts(Generic[J]):
+    """The boards a run skipped because their host had no worker when it started. While the run
+    goes on, their hosts are looked for every ``LATE_CHECK_S``; the boards of a host that has
+    joined are handed to ``join``, which starts them and returns their jobs."""
+
+    def __init__(self, waiting: list[BoardSpec], join: Callable[[list[BoardSpec]], list[J]]) -> None:
+        self.waiting, self.join = waiting, join
+        self.checked = time.monotonic()
+
+    def wait_s(self) -> float | None:
+        """How long the run may wait for a result before looking again (None: no board waits)."""
+        return max(0.0, self.checked + LATE_CHECK_S - time.monotonic()) if self.waiting else None
+
+    def joined(self) -> tuple[list[BoardSpec], list[J]]:
+        """The boards whose host has joined since the last look, and their jobs."""
+        if not self.waiting or time.monotonic() < self.checked + LATE_CHECK_S:
+            return [], []
+        self.checked = time.monotonic()
+        hosts = live_hosts()
+        boards = [b for b in self.waiting if b.host in hosts]
+        if not boards:
+            return [], []
+        self.waiting = [b for b in self.waiting if b not in boards]
+        return boards, self.join(boards)

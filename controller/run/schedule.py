@@ -27,12 +27,19 @@ class Schedule(Generic[J]):
         needs (None: none); ``converting`` every conversion not landed yet (a held board waits for
         all of them, its own or not)."""
         self.board, self.waits_for, self.limits = board, waits_for, limits
-        self.converting = set(converting)
+        self.converting: set[Hashable] = set()
         self.held = set(held)
         self.queues: dict[str, deque[J]] = {}
+        self.running: dict[str, int] = {}
+        self.add(jobs, converting)
+
+    def add(self, jobs: Iterable[J], converting: Iterable[Hashable] = ()) -> None:
+        """More jobs, after those given (a board host that joined while the run is going), and the
+        conversions they add."""
+        self.converting.update(converting)
         for job in jobs:
-            self.queues.setdefault(board(job), deque()).append(job)
-        self.running = {name: 0 for name in self.queues}
+            self.queues.setdefault(self.board(job), deque()).append(job)
+            self.running.setdefault(self.board(job), 0)
 
     def landed(self, conversion: Hashable) -> None:
         """A conversion is done (made, failed or found in the cache): its jobs may go."""

@@ -11,6 +11,7 @@ node at the same time. Whatever the remote board's jobs need reaches the host th
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -26,7 +27,7 @@ from sqlalchemy import select
 
 from controller.errors import UserError
 from controller.results.database import open_db
-from controller.results.store import Job
+from controller.results.store import Job, Run
 from tests.conftest import ROOT, small_ppocr_spec
 from tests.netns import BoardNet, board_net, route_verdict
 from tests.raycluster import CLI, ENV, ray_head, start_worker
@@ -198,6 +199,39 @@ def test_a_host_lost_mid_run_fails_its_jobs_at_stage_host_and_resume_finishes_th
     after = _jobs(url)
     assert [j.id for j in after] == [j.id for j in jobs] and all(j.status == "ok" for j in after)
     assert next(j for j in after if j.id == lost[0].id).stage is None
+
+
+@pytest.mark.slow
+def test_a_worker_that_joins_a_running_run_is_given_its_boards_jobs(lab: Lab, tmp_path: Path, edgefarm_home: Path) -> None:
+    lab.kill_host()  # the run starts with no worker for the remote board's host, once Ray knows it is gone
+    deadline = time.monotonic() + 120
+    cluster = [*CLI, "cluster", "--ray-address", lab.address, "--inventory", str(lab.inventory), "--format", "json"]
+    while any(n["alive"] and n["host"] == HOST for n in json.loads(subprocess.run(
+            cluster, check=True, capture_output=True, text=True, cwd=ROOT, env=ENV).stdout)["nodes"]):
+        assert time.monotonic() < deadline, "Ray still shows the killed host's node alive"
+        time.sleep(2)
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    # The local board's jobs last about a minute: the run is still going when the worker has joined.
+    proc = _run(lab, str(_spec(tmp_path, "late", min_seconds=30.0, max_seconds=40.0)), "--db", url, home=edgefarm_home)
+    try:
+        deadline = time.monotonic() + 600
+        while not _stored_yet(url):  # the run's rows are written: it is measuring
+            assert proc.poll() is None, f"the run ended before it measured: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the run wrote no job in time"
+            time.sleep(0.3)
+        lab.start_worker()
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    jobs = _jobs(url)
+    assert sorted((j.board.name, j.status) for j in jobs) == [("here", "ok")] * 2 + [("remote", "ok")] * 2, err[-3000:]
+    assert len({j.run_id for j in jobs}) == 1
+    here, remote = ([j for j in jobs if j.board.name == name] for name in ("here", "remote"))
+    assert min(r.started_at for r in remote) > min(h.started_at for h in here)  # it came in later
+    with open_db(url, create=False)() as db:
+        assert db.get(Run, jobs[0].run_id).summary["skipped"] == {}  # type: ignore[union-attr]
 
 
 def test_an_actor_that_is_never_placed_leaves_its_board_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:

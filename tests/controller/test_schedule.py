@@ -63,3 +63,13 @@ def test_a_schedule_is_true_while_a_job_is_queued_or_running() -> None:
     assert s
     s.finished(job)
     assert not s
+
+
+def test_jobs_added_later_queue_after_those_given_and_wait_for_their_conversions() -> None:
+    s = schedule([J("a", "a1")])
+    (a1,) = s.ready()
+    s.add([J("a", "a2"), J("late", "l1", needs="ncnn"), J("late", "l2")], {"ncnn"})
+    assert names(s.ready()) == ["l2"]  # a is busy; the late board's first job waits for its conversion
+    s.finished(a1)
+    s.landed("ncnn")
+    assert names(s.ready()) == ["a2"]  # the late board still runs l2
