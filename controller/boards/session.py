@@ -170,7 +170,7 @@ class BoardSession:
         result.setdefault("notes", []).extend(notes)
         return result
 
-    def reconnect(self) -> None:
+    def reconnect(self) -> ProbeRecord:
         """A fresh connection and a fresh look at the board: after a loss nothing is assumed."""
         try:
             self.transport.close()
@@ -178,7 +178,19 @@ class BoardSession:
             pass  # the old connection is dead; closing it may fail too
         self.transport = open_transport(self.board)
         self._cached = None
-        self.start()
+        return self.start()
+
+    def start_again_if_lost(self) -> ProbeRecord:
+        """``start``, with a link lost on the way (after connecting: pushing the agent over a lossy
+        link, say) reconnected and the start tried again, up to the board's ``retries``, as a job is."""
+        for attempt in range(self.board.retries + 1):
+            try:
+                return self.start() if attempt == 0 else self.reconnect()
+            except BoardUnreachable:
+                if attempt == self.board.retries:
+                    raise
+                time.sleep(RETRY_PAUSE_S * (attempt + 1))
+        raise AssertionError("a start ends in its return or its last attempt's error")
 
     def _run_verified(self, job: JobRecord, files: dict[str, tuple[Path, str]], timeout: float) -> ResultRecord:
         """A cached artifact whose hash no longer matches on the board (a bad flash card, a

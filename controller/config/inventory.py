@@ -120,7 +120,7 @@ class BoardSpec(Strict):
     cooldown_s: float = Field(0.0, ge=0, description="pause before each job, so one job's heat does not slow the next")
     max_temperature_c: float | None = Field(None, gt=0, description="wait before a job until the board is this cool")
     thermal_wait_s: float = Field(600.0, gt=0, description="longest wait for the ceiling before the job fails")
-    retries: int = Field(2, ge=0, description="new attempts of a job when the board is lost in the middle of it")
+    retries: int = Field(2, ge=0, description="new attempts of a job, or of a run's start of the board, when the link is lost in the middle of it")
     quarantine_after: int = Field(3, ge=1, description="failed health checks in a row that put the board in quarantine")
 
     @field_validator("chip")

@@ -39,7 +39,7 @@ def actor_class() -> Any:
             return self._session
 
         def start(self) -> ProbeRecord:
-            return self.session.start()
+            return self.session.start_again_if_lost()
 
         def health(self, golden: dict[str, FileRef], engine: str | None) -> str | None:
             return self.session.health_check(self.files.local_all(golden), engine)

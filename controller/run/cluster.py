@@ -10,7 +10,7 @@ from typing import Any
 
 from controller.config.inventory import Inventory
 from controller.errors import UserError, one_line
-from controller.run.hosts import LABEL, live_hosts, no_worker
+from controller.run.hosts import LABEL, live_hosts, no_worker, several_workers
 
 
 def ensure_ray(address: str | None) -> None:
@@ -74,7 +74,8 @@ def nodes(inventory: Inventory) -> dict[str, Any]:
     for board in inventory.boards:
         if board.host is not None and board.host not in served:
             unserved.setdefault(board.host, []).append(board.name)
-    return {"nodes": rows, "hosts_without_worker": unserved}
+    return {"nodes": rows, "hosts_without_worker": unserved,
+            "hosts_with_several_workers": {h: ids for h, ids in served.items() if len(ids) > 1}}
 
 
 def render(cluster: dict[str, Any], fmt: str = "table") -> str:
@@ -93,4 +94,5 @@ def render(cluster: dict[str, Any], fmt: str = "table") -> str:
     for host, boards in sorted(cluster["hosts_without_worker"].items()):
         lines.append(f"{no_worker(host)}: a run skips its boards {', '.join(boards)} "
                      f"(start `edgefarm worker --host {host}` on it)")
+    lines += several_workers(cluster.get("hosts_with_several_workers", {}))
     return "\n".join(lines)

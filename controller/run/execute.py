@@ -41,7 +41,7 @@ from controller.run.checks import check_datasets, check_resumable
 from controller.run.cluster import ensure_ray
 from controller.run.converting import Conversions
 from controller.run.depot import Depot, FileRef
-from controller.run.hosts import LateHosts, no_worker, placement, unserved
+from controller.run.hosts import LateHosts, live_hosts, no_worker, placement, several_workers, unserved
 from controller.run.planning import Planned, job_files, job_payload, plan_board
 from controller.run.progress import RunProgress
 from controller.run.repeats import FollowUp, Repeat
@@ -113,6 +113,9 @@ def execute(loaded: LoadedSpec, inventory: Inventory, inventory_source: str, db_
         with sessions() as db:
             outcome.skipped.update(recording.quarantined(db, boards))
         outcome.skipped.update(unserved(b for b in boards if b.name not in outcome.skipped))
+        hosts = {b.host for b in boards if b.host is not None and b.name not in outcome.skipped}
+        for warning in several_workers({h: ids for h, ids in live_hosts().items() if h in hosts}):
+            print(f"edgefarm: warning: {warning}", file=sys.stderr)
         actor_cls, bundle_ref, golden_files = actor_class(), depot.ship(bundle, sha256_file(str(bundle))), depot.ship_all(golden(cache).files())
 
         def make_actor(b: BoardSpec) -> Any:

@@ -91,6 +91,15 @@ def live_hosts() -> dict[str, list[str]]:
     return hosts
 
 
+def several_workers(hosts: dict[str, list[str]]) -> list[str]:
+    """A warning for each host that more than one live node advertises (from ``live_hosts``): Ray
+    places its boards' actors on either, and only one may reach the boards."""
+    return [f"host {host} has {len(ids)} workers in the cluster (nodes {', '.join(i[:12] for i in sorted(ids))}): "
+            "its boards' actors may land on either; stop every `edgefarm worker --host "
+            f"{host}` but the one on the machine that reaches its boards"
+            for host, ids in sorted(hosts.items()) if len(ids) > 1]
+
+
 def unserved(boards: Iterable[BoardSpec]) -> dict[str, str]:
     """Board name -> why it is skipped, for each board whose host no live node advertises (its
     actor would wait for such a node for ever)."""

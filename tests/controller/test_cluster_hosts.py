@@ -131,6 +131,7 @@ def test_cluster_lists_nodes_hosts_and_boards(cluster: Cluster) -> None:
     assert not by_host["lab2"]["controller"] and by_host["lab2"]["boards"] == ["near"]
     assert by_host["lab2"]["cpus"] == 1 and by_host[None]["cpus"] == 2
     assert found["hosts_without_worker"] == {"nowhere": ["far"], "lab3": ["later"]}
+    assert found["hosts_with_several_workers"] == {}
 
     table = subprocess.run([*CLI, "cluster", "--ray-address", cluster.address, "--inventory", str(cluster.inventory)],
                            capture_output=True, text=True, timeout=300, env=ENV).stdout
@@ -257,3 +258,15 @@ def test_worker_refused_by_the_head_says_why_in_one_line(cluster: Cluster) -> No
         "(Ray: InvalidAuthToken); the cluster uses token authentication: set RAY_AUTH_MODE=token and its token "
         "(RAY_AUTH_TOKEN, or ~/.ray/auth_token copied from the head)"]
     assert not any(n["host"] == "lab4" for n in cluster.nodes()["nodes"])
+
+
+def test_a_host_that_several_workers_advertise_is_named_with_its_nodes() -> None:
+    from controller.run.cluster import render
+    from controller.run.hosts import several_workers
+
+    assert several_workers({"lab2": ["n1"], "lab3": []}) == []
+    (warning,) = several_workers({"lab2": ["n1"], "lab4": ["b" * 56, "a" * 56]})
+    assert warning.startswith(f"host lab4 has 2 workers in the cluster (nodes {'a' * 12}, {'b' * 12}): ")
+    assert "stop every `edgefarm worker --host lab4` but the one on the machine that reaches its boards" in warning
+    table = render({"nodes": [], "hosts_without_worker": {}, "hosts_with_several_workers": {"lab4": ["x", "y"]}})
+    assert table.splitlines()[-1].startswith("host lab4 has 2 workers in the cluster (nodes x, y)")

@@ -92,6 +92,21 @@ def test_a_job_that_loses_the_link_is_retried_on_a_new_connection_and_lands(
     session.close()
 
 
+def test_a_start_that_loses_the_link_is_tried_again_on_a_new_connection(tmp_path: Path, bundle: Path) -> None:
+    board = BoardSpec(name="lossy", transport="fake", python=sys.executable, workdir=str(tmp_path / "lossy"), retries=2)
+    session = BoardSession(board, bundle)
+    fake.script("lossy", "run", ["lost", "lost"], match=" probe ")  # the agent's probe, twice
+    probe = session.start_again_if_lost()
+    assert probe["engines"]["onnxruntime"]["available"] and session.fingerprint == probe["fingerprint"]
+    assert [e.split(":")[0] for e in fake.events("lossy")] == [
+        "connect ok", "run lost", "connect ok", "run lost", "connect ok"]
+    session.close()
+    # One loss more than its retries: the board is unreachable, as it was before they were added.
+    fake.script("lossy", "run", ["lost"] * 3, match=" probe ")
+    with pytest.raises(BoardUnreachable, match="lost"):
+        BoardSession(board, bundle).start_again_if_lost()
+
+
 def test_a_board_refusing_the_reconnect_is_tried_again_until_it_answers(
         tmp_path: Path, bundle: Path, gold: Golden) -> None:
     session = _session(tmp_path, bundle, "rebooting", retries=2)
