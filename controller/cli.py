@@ -24,6 +24,7 @@ refuse one that is not there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import math
 import os
@@ -648,12 +649,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    import ray
+
     from controller.config.inventory import load_inventory
     from controller.run.cluster import ensure_ray, nodes, render
 
     inventory, _ = load_inventory(args.inventory)
-    ensure_ray(args.ray_address)
-    print(render(nodes(inventory), args.format))
+    # Ray prints the cluster's own messages (a node marked dead, say) on the driver's stdout, from a
+    # thread of its own: here they go to stderr, and Ray is left before the answer is printed, so
+    # that stdout is the table or the JSON alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        ensure_ray(args.ray_address)
+        answer = render(nodes(inventory), args.format)
+        ray.shutdown()
+    print(answer)
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,8 +51,11 @@ def start_worker(argv: list[str], home: Path, log: Path) -> subprocess.Popen[Any
     """``argv`` (``edgefarm worker``, maybe behind a namespace's wrapper) started as a service would
     start it, with EDGEFARM_HOME ``home``, once it says it serves its boards."""
     with log.open("w") as out:
+        # Ctrl-C as a terminal sends it, whatever started pytest: a shell's background job inherits
+        # SIGINT ignored, and so would the worker, which then could not be asked to leave by it.
         proc = subprocess.Popen(argv, cwd=ROOT, env=dict(ENV, EDGEFARM_HOME=str(home)), stdout=out,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while "edgefarm worker: serving" not in log.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
