@@ -60,6 +60,10 @@ class Lab:
              "--inventory", str(self.inventory), "--resources", '{"CPU": 1}'],
             self.worker_home, self.worker_home / "worker.log")
 
+    def ensure_worker(self) -> None:
+        if self.worker is None:
+            self.start_worker()
+
     def kill_host(self) -> None:
         """Every process of the board host dies at once: its worker, Ray node and the board's actor."""
         pids = _sh("ip", "netns", "pids", self.host_net.namespace).split()
@@ -93,8 +97,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, edgefarm_home: Path) -> Iterat
             with ray_head(host_net.host_ip, edgefarm_home) as address:
                 found = Lab(address, host_net, board, tmp_path_factory.getbasetemp(), worker_home, inventory)
                 try:
-                    found.start_worker()
-                    yield found
+                    yield found  # with no worker yet: each test starts the one it needs
                 finally:
                     found.kill_host()
     finally:
@@ -111,8 +114,8 @@ def _spec(tmp: Path, name: str, **measure: object) -> Path:
     return spec
 
 
-def _run(lab: Lab, *args: str, home: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([*CLI, "run", *args, "--inventory", str(lab.inventory), "--ray-address", lab.address],
+def _run(lab: Lab, *args: str, home: Path, inventory: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([*CLI, "run", *args, "--inventory", str(inventory or lab.inventory), "--ray-address", lab.address],
                             cwd=ROOT, env=dict(ENV, EDGEFARM_HOME=str(home)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -140,11 +143,52 @@ def _stored_yet(url: str) -> list[Job]:
 
 
 @pytest.mark.slow
+def test_a_worker_that_joins_a_running_run_is_given_its_boards_jobs(lab: Lab, tmp_path: Path, edgefarm_home: Path) -> None:
+    # The run starts with no worker for the remote board's host (the first of this module's tests,
+    # it finds none; else it waits until Ray knows the one there was is gone).
+    lab.kill_host()
+    deadline = time.monotonic() + 120
+    cluster = [*CLI, "cluster", "--ray-address", lab.address, "--inventory", str(lab.inventory), "--format", "json"]
+    while any(n["alive"] and n["host"] == HOST for n in json.loads(subprocess.run(
+            cluster, check=True, capture_output=True, text=True, cwd=ROOT, env=ENV).stdout)["nodes"]):
+        assert time.monotonic() < deadline, "Ray still shows the killed host's node alive"
+        time.sleep(2)
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    # The local board's jobs last about a minute (it pauses 30 s before each): the run is still going
+    # when the worker has joined. The remote board's are short.
+    inventory = yaml.safe_load(lab.inventory.read_text())
+    inventory["boards"][0]["cooldown_s"] = 30.0
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inventory))
+    proc = _run(lab, str(_spec(tmp_path, "late", min_seconds=1.0)), "--db", url, home=edgefarm_home,
+                inventory=tmp_path / "inventory.yaml")
+    try:
+        deadline = time.monotonic() + 600
+        while not _stored_yet(url):  # the run's rows are written: it is measuring
+            assert proc.poll() is None, f"the run ended before it measured: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the run wrote no job in time"
+            time.sleep(0.3)
+        lab.start_worker()
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    jobs = _jobs(url)
+    assert sorted((j.board.name, j.status) for j in jobs) == [("here", "ok")] * 2 + [("remote", "ok")] * 2, err[-3000:]
+    assert len({j.run_id for j in jobs}) == 1
+    here, remote = ([j for j in jobs if j.board.name == name] for name in ("here", "remote"))
+    assert min(r.started_at for r in remote) > min(h.started_at for h in here)  # it came in later
+    with open_db(url, create=False)() as db:
+        assert db.get(Run, jobs[0].run_id).summary["skipped"] == {}  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
 def test_a_board_reachable_only_from_its_host_runs_there_with_files_that_came_through_ray(
         lab: Lab, tmp_path: Path, edgefarm_home: Path) -> None:
     # What the setting promises: the driver cannot reach the board, and the host cannot see the driver's files.
     verdict = route_verdict(lab.board.host)
     assert "unreachable" in verdict or "No route to host" in verdict, verdict
+    lab.ensure_worker()
     assert lab.worker is not None
     assert _sh("nsenter", "-t", str(lab.worker.pid), "-m", "ls", "-A", str(lab.hidden)) == ""
     assert list(lab.hidden.iterdir())  # while this side sees them
@@ -169,6 +213,7 @@ def test_a_board_reachable_only_from_its_host_runs_there_with_files_that_came_th
 @pytest.mark.slow
 def test_a_host_lost_mid_run_fails_its_jobs_at_stage_host_and_resume_finishes_them(
         lab: Lab, tmp_path: Path, edgefarm_home: Path) -> None:
+    lab.ensure_worker()
     url = f"sqlite:///{tmp_path / 'lost.db'}"
     spec = _spec(tmp_path, "lost", min_seconds=4.0)
     proc = _run(lab, str(spec), "--db", url, home=edgefarm_home)
@@ -199,39 +244,6 @@ def test_a_host_lost_mid_run_fails_its_jobs_at_stage_host_and_resume_finishes_th
     after = _jobs(url)
     assert [j.id for j in after] == [j.id for j in jobs] and all(j.status == "ok" for j in after)
     assert next(j for j in after if j.id == lost[0].id).stage is None
-
-
-@pytest.mark.slow
-def test_a_worker_that_joins_a_running_run_is_given_its_boards_jobs(lab: Lab, tmp_path: Path, edgefarm_home: Path) -> None:
-    lab.kill_host()  # the run starts with no worker for the remote board's host, once Ray knows it is gone
-    deadline = time.monotonic() + 120
-    cluster = [*CLI, "cluster", "--ray-address", lab.address, "--inventory", str(lab.inventory), "--format", "json"]
-    while any(n["alive"] and n["host"] == HOST for n in json.loads(subprocess.run(
-            cluster, check=True, capture_output=True, text=True, cwd=ROOT, env=ENV).stdout)["nodes"]):
-        assert time.monotonic() < deadline, "Ray still shows the killed host's node alive"
-        time.sleep(2)
-    url = f"sqlite:///{tmp_path / 'late.db'}"
-    # The local board's jobs last about a minute: the run is still going when the worker has joined.
-    proc = _run(lab, str(_spec(tmp_path, "late", min_seconds=30.0, max_seconds=40.0)), "--db", url, home=edgefarm_home)
-    try:
-        deadline = time.monotonic() + 600
-        while not _stored_yet(url):  # the run's rows are written: it is measuring
-            assert proc.poll() is None, f"the run ended before it measured: {proc.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "the run wrote no job in time"
-            time.sleep(0.3)
-        lab.start_worker()
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    jobs = _jobs(url)
-    assert sorted((j.board.name, j.status) for j in jobs) == [("here", "ok")] * 2 + [("remote", "ok")] * 2, err[-3000:]
-    assert len({j.run_id for j in jobs}) == 1
-    here, remote = ([j for j in jobs if j.board.name == name] for name in ("here", "remote"))
-    assert min(r.started_at for r in remote) > min(h.started_at for h in here)  # it came in later
-    with open_db(url, create=False)() as db:
-        assert db.get(Run, jobs[0].run_id).summary["skipped"] == {}  # type: ignore[union-attr]
 
 
 def test_an_actor_that_is_never_placed_leaves_its_board_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
