@@ -18,7 +18,8 @@ Two schedules are printed side by side: conversions first (every conversion done
 job, as runs were scheduled before) and pipelined (a job starts as soon as its own conversion has
 landed).
 
-**Real run.** With ``--db``, the same ratio for each run stored there: its measuring makespan
+**Real run.** With ``--db`` (by default the demo's ``edgefarm.db``, where ``make demo`` has run),
+the same ratio for each run stored there: its measuring makespan
 (first job's start to last job's end, from the jobs' ``started_at``/``finished_at``) against its
 busiest board's total job time, which is what the real boards lost between jobs (dispatch,
 storing, conversions waited for).
@@ -200,7 +201,9 @@ def real_runs(url: str, run_id: int | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="the draw of job durations and board speeds")
-    parser.add_argument("--db", help="also the real runs of this results database")
+    demo = ROOT / "edgefarm.db"  # what `make demo` measured, when it has run here
+    parser.add_argument("--db", default=f"sqlite:///{demo}" if demo.is_file() else None,
+                        help="also the real runs of this results database (default: the demo's, where it has run)")
     parser.add_argument("--run", type=int, help="with --db: only this run")
     args = parser.parse_args()
 

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,23 @@ def _jobs(url: str) -> list[Job]:
         sessions.kw["bind"].dispose()
 
 
+def _during(proc: subprocess.Popen[str], url: str, ready: Callable[[list[Job]], bool], what: str,
+            act: Callable[[], None]) -> tuple[str, str]:
+    """Once ``ready`` holds for the jobs stored while the run ``proc`` goes on, ``act``; then the
+    run's output, when it has ended."""
+    try:
+        deadline = time.monotonic() + 600
+        while not ready(_stored_yet(url)):
+            assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"not in time: {what}"
+            time.sleep(0.3)
+        act()
+        return proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _stored_yet(url: str) -> list[Job]:
     """The run's jobs so far; none while the run is still making its database."""
     try:
@@ -161,17 +178,8 @@ def test_a_worker_that_joins_a_running_run_is_given_its_boards_jobs(lab: Lab, tm
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inventory))
     proc = _run(lab, str(_spec(tmp_path, "late", min_seconds=1.0)), "--db", url, home=edgefarm_home,
                 inventory=tmp_path / "inventory.yaml")
-    try:
-        deadline = time.monotonic() + 600
-        while not _stored_yet(url):  # the run's rows are written: it is measuring
-            assert proc.poll() is None, f"the run ended before it measured: {proc.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "the run wrote no job in time"
-            time.sleep(0.3)
-        lab.start_worker()
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # Once the run's rows are written (it is measuring), the host's worker starts.
+    out, err = _during(proc, url, lambda jobs: bool(jobs), "the run measured", lab.start_worker)
     assert proc.returncode == 0, err[-3000:]
     jobs = _jobs(url)
     assert sorted((j.board.name, j.status) for j in jobs) == [("here", "ok")] * 2 + [("remote", "ok")] * 2, err[-3000:]
@@ -217,17 +225,8 @@ def test_a_host_lost_mid_run_fails_its_jobs_at_stage_host_and_resume_finishes_th
     url = f"sqlite:///{tmp_path / 'lost.db'}"
     spec = _spec(tmp_path, "lost", min_seconds=4.0)
     proc = _run(lab, str(spec), "--db", url, home=edgefarm_home)
-    try:
-        deadline = time.monotonic() + 600
-        while not any(j.board.name == "remote" and j.status == "ok" for j in _stored_yet(url)):
-            assert proc.poll() is None, f"the run ended before the host could be lost: {proc.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "the remote board finished no job in time"
-            time.sleep(0.3)
-        lab.kill_host()
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = _during(proc, url, lambda jobs: any(j.board.name == "remote" and j.status == "ok" for j in jobs),
+                       "the remote board finished a job", lab.kill_host)
     assert proc.returncode == 0, err[-3000:]
     jobs = _jobs(url)
     assert [j.status for j in jobs if j.board.name == "here"] == ["ok", "ok"]  # the other board's results landed
